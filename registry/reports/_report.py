@@ -1,0 +1,500 @@
+"""Turn per-unit summaries into the experiment report dict (the JSON the API returns).
+
+Every field is explained in docs/reports.md. The report is plain data — floats, ints,
+strings, lists, dicts, ``None`` — so the API serialises it as is and the HTML page and the
+charts are drawn from the report alone, without going back to the telemetry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from registry.reports import _stats
+from registry.reports._inputs import ExperimentDef, UnitSummary
+
+__all__ = ["GUARDRAIL_INPUT_NAMES", "METRICS", "build_report", "guardrail_metrics_for"]
+
+#: Metrics in report order, with the unit their value is in.
+METRICS: dict[str, str] = {
+    "download_failure_rate": "proportion",
+    "install_failure_rate": "proportion",
+    "crash_rate": "proportion",
+    "latency_geomean_ratio": "ms",
+    "accuracy": "proportion",
+}
+#: Guardrail-engine names that map onto a report metric for the ``guardrail`` flag.
+_GUARDRAIL_ALIASES = {
+    "load_failure_rate": "install_failure_rate",
+    "p50_latency_ratio": "latency_geomean_ratio",
+    "p90_latency_ratio": "latency_geomean_ratio",
+}
+#: What ``guardrail_metrics_for`` returns, per arm.
+GUARDRAIL_INPUT_NAMES = (
+    "load_failure_rate",
+    "install_failure_rate",
+    "download_failure_rate",
+    "crash_rate",
+    "p50_latency_ratio",
+    "p90_latency_ratio",
+)
+_QUANTILES = (0.5, 0.9)
+_SRM_ALERT_P = 0.001  # GrowthBook's threshold: an SRM alert should almost never be noise
+_SRM_MIN_UNITS = 8
+_FEW_EVENTS = 5  # expected events per arm below which the z-test is only a rough guide
+_PERCENTILES = np.arange(0, 101)  # device-latency distribution kept for the chart
+
+
+@dataclass
+class _Arm:
+    """One arm's units reduced to the arrays the tests need."""
+
+    name: str
+    units: list[UnitSummary] = field(default_factory=list)
+    device_latencies: list[np.ndarray] = field(default_factory=list)
+    invalid_latencies: int = 0
+    rated: list[int] = field(default_factory=list)
+    correct: list[int] = field(default_factory=list)
+
+    @property
+    def assigned(self) -> int:
+        return len(self.units)
+
+    def count(self, flag: str) -> int:
+        return sum(1 for u in self.units if getattr(u, flag))
+
+    @cached_property
+    def log_means(self) -> np.ndarray:
+        return np.array([np.log(d).mean() for d in self.device_latencies])
+
+
+def _collect(exp: ExperimentDef, units: Iterable[UnitSummary]) -> tuple[dict[str, _Arm], Counter]:
+    arms = {name: _Arm(name) for name in exp.arms}
+    unknown: Counter = Counter()
+    for u in units:
+        arm = arms.get(u.arm)
+        if arm is None:
+            unknown[u.arm] += 1
+            continue
+        if u.rated < 0 or not 0 <= u.correct <= u.rated:
+            raise ValueError(
+                f"unit {u.install_id!r}: need 0 <= correct <= rated, got {u.correct}/{u.rated}"
+            )
+        arm.units.append(u)
+        lat = np.asarray(u.latencies_ms, dtype=float)
+        valid = lat[np.isfinite(lat) & (lat > 0)]
+        arm.invalid_latencies += len(lat) - len(valid)
+        if len(valid):
+            arm.device_latencies.append(valid)
+        if u.rated > 0:
+            arm.rated.append(u.rated)
+            arm.correct.append(u.correct)
+    return arms, unknown
+
+
+def _health(level: str, code: str, message: str, **where: str) -> dict[str, Any]:
+    return {"level": level, "code": code, "message": message, **where}
+
+
+def _arms_table(exp: ExperimentDef, arms: dict[str, _Arm]) -> dict[str, dict[str, Any]]:
+    total_w = sum(exp.weights)
+    return {
+        name: {
+            "weight": w,
+            "expected_share": w / total_w,
+            "assigned": arms[name].assigned,
+            "downloaded": arms[name].count("downloaded"),
+            "installed": arms[name].count("installed"),
+            "active": arms[name].count("active"),
+            "download_failed": arms[name].count("download_failed"),
+            "install_failed": arms[name].count("install_failed"),
+            "crashed": arms[name].count("crashed"),
+            "latency_devices": len(arms[name].device_latencies),
+            "rated_devices": len(arms[name].rated),
+        }
+        for name, w in zip(exp.arms, exp.weights)
+    }
+
+
+def _daily(exp: ExperimentDef, arms: dict[str, _Arm]) -> dict[str, Any]:
+    days: set[date] = {u.assigned_day for a in arms.values() for u in a.units}
+    if not days:
+        return {"days": [], "arms": {name: [] for name in exp.arms}}
+    first, last = min(days), max(days)
+    span = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    out = {}
+    for name in exp.arms:
+        per_day = Counter(u.assigned_day for u in arms[name].units)
+        out[name] = [per_day.get(d, 0) for d in span]
+    return {"days": [d.isoformat() for d in span], "arms": out}
+
+
+def _srm(exp: ExperimentDef, arms: dict[str, _Arm], health: list) -> dict[str, Any]:
+    observed = [arms[name].assigned for name in exp.arms]
+    res = _stats.srm_test(observed, exp.weights, _SRM_MIN_UNITS)
+    total_obs = sum(observed)
+    total_w = sum(exp.weights)
+    skipped = []
+    for name, obs, w, tested in zip(exp.arms, observed, exp.weights, res.tested):
+        if tested:
+            continue
+        skipped.append(name)
+        share_expected = w / total_w * total_obs
+        if w == 0:
+            if obs:
+                health.append(_health("error", "units_in_zero_weight_arm",
+                                      f"Arm '{name}' has weight 0 but {obs} units.", arm=name))
+            continue
+        # An arm that should have plenty of units but has almost none is the loudest SRM of
+        # all (e.g. its manifest is broken); do not let the small-arm skip hide it.
+        starved = share_expected >= _SRM_MIN_UNITS
+        health.append(_health(
+            "error" if starved else "info", "srm_arm_skipped",
+            f"Arm '{name}' has {obs} units (about {share_expected:.0f} expected from the "
+            f"configured split); arms with fewer than {_SRM_MIN_UNITS} units are left out of "
+            "the sample-ratio test." + (" So few units where many were expected usually means "
+                                        "assignment or telemetry for this arm is broken." if starved else ""),
+            arm=name))
+    alert = res.p_value is not None and res.p_value < _SRM_ALERT_P
+    if alert:
+        health.append(_health(
+            "error", "srm",
+            f"Sample-ratio mismatch: assigned counts {observed} do not fit the configured weights "
+            f"{list(exp.weights)} (p = {res.p_value:.2g}). Assignment or logging is broken for some "
+            "units; do not trust the metrics until the cause is found."))
+    if res.p_value is None:
+        health.append(_health("info", "srm_not_tested",
+                              "Too few units to test the sample ratio (needs 2 arms with "
+                              f"{_SRM_MIN_UNITS}+ units)."))
+    return {
+        "p_value": res.p_value,
+        "statistic": res.statistic,
+        "alert": alert,
+        "threshold": _SRM_ALERT_P,
+        "arms": list(exp.arms),
+        "weights": list(exp.weights),
+        "observed": observed,
+        "expected": res.expected,
+        "skipped": skipped,
+    }
+
+
+def _row(metric: str, arm: str, guardrail: bool, **values: Any) -> dict[str, Any]:
+    row = {
+        "metric": metric, "arm": arm, "unit": METRICS[metric],
+        "value": None, "value_ci95": None, "control_value": None, "control_value_ci95": None,
+        "diff": None, "ci95": None, "ci95_of": "diff", "lift": None, "lift_ci95": None,
+        "p_value": None, "p_value_adjusted": None, "significant": False, "guardrail": guardrail,
+        "n": 0, "control_n": 0, "method": "",
+    }
+    row.update(values)
+    return row
+
+
+def _proportion_row(metric: str, flag: str, t: _Arm, c: _Arm, alpha: float, guardrail: bool,
+                    health: list) -> dict[str, Any]:
+    xt, nt, xc, nc = t.count(flag), t.assigned, c.count(flag), c.assigned
+    row = _row(metric, t.name, guardrail, n=nt, control_n=nc, events=xt, control_events=xc,
+               method="two-proportion z-test (pooled), Newcombe hybrid score interval for the "
+                      "difference, Wilson intervals per arm; denominator: assigned units (ITT)")
+    if nt == 0 or nc == 0:
+        return row
+    pt, pc = xt / nt, xc / nc
+    lift, lift_ci = _stats.relative_lift_interval(pt, pt * (1 - pt) / nt, pc, pc * (1 - pc) / nc, alpha)
+    row.update(
+        value=pt, value_ci95=_stats.wilson_interval(xt, nt, alpha),
+        control_value=pc, control_value_ci95=_stats.wilson_interval(xc, nc, alpha),
+        diff=pt - pc, ci95=_stats.newcombe_diff_interval(xt, nt, xc, nc, alpha),
+        lift=lift, lift_ci95=lift_ci, p_value=_stats.two_proportion_ztest(xt, nt, xc, nc),
+    )
+    pooled = (xt + xc) / (nt + nc)
+    if 0 < xt + xc and min(nt, nc) * pooled < _FEW_EVENTS:
+        health.append(_health(
+            "info", "few_events",
+            f"{metric}: only {xt} vs {xc} events; the z-test p-value is approximate at so few "
+            "events — read the Newcombe interval.", arm=t.name, metric=metric))
+    return row
+
+
+def _geomean_ci(log_means: np.ndarray, alpha: float) -> tuple[float, float] | None:
+    n = len(log_means)
+    if n < 2:
+        return None
+    half = stats.t.ppf(1 - alpha / 2, n - 1) * log_means.std(ddof=1) / math.sqrt(n)
+    m = log_means.mean()
+    return math.exp(m - half), math.exp(m + half)
+
+
+def _latency_row(t: _Arm, c: _Arm, alpha: float, guardrail: bool) -> dict[str, Any]:
+    lt, lc = t.log_means, c.log_means
+    row = _row("latency_geomean_ratio", t.name, guardrail, n=len(lt), control_n=len(lc),
+               ci95_of="ratio",
+               method="per-device mean of log latency; Welch t-test between arms; ratio of "
+                      "geometric means with exp(Welch interval)")
+    if len(lt):
+        row.update(value=math.exp(lt.mean()), value_ci95=_geomean_ci(lt, alpha))
+    if len(lc):
+        row.update(control_value=math.exp(lc.mean()), control_value_ci95=_geomean_ci(lc, alpha))
+    if len(lt) and len(lc):
+        row["diff"] = row["value"] - row["control_value"]
+        row["ratio"] = row["value"] / row["control_value"]
+        row["lift"] = row["ratio"] - 1.0
+    welch = _stats.welch_log_ratio(lt, lc, alpha)
+    if welch is not None:
+        row.update(ratio=welch.ratio, ci95=welch.ci, p_value=welch.p_value, welch_df=welch.df,
+                   lift_ci95=(welch.ci[0] - 1.0, welch.ci[1] - 1.0))
+    return row
+
+
+def _accuracy_row(t: _Arm, c: _Arm, alpha: float, guardrail: bool) -> dict[str, Any]:
+    row = _row("accuracy", t.name, guardrail, n=len(t.rated), control_n=len(c.rated),
+               events=sum(t.rated), control_events=sum(c.rated),
+               method="correct / rated per arm (ratio estimator), delta-method variance "
+                      "clustered by device; z-test and Wald interval for the difference")
+    est_t = _stats.ratio_estimate(np.array(t.correct), np.array(t.rated))
+    est_c = _stats.ratio_estimate(np.array(c.correct), np.array(c.rated))
+    z = float(stats.norm.ppf(1 - alpha / 2))
+
+    def ci(est: tuple[float, float]) -> tuple[float, float]:
+        half = z * math.sqrt(est[1])
+        return max(0.0, est[0] - half), min(1.0, est[0] + half)
+
+    if est_t is not None:
+        row.update(value=est_t[0], value_ci95=ci(est_t))
+    if est_c is not None:
+        row.update(control_value=est_c[0], control_value_ci95=ci(est_c))
+    if est_t is not None and est_c is not None:
+        diff, diff_ci, p = _stats.normal_diff_test(est_t[0], est_t[1], est_c[0], est_c[1], alpha)
+        lift, lift_ci = _stats.relative_lift_interval(est_t[0], est_t[1], est_c[0], est_c[1], alpha)
+        row.update(diff=diff, ci95=diff_ci, p_value=p, lift=lift, lift_ci95=lift_ci)
+    return row
+
+
+def _is_guardrail(metric: str, configured: set[str]) -> bool:
+    return metric in configured or any(_GUARDRAIL_ALIASES.get(g) == metric for g in configured)
+
+
+def _latency_section(exp: ExperimentDef, arms: dict[str, _Arm], alpha: float, n_boot: int,
+                     seed: int) -> dict[str, Any]:
+    """p50/p90 of pooled inference latencies per arm with device-level bootstrap intervals.
+
+    Each arm resamples with its own generator ``default_rng([seed, arm_index])`` so one arm's
+    numbers do not depend on which other arms have data.
+    """
+    lo_q, hi_q = alpha / 2, 1 - alpha / 2
+    boots: dict[str, _stats.BootstrapQuantiles] = {}
+    out: dict[str, Any] = {}
+    for i, name in enumerate(exp.arms):
+        arm = arms[name]
+        entry: dict[str, Any] = {"devices": len(arm.device_latencies),
+                                 "samples": int(sum(len(d) for d in arm.device_latencies)),
+                                 "p50": None, "p90": None, "p50_ci95": None, "p90_ci95": None,
+                                 "device_geomean_percentiles_ms": None}
+        out[name] = entry
+        if not arm.device_latencies:
+            continue
+        b = _stats.cluster_bootstrap_quantiles(arm.device_latencies, _QUANTILES, n_boot,
+                                               np.random.default_rng([seed, i]))
+        boots[name] = b
+        for j, q in enumerate(("p50", "p90")):
+            entry[q] = float(b.point[j])
+            if b.replicates is not None:
+                entry[f"{q}_ci95"] = tuple(np.quantile(b.replicates[:, j], [lo_q, hi_q]).tolist())
+        entry["device_geomean_percentiles_ms"] = np.exp(
+            np.percentile(arm.log_means, _PERCENTILES)).tolist()
+    control = exp.arms[0]
+    for name in exp.arms[1:]:
+        entry = out[name]
+        for j, q in enumerate(("p50", "p90")):
+            entry[f"{q}_ratio"] = None
+            entry[f"{q}_ratio_ci95"] = None
+            if name in boots and control in boots:
+                bt, bc = boots[name], boots[control]
+                entry[f"{q}_ratio"] = float(bt.point[j] / bc.point[j])
+                if bt.replicates is not None and bc.replicates is not None:
+                    ratios = bt.replicates[:, j] / bc.replicates[:, j]
+                    entry[f"{q}_ratio_ci95"] = tuple(np.quantile(ratios, [lo_q, hi_q]).tolist())
+    return out
+
+
+def _guardrail_inputs(exp: ExperimentDef, arms: dict[str, _Arm], latency: dict) -> dict[str, Any]:
+    """Absolute per-arm rates for the delivery guardrail engine.
+
+    Unlike the ITT metrics (whose job is an unbiased comparison between arms), a guardrail
+    threshold such as "halt above 5% load failures" means failures per *attempt*, so these
+    rates use the units that attempted the step as denominator and report it as ``samples``.
+    """
+    out: dict[str, Any] = {}
+    for name in exp.arms:
+        units = arms[name].units
+        dl_attempts = sum(1 for u in units if u.downloaded or u.download_failed)
+        inst_attempts = sum(1 for u in units if u.installed or u.install_failed)
+        ran = sum(1 for u in units if u.installed or u.active or u.crashed)
+
+        def rate(k: int, n: int) -> dict[str, Any]:
+            return {"value": k / n if n else None, "samples": n}
+
+        load = rate(arms[name].count("install_failed"), inst_attempts)
+        lat = latency[name]
+        out[name] = {
+            "load_failure_rate": load,
+            "install_failure_rate": dict(load),
+            "download_failure_rate": rate(arms[name].count("download_failed"), dl_attempts),
+            "crash_rate": rate(arms[name].count("crashed"), ran),
+            "p50_latency_ratio": {"value": lat.get("p50_ratio"), "samples": lat["devices"]},
+            "p90_latency_ratio": {"value": lat.get("p90_ratio"), "samples": lat["devices"]},
+        }
+    return out
+
+
+def guardrail_metrics_for(report: dict[str, Any], arm: str) -> dict[str, tuple[float | None, int]]:
+    """Per-arm values for the guardrail engine: ``{name: (value, samples)}``.
+
+    Names are ``GUARDRAIL_INPUT_NAMES``. Rates are failures per attempt (see docs/reports.md);
+    latency ratios are this arm's pooled p50/p90 over the control's, ``None`` for the control
+    itself or without latency data in either arm; ``samples`` is the denominator (attempts or
+    latency devices) so the engine can refuse to act on too little data.
+
+    Raises:
+        KeyError: ``arm`` is not an arm of the report's experiment.
+    """
+    inputs = report["guardrail_inputs"][arm]
+    return {name: (inputs[name]["value"], inputs[name]["samples"]) for name in GUARDRAIL_INPUT_NAMES}
+
+
+def _data_health(exp: ExperimentDef, arms: dict[str, _Arm], unknown: Counter, min_units: int,
+                 health: list) -> None:
+    for name, n in unknown.items():
+        health.append(_health("warning", "unknown_arm",
+                              f"{n} units assigned to arm '{name}', which is not in the experiment; "
+                              "they are left out.", arm=name))
+    for g in sorted(exp.guardrail_metrics):
+        if g not in METRICS and g not in _GUARDRAIL_ALIASES:
+            health.append(_health("warning", "unknown_guardrail",
+                                  f"Guardrail metric '{g}' is not a report metric; ignored."))
+    any_rated = any(a.rated for a in arms.values())
+    for name in exp.arms:
+        a = arms[name]
+        if a.assigned < min_units:
+            health.append(_health("warning", "too_little_data",
+                                  f"Arm '{name}' has {a.assigned} assigned units, fewer than "
+                                  f"{min_units}: intervals are wide and p-values rough.", arm=name))
+        n_lat = len(a.device_latencies)
+        if n_lat == 0:
+            health.append(_health("warning", "no_latency_data",
+                                  f"Arm '{name}' has no device with inference latencies.",
+                                  arm=name, metric="latency_geomean_ratio"))
+        elif n_lat < min_units:
+            health.append(_health("warning", "too_little_data",
+                                  f"Arm '{name}' has latency from {n_lat} devices, fewer than "
+                                  f"{min_units}.", arm=name, metric="latency_geomean_ratio"))
+        if any_rated and len(a.rated) < min_units:
+            health.append(_health("warning", "too_little_data",
+                                  f"Arm '{name}' has rated inferences from {len(a.rated)} devices, "
+                                  f"fewer than {min_units}.", arm=name, metric="accuracy"))
+        if a.invalid_latencies:
+            health.append(_health("info", "invalid_latency",
+                                  f"Arm '{name}': {a.invalid_latencies} latency values that were not "
+                                  "positive finite numbers were ignored.", arm=name))
+
+
+def _json_clean(obj: Any) -> Any:
+    """numpy scalars to Python, tuples to lists, NaN/inf to None: JSON without surprises."""
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def build_report(exp: ExperimentDef, units: Iterable[UnitSummary], *, alpha: float = 0.05,
+                 min_units: int = 100, bootstrap_samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Compute the experiment report.
+
+    Args:
+        exp: The experiment; ``exp.arms[0]`` is the control.
+        units: One summary per assigned install id (intent-to-treat). Units whose arm is not in
+            ``exp.arms`` are left out and reported in ``health``.
+        alpha: Two-sided significance level; intervals have confidence ``1 - alpha`` (the
+            ``ci95`` field names follow the default).
+        min_units: Per-arm units (and latency / rated devices) below which the report warns
+            "too little data".
+        bootstrap_samples: Device-level bootstrap replicates for latency quantiles; 0 skips them.
+        seed: Seed of the bootstrap, so the same data always gives the same report.
+
+    Returns:
+        A JSON-serialisable dict; see docs/reports.md for every field.
+
+    Raises:
+        ValueError: Bad parameters or an inconsistent unit (``correct > rated``).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if bootstrap_samples < 0 or min_units < 0:
+        raise ValueError("bootstrap_samples and min_units must be >= 0")
+    arms, unknown = _collect(exp, units)
+    health: list[dict[str, Any]] = []
+    srm = _srm(exp, arms, health)
+    _data_health(exp, arms, unknown, min_units, health)
+
+    control = arms[exp.arms[0]]
+    metrics: list[dict[str, Any]] = []
+    include_accuracy = any(a.rated for a in arms.values())
+    for name in exp.arms[1:]:
+        t = arms[name]
+        for metric, flag in (("download_failure_rate", "download_failed"),
+                             ("install_failure_rate", "install_failed"), ("crash_rate", "crashed")):
+            metrics.append(_proportion_row(metric, flag, t, control, alpha,
+                                           _is_guardrail(metric, exp.guardrail_metrics), health))
+        metrics.append(_latency_row(t, control, alpha,
+                                    _is_guardrail("latency_geomean_ratio", exp.guardrail_metrics)))
+        if include_accuracy:
+            metrics.append(_accuracy_row(t, control, alpha,
+                                         _is_guardrail("accuracy", exp.guardrail_metrics)))
+
+    # Holm across every non-guardrail metric x arm; guardrails keep their raw p-value because
+    # missing a real regression costs more than a false alarm that a person then checks.
+    family = [m for m in metrics if not m["guardrail"]]
+    for m, adj in zip(family, _stats.holm_adjust([m["p_value"] for m in family])):
+        m["p_value_adjusted"] = adj
+    for m in metrics:
+        if m["guardrail"]:
+            m["p_value_adjusted"] = m["p_value"]
+        m["significant"] = m["p_value_adjusted"] is not None and m["p_value_adjusted"] < alpha
+
+    latency = _latency_section(exp, arms, alpha, bootstrap_samples, seed)
+    order = {"error": 0, "warning": 1, "info": 2}
+    health.sort(key=lambda h: order[h["level"]])
+    report = {
+        "experiment": exp.name,
+        "control": exp.arms[0],
+        "alpha": alpha,
+        "confidence_level": 1 - alpha,
+        "min_units": min_units,
+        "bootstrap_samples": bootstrap_samples,
+        "seed": seed,
+        "units": sum(a.assigned for a in arms.values()),
+        "arms": _arms_table(exp, arms),
+        "daily_assigned": _daily(exp, arms),
+        "srm": srm,
+        "health": health,
+        "metrics": metrics,
+        "latency": latency,
+        "guardrail_inputs": _guardrail_inputs(exp, arms, latency),
+    }
+    return _json_clean(report)
