@@ -1,0 +1,43 @@
+"""Pure delivery logic: who gets which release, arm and variant, and when to halt.
+
+Nothing in this package touches the database, the web framework or the network; the
+manifest service feeds it stored releases and the device's request and turns its
+answers into a signed manifest. That keeps every decision unit-testable and lets the
+same rules be re-implemented on devices (docs/delivery.md).
+"""
+
+from .bucketing import (
+    BASIS_POINTS,
+    arm_ranges,
+    assign_arm,
+    fnv1a32,
+    hash_v2,
+    in_rollout,
+    new_seed,
+    validate_install_id,
+)
+from .errors import (
+    DeliveryError,
+    InvalidBucketingError,
+    InvalidDeviceError,
+    InvalidGuardrailError,
+    InvalidInstallIdError,
+    InvalidTargetingError,
+)
+
+__all__ = [
+    "BASIS_POINTS",
+    "DeliveryError",
+    "InvalidBucketingError",
+    "InvalidDeviceError",
+    "InvalidGuardrailError",
+    "InvalidInstallIdError",
+    "InvalidTargetingError",
+    "arm_ranges",
+    "assign_arm",
+    "fnv1a32",
+    "hash_v2",
+    "in_rollout",
+    "new_seed",
+    "validate_install_id",
+]
