@@ -24,20 +24,35 @@ from .errors import (
     InvalidInstallIdError,
     InvalidTargetingError,
 )
+from .targeting import (
+    PLATFORMS,
+    DeviceInfo,
+    TargetingRules,
+    meets_min_app_version,
+    validate_min_app_version,
+)
+from .variants import FORMAT_BY_PLATFORM, choose_variant, platform_format
 
 __all__ = [
     "BASIS_POINTS",
+    "FORMAT_BY_PLATFORM",
+    "PLATFORMS",
     "DeliveryError",
+    "DeviceInfo",
     "InvalidBucketingError",
     "InvalidDeviceError",
     "InvalidGuardrailError",
     "InvalidInstallIdError",
     "InvalidTargetingError",
+    "TargetingRules",
     "arm_ranges",
     "assign_arm",
+    "choose_variant",
     "fnv1a32",
     "hash_v2",
     "in_rollout",
+    "meets_min_app_version",
     "new_seed",
+    "platform_format",
     "validate_install_id",
 ]
