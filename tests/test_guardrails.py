@@ -183,7 +183,19 @@ def test_missing_metric_is_not_enough_data_never_a_breach():
     assert insufficient_data(GUARDRAILS, {}) == GUARDRAILS
 
 
-def test_non_numeric_value_is_not_enough_data():
-    metrics = {"p90_latency_ratio": MetricValue(math.nan, 1000)}
+@pytest.mark.parametrize("value", [math.nan, None])
+def test_non_numeric_value_is_not_enough_data(value):
+    metrics = {"p90_latency_ratio": MetricValue(value, 1000)}
     assert evaluate(GUARDRAILS, metrics) == []
     assert GUARDRAILS[2] in insufficient_data(GUARDRAILS, metrics)
+
+
+def test_plain_value_samples_pairs_are_accepted():
+    # The shape registry.reports.guardrail_metrics_for returns: {name: (value, samples)}.
+    metrics = {
+        "load_failure_rate": (0.05, 400),
+        "crash_rate": (0.0, 0),  # no devices ran it yet
+        "p90_latency_ratio": (None, 50),  # e.g. the control arm itself
+    }
+    assert evaluate(GUARDRAILS, metrics) == [Breach(GUARDRAILS[0], 0.05, 400)]
+    assert insufficient_data(GUARDRAILS, metrics) == GUARDRAILS[1:]

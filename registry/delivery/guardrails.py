@@ -111,9 +111,13 @@ class Guardrail:
 
 @dataclass(frozen=True)
 class MetricValue:
-    """A metric as aggregated from telemetry, with the number of samples behind it."""
+    """A metric as aggregated from telemetry, with the number of samples behind it.
 
-    value: float
+    ``value`` may be None when there is nothing to compute (e.g. a latency ratio for the
+    control arm itself); that counts as not enough data.
+    """
+
+    value: float | None
     samples: int
 
 
@@ -200,17 +204,23 @@ def parse_guardrails(items: Iterable[str | Mapping[str, Any]] | None) -> list[Gu
     return guardrails
 
 
-def evaluate(
-    guardrails: Iterable[Guardrail], metrics: Mapping[str, MetricValue]
-) -> list[Breach]:
+Observed = MetricValue | tuple[float | None, int | None]
+
+
+def evaluate(guardrails: Iterable[Guardrail], metrics: Mapping[str, Observed]) -> list[Breach]:
     """The guardrails that are breached, in the order given.
 
-    A guardrail whose metric is missing, not a number, or backed by fewer than
-    ``min_samples`` samples is not breached (see :func:`insufficient_data`).
+    Args:
+        guardrails: Parsed guardrails.
+        metrics: Metric name -> :class:`MetricValue`, or a plain ``(value, samples)``
+            pair as ``registry.reports.guardrail_metrics_for`` returns.
+
+    A guardrail whose metric is missing, has no numeric value (None, NaN) or is backed
+    by fewer than ``min_samples`` samples is not breached (see :func:`insufficient_data`).
     """
     breaches = []
     for guardrail in guardrails:
-        observed = metrics.get(guardrail.metric)
+        observed = _observed(metrics, guardrail.metric)
         if not _has_enough_data(guardrail, observed):
             continue
         if not guardrail.holds(observed.value):
@@ -219,10 +229,10 @@ def evaluate(
 
 
 def insufficient_data(
-    guardrails: Iterable[Guardrail], metrics: Mapping[str, MetricValue]
+    guardrails: Iterable[Guardrail], metrics: Mapping[str, Observed]
 ) -> list[Guardrail]:
     """The guardrails that cannot be judged yet — for "waiting for data" on dashboards."""
-    return [g for g in guardrails if not _has_enough_data(g, metrics.get(g.metric))]
+    return [g for g in guardrails if not _has_enough_data(g, _observed(metrics, g.metric))]
 
 
 def _problem(metric: object, op: object, threshold: object, min_samples: object) -> str | None:
@@ -249,7 +259,20 @@ def _problem(metric: object, op: object, threshold: object, min_samples: object)
     return None
 
 
+def _observed(metrics: Mapping[str, Observed], name: str) -> MetricValue | None:
+    observed = metrics.get(name)
+    if observed is None or isinstance(observed, MetricValue):
+        return observed
+    value, samples = observed
+    return MetricValue(value, samples)
+
+
 def _has_enough_data(guardrail: Guardrail, observed: MetricValue | None) -> bool:
-    if observed is None or observed.samples < guardrail.min_samples:
+    if observed is None:
         return False
-    return isinstance(observed.value, int | float) and math.isfinite(observed.value)
+    samples, value = observed.samples, observed.value
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < guardrail.min_samples:
+        return False
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
