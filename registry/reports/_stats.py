@@ -55,8 +55,11 @@ def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float,
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Clamp only rounding noise: the exact interval is always inside [0, 1].
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes one bound is exactly 0 or 1; the formula only gets there up to
+    # rounding, so set it, and clamp the rest against rounding noise.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def newcombe_diff_interval(
