@@ -1,0 +1,88 @@
+"""Source model -> device variants (TFLite, Core ML), with fidelity and reference latency.
+
+Importing this package is cheap: the catalogue and result types come from
+``catalog`` (standard library only); TensorFlow, coremltools and the TFLite runtime
+are imported inside ``convert_version``, which only the job worker calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .catalog import (
+    SOURCE_FORMATS,
+    VARIANT_NAMES,
+    VARIANTS,
+    ConversionError,
+    VariantResult,
+    VariantSpec,
+    validate_variants,
+)
+
+__all__ = [
+    "SOURCE_FORMATS",
+    "VARIANT_NAMES",
+    "VARIANTS",
+    "ConversionError",
+    "VariantResult",
+    "VariantSpec",
+    "convert_version",
+    "validate_variants",
+]
+
+
+def convert_version(
+    source_path: Path,
+    workdir: Path,
+    *,
+    variants: list[str] | None = None,
+    eval_path: Path | None = None,
+    accuracy_drop_threshold_pp: float = 1.0,
+    latency_runs: int = 50,
+    max_parallel: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[VariantResult]:
+    """Convert one uploaded model version into device variants and measure each.
+
+    Call this in a worker process, never in the web process. With ``max_parallel``
+    above 1 it starts a pool of spawned processes, so a script calling it needs the
+    usual ``if __name__ == "__main__":`` guard.
+
+    Args:
+        source_path: ``.keras``, ``.h5`` or ``.zip`` (a zipped SavedModel directory
+            with a ``serving_default`` signature).
+        workdir: scratch directory owned by the caller; artifacts land in
+            ``workdir/variants/<variant>.<extension>``.
+        variants: names from the catalogue; None builds all of them.
+        eval_path: ``.npz`` with ``x`` (N, *input shape) and optional integer ``y``.
+            Without it a fixed-seed synthetic set is used (agreement only).
+        accuracy_drop_threshold_pp: a TFLite variant whose accuracy drop (or, without
+            labels, top-1 disagreement) exceeds this many percentage points is not
+            servable.
+        latency_runs: timed single-input inferences per TFLite variant.
+        max_parallel: worker processes; default min(2, cpu count). 1 converts in
+            this process.
+        progress: called as ``progress(k, n, variant)`` when variant k of n is done.
+
+    Returns:
+        One VariantResult per requested variant, in catalogue order. A variant that
+        fails to build carries ``error`` and is not servable; the others still build.
+
+    Raises:
+        ValueError: an unknown variant name or an invalid argument.
+        ConversionError: the source model does not load (with the loader's message)
+            or the evaluation set does not fit it.
+    """
+    from ._engine import convert_version as _convert_version
+
+    return _convert_version(
+        source_path,
+        workdir,
+        variants=variants,
+        eval_path=eval_path,
+        accuracy_drop_threshold_pp=accuracy_drop_threshold_pp,
+        latency_runs=latency_runs,
+        max_parallel=max_parallel,
+        progress=progress,
+    )

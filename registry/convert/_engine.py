@@ -1,0 +1,309 @@
+"""Orchestration: one uploaded version in, one measured VariantResult per variant out.
+
+The parent loads the source once, exports the SavedModel once and computes the
+reference outputs once; variants then build in a pool of *spawned* processes (forking
+a process that has TensorFlow loaded can hang). Measurements stay in the parent:
+fidelity as each variant arrives, and latency only once no conversion is running, so
+that the timings are not taken on a CPU shared with a converter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from . import _coreml, _fidelity, _tflite
+from ._evalset import EvalSet, load_eval_set, synthetic_eval_set
+from ._source import ModelSignature, load_source
+from ._tasks import ConvertTask, TaskOutcome, describe_error, run_task
+from .catalog import VARIANTS, ConversionError, VariantResult, validate_variants
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]
+
+# Start the long tasks and the ones others depend on first, so two workers stay busy.
+_SCHEDULE_ORDER = (
+    "coreml-fp16",
+    "coreml-fp32",
+    "tflite-int8-full",
+    "coreml-palettized-6bit",
+    "coreml-palettized-4bit",
+    "coreml-int8",
+    "tflite-fp32",
+    "tflite-fp16",
+    "tflite-int8-dynamic",
+)
+
+
+def default_parallelism() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def convert_version(
+    source_path: Path,
+    workdir: Path,
+    *,
+    variants: list[str] | None = None,
+    eval_path: Path | None = None,
+    accuracy_drop_threshold_pp: float = 1.0,
+    latency_runs: int = 50,
+    max_parallel: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[VariantResult]:
+    """See registry.convert.convert_version."""
+    names = validate_variants(variants)
+    if latency_runs < 1:
+        raise ValueError("latency_runs must be at least 1")
+    if max_parallel is not None and max_parallel < 1:
+        raise ValueError("max_parallel must be at least 1")
+    if not accuracy_drop_threshold_pp >= 0:
+        raise ValueError("accuracy_drop_threshold_pp must be a number >= 0")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    build_dir = workdir / "build"
+    build_dir.mkdir(exist_ok=True)
+
+    source = load_source(Path(source_path), workdir)
+    signature = source.signature
+    evalset = (
+        load_eval_set(Path(eval_path), signature.input_shape)
+        if eval_path is not None
+        else synthetic_eval_set(signature.input_shape)
+    )
+    reference = source.predict(evalset.x)
+    del source  # the parent no longer needs the model itself; workers load the SavedModel
+    if evalset.y is not None and _fidelity.top1(reference).shape != evalset.y.shape:
+        raise ConversionError(
+            f"evaluation labels have shape {evalset.y.shape} but the model predicts classes of shape "
+            f"{_fidelity.top1(reference).shape}"
+        )
+    calibration_path = None
+    if "tflite-int8-full" in names:
+        calibration_path = build_dir / "calibration.npy"
+        np.save(calibration_path, evalset.calibration_inputs())
+
+    run = _Run(
+        names=names,
+        signature=signature,
+        workdir=workdir,
+        evalset=evalset,
+        reference=reference,
+        threshold_pp=float(accuracy_drop_threshold_pp),
+        latency_runs=latency_runs,
+        calibration_path=calibration_path,
+        progress=progress,
+    )
+    return run.execute(max_parallel or default_parallelism())
+
+
+class _InlineExecutor:
+    """Same interface as the pool for max_parallel == 1: run the task in this process."""
+
+    def submit(self, fn, *args):
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # pragma: no cover - run_task catches converter errors
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _Run:
+    """State of one convert_version call."""
+
+    def __init__(self, *, names, signature: ModelSignature, workdir: Path, evalset: EvalSet,
+                 reference: np.ndarray, threshold_pp: float, latency_runs: int,
+                 calibration_path: Path | None, progress: ProgressFn | None):
+        self.names = names
+        self.signature = signature
+        self.workdir = workdir
+        self.build_dir = workdir / "build"
+        self.artifact_dir = workdir / "variants"
+        self.evalset = evalset
+        self.reference = reference
+        self.threshold_pp = threshold_pp
+        self.latency_runs = latency_runs
+        self.calibration_path = calibration_path
+        self.progress = progress
+        self.results: dict[str, VariantResult] = {}
+        self.outcomes: dict[str, TaskOutcome] = {}
+        self.finished = 0
+        self.reference_weights = None  # float32 Core ML weights, once coreml-fp32 is built
+        self.awaiting_reference: list[str] = []
+        self.awaiting_latency: list[str] = []
+
+    # -- planning ---------------------------------------------------------------------
+
+    def _build_set(self) -> list[str]:
+        """Requested variants plus the Core ML packages they are derived from or compared to."""
+        needed = set(self.names)
+        if any(VARIANTS[n].format == "coreml" for n in self.names):
+            needed.add("coreml-fp32")  # the weight reference for every Core ML variant
+        for name in list(needed):
+            if name in _coreml.BASE_VARIANT:
+                needed.add(_coreml.BASE_VARIANT[name])
+        return [n for n in _SCHEDULE_ORDER if n in needed]
+
+    def _task(self, name: str) -> ConvertTask:
+        base = _coreml.BASE_VARIANT.get(name)
+        return ConvertTask(
+            variant=name,
+            signature=self.signature,
+            build_dir=str(self.build_dir),
+            artifact_path=str(self.artifact_dir / VARIANTS[name].filename()),
+            calibration_path=str(self.calibration_path) if name == "tflite-int8-full" else None,
+            base_package=self.outcomes[base].package_path if base else None,
+        )
+
+    # -- running ----------------------------------------------------------------------
+
+    def execute(self, max_parallel: int) -> list[VariantResult]:
+        pending = self._build_set()
+        workers = min(max_parallel, len(pending))
+        parallel = workers > 1
+        executor = self._new_executor(workers) if parallel else _InlineExecutor()
+        running: dict[Future, str] = {}
+        try:
+            while pending or running:
+                for name in list(pending):
+                    if len(running) >= workers:
+                        break
+                    base = _coreml.BASE_VARIANT.get(name)
+                    if base and base not in self.outcomes:
+                        continue  # its base package is still being built
+                    pending.remove(name)
+                    if base and self.outcomes[base].error:
+                        failed = TaskOutcome(name, None, None, 0.0, f"needs {base}, which failed: {self.outcomes[base].error}")
+                        self._on_outcome(failed, defer_latency=parallel)
+                        continue
+                    try:
+                        future = executor.submit(run_task, self._task(name))
+                    except BrokenProcessPool:
+                        executor = self._new_executor(workers)
+                        future = executor.submit(run_task, self._task(name))
+                    running[future] = name
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool as exc:
+                        outcome = TaskOutcome(name, None, None, 0.0, f"conversion worker died: {describe_error(exc)}")
+                        executor = self._new_executor(workers)
+                    self._on_outcome(outcome, defer_latency=parallel)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        # The pool is gone: measure latency now, on an otherwise idle CPU.
+        for name in self.awaiting_latency:
+            self._measure_latency(name)
+        return [self.results[name] for name in self.names]
+
+    @staticmethod
+    def _new_executor(workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _on_outcome(self, outcome: TaskOutcome, *, defer_latency: bool) -> None:
+        name = outcome.variant
+        self.outcomes[name] = outcome
+        log.info("built %s in %.1f s%s", name, outcome.seconds, f" (error: {outcome.error})" if outcome.error else "")
+        if name == "coreml-fp32":
+            self._load_reference_weights(outcome)
+        if name not in self.names:
+            return  # an intermediate package, built only for other variants
+        spec = VARIANTS[name]
+        if outcome.error:
+            self.results[name] = VariantResult(name=name, format=spec.format, servable=False,
+                                               reason=outcome.error, error=outcome.error)
+            self._finish(name)
+        elif spec.format == "tflite":
+            self._measure_tflite(outcome)
+            if self.results[name].error or not defer_latency:
+                self._measure_latency(name)
+            else:
+                self.awaiting_latency.append(name)
+        elif self.reference_weights is None and "coreml-fp32" not in self.outcomes:
+            self.awaiting_reference.append(name)
+        else:
+            self._check_coreml(outcome)
+
+    def _load_reference_weights(self, outcome: TaskOutcome) -> None:
+        if outcome.error is None:
+            try:
+                self.reference_weights = _coreml.reference_weights(Path(outcome.package_path))
+            except Exception as exc:
+                log.warning("cannot read float32 Core ML weights: %s", describe_error(exc))
+        waiting, self.awaiting_reference = self.awaiting_reference, []
+        for name in waiting:
+            self._check_coreml(self.outcomes[name])
+
+    # -- measuring ----------------------------------------------------------------------
+
+    def _artifact_result(self, outcome: TaskOutcome) -> VariantResult:
+        path = Path(outcome.artifact_path)
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return VariantResult(name=outcome.variant, format=VARIANTS[outcome.variant].format,
+                             path=path, size=path.stat().st_size, sha256=digest.hexdigest())
+
+    def _fail(self, name: str, exc: Exception, stage: str) -> None:
+        message = f"{stage}: {describe_error(exc)}"
+        self.results[name] = VariantResult(name=name, format=VARIANTS[name].format,
+                                           servable=False, reason=message, error=message)
+
+    def _measure_tflite(self, outcome: TaskOutcome) -> None:
+        name = outcome.variant
+        try:
+            result = self._artifact_result(outcome)
+            outputs = _tflite.run_tflite(result.path, self.evalset.x)
+            result.fidelity = _fidelity.output_fidelity(
+                self.reference, outputs, labels=self.evalset.y, eval_source=self.evalset.source
+            )
+            result.servable, result.reason = _fidelity.tflite_servability(result.fidelity, self.threshold_pp)
+        except Exception as exc:
+            self._fail(name, exc, "interpreter check failed")
+            return
+        self.results[name] = result
+
+    def _measure_latency(self, name: str) -> None:
+        result = self.results[name]
+        if result.error is None:
+            try:
+                timings = _tflite.time_tflite(result.path, self.evalset.x[0], self.latency_runs)
+                result.reference_latency_ms = _fidelity.latency_summary(timings)
+            except Exception as exc:
+                self._fail(name, exc, "latency measurement failed")
+        self._finish(name)
+
+    def _check_coreml(self, outcome: TaskOutcome) -> None:
+        name = outcome.variant
+        try:
+            result = self._artifact_result(outcome)
+            report = _coreml.check_package(result.path, self.reference_weights, self.signature.input_shape)
+            result.fidelity = _fidelity.coreml_fidelity(report)
+            result.servable, result.reason = True, None  # validated and reloaded
+        except Exception as exc:
+            self._fail(name, exc, "package check failed")
+        else:
+            self.results[name] = result
+        self._finish(name)
+
+    def _finish(self, name: str) -> None:
+        self.finished += 1
+        if self.progress is not None:
+            self.progress(self.finished, len(self.names), name)

@@ -1,0 +1,85 @@
+"""The evaluation set every variant is measured on (and tflite-int8-full calibrates on).
+
+Only numpy here: loading an uploaded ``.npz`` must not need TensorFlow.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import ConversionError
+
+EVAL_SEED = 20261127  # fixed, so a synthetic set is the same on every run
+SYNTHETIC_SAMPLES = 64
+MAX_EVAL_SAMPLES = 2000  # an uploaded set is truncated to its first N samples
+CALIBRATION_SAMPLES = 200  # representative inputs for full-integer quantization
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Inputs (float32, batch first), optional integer labels, and where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    source: str  # "uploaded" | "synthetic"
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def calibration_inputs(self) -> np.ndarray:
+        return self.x[:CALIBRATION_SAMPLES]
+
+
+def synthetic_eval_set(input_shape: tuple[int, ...]) -> EvalSet:
+    """Uniform noise in [0, 1) shaped like the model input.
+
+    Noise only supports an agreement check (does the variant pick the same class as
+    the source?); it carries no labels, and as calibration data for full-integer
+    quantization it is a poor stand-in for real inputs.
+    """
+    rng = np.random.default_rng(EVAL_SEED)
+    x = rng.random((SYNTHETIC_SAMPLES, *input_shape), dtype=np.float32)
+    return EvalSet(x=x, y=None, source="synthetic")
+
+
+def load_eval_set(eval_path: Path, input_shape: tuple[int, ...]) -> EvalSet:
+    """Read an uploaded ``.npz`` with ``x`` (N, *input_shape) and optional integer ``y`` (N,).
+
+    Raises:
+        ConversionError: unreadable file, missing ``x``, or shapes that do not fit
+            the model. Pickled objects are refused (``allow_pickle=False``).
+    """
+    try:
+        with np.load(eval_path, allow_pickle=False) as data:
+            if "x" not in data.files:
+                raise ConversionError(
+                    f"evaluation set {eval_path.name} has no array 'x' (found: {', '.join(data.files) or 'none'})"
+                )
+            x = np.asarray(data["x"][:MAX_EVAL_SAMPLES])
+            y = np.asarray(data["y"][:MAX_EVAL_SAMPLES]) if "y" in data.files else None
+    except ConversionError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ConversionError(f"cannot read evaluation set {eval_path.name}: {exc}") from exc
+
+    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape):
+        raise ConversionError(
+            f"evaluation set x has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, input_shape))})"
+        )
+    if x.shape[0] == 0:
+        raise ConversionError("evaluation set x is empty")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ConversionError(f"evaluation set x has dtype {x.dtype}, expected numbers")
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ConversionError(
+                f"evaluation set y has shape {tuple(y.shape)}, expected ({x.shape[0]},)"
+            )
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ConversionError(f"evaluation set y has dtype {y.dtype}, expected integer class labels")
+        y = y.astype(np.int64)
+    return EvalSet(x=np.ascontiguousarray(x, dtype=np.float32), y=y, source="uploaded")

@@ -1,0 +1,214 @@
+"""Loading the uploaded model and reducing every input format to one SavedModel.
+
+Whatever was uploaded (.keras, .h5, zipped SavedModel), the converters see the same
+thing: a SavedModel directory with a ``serving_default`` signature taking one float32
+tensor. TFLite converts fastest from a SavedModel, and Core ML converts reliably from a
+tf.function wrapping that signature (this also covers Sequential models, which
+``ct.convert`` rejects directly). The parent exports it once; workers only read it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .catalog import SOURCE_FORMATS, ConversionError
+
+SIGNATURE_KEY = "serving_default"
+MAX_SAVEDMODEL_BYTES = 8 << 30  # bytes; uncompressed size cap for an uploaded SavedModel zip
+_PREDICT_BATCH = 64
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a worker process needs to find and call the model (picklable)."""
+
+    saved_model_dir: str
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, ...]  # without the batch dimension
+
+
+class SourceModel:
+    """The uploaded model, loaded once in the parent to produce reference outputs."""
+
+    def __init__(self, signature: ModelSignature, predict_fn, kind: str):
+        self.signature = signature
+        self.kind = kind  # "keras" | "saved_model"
+        self._predict_fn = predict_fn
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        outputs = [
+            np.asarray(self._predict_fn(x[start:start + _PREDICT_BATCH]), dtype=np.float32)
+            for start in range(0, len(x), _PREDICT_BATCH)
+        ]
+        return np.concatenate(outputs, axis=0)
+
+
+def load_source(source_path: Path, workdir: Path) -> SourceModel:
+    """Load the upload and make sure a SavedModel for the converters exists in workdir.
+
+    Raises:
+        ConversionError: unsupported extension, unsafe or broken zip, the loader's
+            own error, or a model shape the converters do not handle.
+    """
+    suffix = source_path.suffix.lower()
+    if suffix not in SOURCE_FORMATS:
+        raise ConversionError(
+            f"unsupported source format {suffix or source_path.name!r}; expected one of {', '.join(SOURCE_FORMATS)}"
+        )
+    if not source_path.is_file():
+        raise ConversionError(f"source model {source_path} does not exist")
+    if suffix == ".zip":
+        saved_model_dir = _extract_saved_model_zip(source_path, workdir / "source")
+        return _load_saved_model_source(saved_model_dir)
+    return _load_keras_source(source_path, workdir / "saved_model")
+
+
+def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
+    import keras
+
+    try:
+        model = keras.models.load_model(source_path, compile=False)
+    except Exception as exc:  # the loader raises many types; its message is what matters
+        raise ConversionError(f"cannot load {source_path.name}: {exc}") from exc
+    inputs = getattr(model, "inputs", None) or []
+    outputs = getattr(model, "outputs", None) or []
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ConversionError(
+            f"only single-input, single-output models are supported; {source_path.name} has "
+            f"{len(inputs)} inputs and {len(outputs)} outputs"
+        )
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    try:
+        model.export(str(export_dir), format="tf_saved_model", verbose=False)
+    except Exception as exc:
+        raise ConversionError(f"cannot export {source_path.name} as a SavedModel: {exc}") from exc
+    signature = _describe_saved_model(export_dir)[0]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return model(batch, training=False)
+
+    return SourceModel(signature, predict, kind="keras")
+
+
+def _load_saved_model_source(saved_model_dir: Path) -> SourceModel:
+    signature, loaded, serving = _describe_saved_model(saved_model_dir)
+    import tensorflow as tf
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        result = serving(**{signature.input_name: tf.constant(batch)})
+        return result[signature.output_name].numpy()
+
+    source = SourceModel(signature, predict, kind="saved_model")
+    source._keepalive = loaded  # the signature function needs its SavedModel object alive
+    return source
+
+
+def _describe_saved_model(saved_model_dir: Path):
+    """Load a SavedModel and check its serving signature; returns (signature, loaded, fn)."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(saved_model_dir))
+    except Exception as exc:
+        raise ConversionError(f"cannot load SavedModel: {exc}") from exc
+    signatures = getattr(loaded, "signatures", {})
+    if SIGNATURE_KEY not in signatures:
+        raise ConversionError(
+            f"SavedModel has no {SIGNATURE_KEY!r} signature (found: {', '.join(signatures) or 'none'})"
+        )
+    serving = signatures[SIGNATURE_KEY]
+    _, input_specs = serving.structured_input_signature
+    output_specs = serving.structured_outputs
+    if len(input_specs) != 1 or not isinstance(output_specs, dict) or len(output_specs) != 1:
+        raise ConversionError(
+            f"only single-input, single-output models are supported; {SIGNATURE_KEY!r} has "
+            f"{len(input_specs)} inputs and {len(output_specs)} outputs"
+        )
+    (input_name, input_spec), = input_specs.items()
+    (output_name,) = output_specs
+    shape = input_spec.shape
+    if input_spec.dtype != tf.float32:
+        raise ConversionError(f"model input {input_name!r} is {input_spec.dtype.name}; only float32 is supported")
+    if shape.rank is None or shape.rank < 2 or not shape[1:].is_fully_defined():
+        raise ConversionError(
+            f"model input {input_name!r} has shape {shape}; every dimension but the batch must be known"
+        )
+    if shape[0] not in (None, 1):
+        raise ConversionError(f"model input {input_name!r} has a fixed batch of {shape[0]}; use None or 1")
+    signature = ModelSignature(
+        saved_model_dir=str(saved_model_dir),
+        input_name=input_name,
+        output_name=output_name,
+        input_shape=tuple(int(d) for d in shape[1:]),
+    )
+    return signature, loaded, serving
+
+
+def _extract_saved_model_zip(zip_path: Path, dest: Path) -> Path:
+    """Extract a zipped SavedModel safely and return the directory holding saved_model.pb.
+
+    Member names that are absolute, climb out with ``..``, carry a drive letter or are
+    symlinks are refused before anything is written; the byte total is capped while
+    streaming, since header sizes can lie.
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConversionError(f"cannot open {zip_path.name}: {exc}") from exc
+    with archive:
+        members = []
+        for info in archive.infolist():
+            relative = _safe_member_path(info)
+            members.append((info, relative))
+        budget = MAX_SAVEDMODEL_BYTES
+        for info, relative in members:
+            target = dest.joinpath(*relative.parts)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise ConversionError(
+                                f"{zip_path.name} expands beyond {MAX_SAVEDMODEL_BYTES} bytes"
+                            )
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise ConversionError(f"cannot extract {info.filename!r} from {zip_path.name}: {exc}") from exc
+    roots = sorted(p.parent for p in dest.rglob("saved_model.pb"))
+    if len(roots) != 1:
+        raise ConversionError(
+            f"{zip_path.name} must contain exactly one SavedModel (saved_model.pb); found {len(roots)}"
+        )
+    return roots[0]
+
+
+def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath:
+    name = info.filename
+    posix = PurePosixPath(name.replace("\\", "/"))
+    unsafe = (
+        name.startswith(("/", "\\"))
+        or posix.is_absolute()
+        or ".." in posix.parts
+        or (posix.parts and ":" in posix.parts[0])
+        or not posix.parts
+    )
+    if unsafe:
+        raise ConversionError(f"unsafe path in SavedModel zip: {name!r}")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise ConversionError(f"symlink in SavedModel zip: {name!r}")
+    return posix

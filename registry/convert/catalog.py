@@ -1,0 +1,147 @@
+"""The variant catalogue: what ModelDrop can build from one uploaded model.
+
+This module is imported by the web process (upload validation, API schemas,
+dashboards), which must never pay for TensorFlow or coremltools. Keep it free of
+anything heavier than the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ConversionError",
+    "SOURCE_FORMATS",
+    "VARIANTS",
+    "VARIANT_NAMES",
+    "VariantResult",
+    "VariantSpec",
+    "validate_variants",
+]
+
+
+class ConversionError(Exception):
+    """The uploaded inputs cannot be converted at all.
+
+    Raised when the source model does not load (the message carries the loader's
+    own message) or when the evaluation set does not fit the model. A failure of
+    one variant is not a ConversionError: it is recorded on that variant's
+    VariantResult and the other variants still convert.
+    """
+
+    code = "conversion_failed"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One buildable variant.
+
+    Attributes:
+        name: stable identifier used in the API, manifests and file names.
+        format: runtime family, ``"tflite"`` or ``"coreml"``.
+        extension: artifact file extension without the leading dot.
+        description: one line for tables and docs.
+    """
+
+    name: str
+    format: str
+    extension: str
+    description: str
+
+    def filename(self) -> str:
+        return f"{self.name}.{self.extension}"
+
+
+_TFLITE = "tflite"
+_COREML = "coreml"
+_COREML_EXT = "mlpackage.zip"  # an .mlpackage is a directory; it ships zipped
+
+# Order matters: it is the order of results, tables and progress reports.
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        VariantSpec("tflite-fp32", _TFLITE, "tflite", "TFLite, float32 weights and math"),
+        VariantSpec("tflite-fp16", _TFLITE, "tflite", "TFLite, float16 weights, float32 math"),
+        VariantSpec(
+            "tflite-int8-dynamic", _TFLITE, "tflite",
+            "TFLite, int8 weights, activations quantized on the fly",
+        ),
+        VariantSpec(
+            "tflite-int8-full", _TFLITE, "tflite",
+            "TFLite, int8 weights and activations, int8 input/output (calibrated on the eval set)",
+        ),
+        VariantSpec("coreml-fp32", _COREML, _COREML_EXT, "Core ML mlprogram, float32"),
+        VariantSpec("coreml-fp16", _COREML, _COREML_EXT, "Core ML mlprogram, float16"),
+        VariantSpec(
+            "coreml-int8", _COREML, _COREML_EXT,
+            "Core ML mlprogram, int8 linear (symmetric, per-channel) weights",
+        ),
+        VariantSpec(
+            "coreml-palettized-6bit", _COREML, _COREML_EXT,
+            "Core ML mlprogram, 6-bit k-means palettized weights",
+        ),
+        VariantSpec(
+            "coreml-palettized-4bit", _COREML, _COREML_EXT,
+            "Core ML mlprogram, 4-bit k-means palettized weights",
+        ),
+    )
+}
+
+VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
+
+# Accepted upload file extensions. ".zip" is a zipped TensorFlow SavedModel directory.
+SOURCE_FORMATS: tuple[str, ...] = (".keras", ".h5", ".zip")
+
+
+def validate_variants(variants: Iterable[str] | None) -> list[str]:
+    """Normalise a requested variant list.
+
+    Args:
+        variants: names to build, or None for every variant in the catalogue.
+
+    Returns:
+        The names in catalogue order, without duplicates.
+
+    Raises:
+        ValueError: a name is not in the catalogue (the message names it), or the
+            list is empty.
+    """
+    if variants is None:
+        return list(VARIANT_NAMES)
+    if isinstance(variants, str):
+        # A bare string would otherwise be iterated character by character.
+        variants = [variants]
+    requested = list(variants)
+    unknown = [name for name in requested if name not in VARIANTS]
+    if unknown:
+        raise ValueError(
+            f"unknown variant {', '.join(repr(n) for n in unknown)}; "
+            f"known variants: {', '.join(VARIANT_NAMES)}"
+        )
+    if not requested:
+        raise ValueError("no variants requested")
+    wanted = set(requested)
+    return [name for name in VARIANT_NAMES if name in wanted]
+
+
+@dataclass
+class VariantResult:
+    """Outcome of building and measuring one variant.
+
+    ``fidelity`` and ``reference_latency_ms`` shapes are documented in
+    docs/conversion.md. A failed variant has ``error`` set, ``path`` None and
+    ``servable`` False with ``reason`` equal to the error.
+    """
+
+    name: str
+    format: str
+    path: Path | None = None
+    size: int | None = None  # bytes of the shipped artifact
+    sha256: str | None = None  # hex digest of the shipped artifact
+    fidelity: dict = field(default_factory=dict)
+    reference_latency_ms: dict | None = None
+    servable: bool = False
+    reason: str | None = None
+    error: str | None = None
