@@ -10,13 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["ExpiryPolicy", "utc_now"]
+__all__ = ["ExpiryPolicy", "as_utc", "utc_now"]
 
 _DAY = 24 * 60 * 60
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Treat a naive datetime as UTC (TUF's convention); convert aware ones to UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from tuf.api.metadata import Root, TargetFile
 from ._chain import Chain, ChainWriter
 from ._keys import KEY_ROLES, KeyStore
 from ._manifest import MANIFEST_EXTENSION, manifest_extension, sign_document
-from ._policy import ExpiryPolicy, utc_now
+from ._policy import ExpiryPolicy, as_utc, utc_now
 from ._store import MetadataStore, is_metadata_name
 from ._targets import TargetSpec, validate_target_path
 from .errors import (
@@ -69,7 +69,7 @@ class ImageRepository:
         self._keys = keys
         self._store = store
         self._expiry = expiry
-        self._clock = clock
+        self._clock = lambda: as_utc(clock())
         thread_lock = threading.Lock()
         self._lock = lock or (lambda: thread_lock)
         self._chain = ChainWriter(keys, store, expiry)
@@ -208,7 +208,7 @@ class ImageRepository:
     def refresh(self, now: datetime | None = None, *, force: bool = False) -> list[str]:
         """Re-sign metadata that will expire within the policy's margin.
 
-        Meant for a periodic job. Timestamp and snapshot are re-signed when due (or
+        Meant for a periodic job; ``now`` defaults to the clock (naive means UTC). Timestamp and snapshot are re-signed when due (or
         always with ``force``); targets and root only when due and their keys are on
         this server — if they are kept offline, a warning is logged instead.
 
@@ -217,7 +217,7 @@ class ImageRepository:
         """
         with self._lock():
             chain = self._begin_write()
-            now = now or self._clock()
+            now = as_utc(now or self._clock())
             due = {
                 role: self._expiry.needs_refresh(role, getattr(chain, role).signed.expires, now)
                 for role in _TUF_ROLES
@@ -261,6 +261,8 @@ class ImageRepository:
         with self._lock():
             chain = self._begin_write()
             now = self._clock()
+            # Fail before touching anything if the root key is offline.
+            self._chain.signers("root", chain.root.signed)
             new_key = self._keys.add_key(role)
             new_signer = self._keys.signer_for_keyid(new_key.keyid)
             root = Root.from_dict(copy.deepcopy(chain.root.signed.to_dict()))
