@@ -52,7 +52,7 @@ def metric(report: dict, name: str, arm: str = "treatment") -> dict:
 @pytest.mark.parametrize(
     ("x", "n", "low", "high"),
     # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Stat Med
-    # 17:857-872, Table I, method 3 (score interval without continuity correction).
+    # 17:857-872: worked examples, score method without continuity correction.
     [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611),
      (1, 29, 0.0061, 0.1718)],
 )
@@ -79,8 +79,8 @@ def test_wilson_bounds_invert_the_score_test(x, n):
 @pytest.mark.parametrize(
     ("a", "m", "b", "n", "diff", "low", "high"),
     # Newcombe (1998), "Interval estimation for the difference between independent
-    # proportions", Stat Med 17:873-890, Table II, method 10 (hybrid score). Note: 56/70 vs
-    # 48/80 is a difference of 0.2000 with interval (0.0524, 0.3339).
+    # proportions", Stat Med 17:873-890: the six worked examples, method 10 (hybrid score, no
+    # continuity correction). 56/70 vs 48/80 is a difference of 0.2000, interval (0.0524, 0.3339).
     [(56, 70, 48, 80, 0.2000, 0.0524, 0.3339),
      (9, 10, 3, 10, 0.6000, 0.1705, 0.8090),
      (6, 7, 2, 7, 0.5714, 0.0582, 0.8062),
