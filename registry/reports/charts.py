@@ -3,13 +3,15 @@
 matplotlib's object-oriented API (``Figure`` + an Agg or SVG canvas) is used instead of pyplot:
 no GUI backend is ever selected, no global figure registry grows in a long-running web
 process, and nothing is fetched from the network. SVG keeps text as text (``svg.fonttype
-"none"``) so the charts stay small, sharp and searchable inside the HTML page.
+"none"``) so the charts stay small, sharp and searchable inside the HTML page. Those settings
+are process-global rcParams, so rendering holds a lock: a threaded server stays correct.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -33,6 +35,7 @@ _HIGHER_IS_BETTER = {"accuracy"}
 _GOOD, _BAD, _NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
 _ARM_COLOURS = ("#0969da", "#bf8700", "#8250df", "#1a7f37", "#cf222e", "#57606a")
 _LIFT_AXIS_MAX = 300.0  # percent; wider intervals are cut at the edge and marked with an arrow
+_RENDER_LOCK = threading.Lock()  # rc_context mutates global rcParams
 _RC = {
     "svg.fonttype": "none",
     "font.size": 10,
@@ -191,7 +194,7 @@ def _render(draw: Callable[[dict[str, Any], Figure], None], report: dict[str, An
     height = max(3.2, 1.6 + 0.45 * n_rows) if key == "lift" else 3.6
     # svg.hashsalt makes the SVG ids deterministic and distinct per chart, so several charts
     # inlined in one page never share a clip-path id.
-    with matplotlib.rc_context({**_RC, "svg.hashsalt": f"modeldrop-{key}"}):
+    with _RENDER_LOCK, matplotlib.rc_context({**_RC, "svg.hashsalt": f"modeldrop-{key}"}):
         fig = Figure(figsize=(8, height), layout="constrained")
         draw(report, fig)
         buf = io.BytesIO()
