@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import (
     BadVersionNumberError,
     DownloadLengthMismatchError,
@@ -354,6 +356,30 @@ def test_client_rejects_endless_metadata(repo, server, tmp_path):
     server.overrides["timestamp.json"] = repo.get_metadata("timestamp.json") + b" " * 100_000
     with pytest.raises(DownloadLengthMismatchError):
         server.updater(tmp_path / "client", repo.trusted_root()).refresh()
+
+
+def test_fast_forwarded_timestamp_is_recovered_by_rotating_its_key(repo, server, blobs, tmp_path):
+    """An attacker who stole the timestamp key signs version 1000: clients accept it and then
+    refuse the real, lower versions (a freeze). Rotating the key is the recovery: the cached
+    fast-forwarded timestamp no longer verifies under the new root and is discarded."""
+    client = tmp_path / "client"
+    spec = publish(repo, blobs, "digits/1/a.tflite", b"a")
+    stolen = CryptoSigner(load_pem_private_key((tmp_path / "keys" / "timestamp.pem").read_bytes(), None))
+    forged = Metadata.from_bytes(repo.get_metadata("timestamp.json"))
+    forged.signed.version = 1000
+    forged.sign(stolen)
+    server.overrides["timestamp.json"] = forged.to_bytes()
+    server.updater(client, repo.trusted_root()).refresh()  # validly signed: accepted
+    del server.overrides["timestamp.json"]
+    with pytest.raises(BadVersionNumberError):
+        server.updater(client, client_root(client)).refresh()
+
+    repo.rotate_key("timestamp")
+    updater = server.updater(client, client_root(client))
+    updater.refresh()
+    assert Path(updater.download_target(updater.get_targetinfo(spec.path))).read_bytes() == b"a"
+    cached = Metadata.from_bytes((client / "metadata" / "timestamp.json").read_bytes())
+    assert cached.signed.version < 1000
 
 
 # -- expiry and refresh -----------------------------------------------------------------------
