@@ -540,6 +540,40 @@ def test_rotation_interrupted_before_the_new_root_is_retried_with_the_same_key(t
         assert Metadata.from_bytes(client_root(client)).signed.roles["timestamp"].keyids == [pending.keyid]
 
 
+@pytest.mark.parametrize("role", ["timestamp", "snapshot", "targets"])
+def test_a_lost_online_key_is_replaced_by_root_alone(repo, server, blobs, tmp_path, role):
+    first = publish(repo, blobs, "digits/1/a.tflite", b"a")
+    old_root = repo.trusted_root()
+    (tmp_path / "keys" / f"{role}.pem").unlink()
+    with pytest.raises(MissingSigningKeyError):
+        publish(repo, blobs, "digits/2/b.tflite", b"b")
+
+    new_keyid = repo.rotate_key(role)
+    second = publish(repo, blobs, "digits/2/b.tflite", b"b")
+    updater = server.updater(tmp_path / "client", old_root)
+    for spec, data in ((first, b"a"), (second, b"b")):
+        assert Path(updater.download_target(updater.get_targetinfo(spec.path))).read_bytes() == data
+    assert Metadata.from_bytes(client_root(tmp_path / "client")).signed.roles[role].keyids == [new_keyid]
+
+
+def test_lost_key_rotation_interrupted_is_healed_by_the_refresh_job(tmp_path, blobs):
+    keys = KeyStore(tmp_path / "keys")
+    store = _CrashOnceStore(tmp_path / "metadata", crash_after="2.root.json")
+    repo = ImageRepository(keys, store)
+    repo.bootstrap()
+    (tmp_path / "keys" / "timestamp.pem").unlink()
+    with TufServer(repo.get_metadata, blobs) as server:
+        old_root = repo.trusted_root()
+        with pytest.raises(OSError):
+            repo.rotate_key("timestamp")
+        # Root v2 names the new key, timestamp.json is still signed by the lost one.
+        with pytest.raises(UnsignedMetadataError):
+            server.updater(tmp_path / "c1", old_root).refresh()
+        repo.refresh()
+        server.updater(tmp_path / "c2", old_root).refresh()
+        assert keys.pending_key("timestamp") is None
+
+
 def test_rotate_unknown_role_is_refused(repo):
     with pytest.raises(UnknownRoleError) as err:
         repo.rotate_key("director")

@@ -20,6 +20,8 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
+from securesystemslib.signer import Signer
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Root, TargetFile
 
 from ._chain import Chain, ChainWriter
@@ -43,6 +45,12 @@ logger = logging.getLogger(__name__)
 #: Roles :meth:`ImageRepository.rotate_key` accepts.
 ROTATABLE_ROLES: tuple[str, ...] = KEY_ROLES
 _TUF_ROLES = ("root", "targets", "snapshot", "timestamp")
+# What must be re-published, in order, when a role's key changes.
+_RESIGNED_ON_ROTATION: dict[str, tuple[str, ...]] = {
+    "targets": ("targets", "snapshot", "timestamp"),
+    "snapshot": ("snapshot", "timestamp"),
+    "timestamp": ("timestamp",),
+}
 
 
 class ImageRepository:
@@ -254,7 +262,8 @@ class ImageRepository:
 
         Raises:
             UnknownRoleError: not one of ``root, targets, snapshot, timestamp, manifest``.
-            MissingSigningKeyError: the root key (or the rotated role's key) is offline.
+            MissingSigningKeyError: the root key is not on this server. (A lost
+                targets/snapshot/timestamp key can be replaced: root alone vouches for it.)
         """
         if role not in ROTATABLE_ROLES:
             raise UnknownRoleError(f"cannot rotate role {role!r}; expected one of {', '.join(ROTATABLE_ROLES)}")
@@ -272,16 +281,21 @@ class ImageRepository:
                 for keyid in list(root.roles[role].keyids):
                     root.revoke_key(keyid, role)
                 root.add_key(new_key, role)
-            # Re-sign under the old root, adding the new key's signature: clients that have
-            # not yet seen the new root and clients that have both accept these bytes.
-            both = [new_signer]
-            if role == "targets":
-                self._chain.publish_targets(chain, now, extra=both)
-            if role in ("targets", "snapshot"):
-                self._chain.publish_snapshot(chain, now, extra=both if role == "snapshot" else [])
-            if role in ("targets", "snapshot", "timestamp"):
-                self._chain.publish_timestamp(chain, now, extra=both if role == "timestamp" else [])
-            published = self._chain.publish_root(chain.root, root, now)
+            chain_roles = _RESIGNED_ON_ROTATION.get(role, ())
+            if not chain_roles:
+                published = self._chain.publish_root(chain.root, root, now)
+            elif self._holds_keys(role, chain.root.signed):
+                # Re-sign under the old root, adding the new key's signature: clients that
+                # have not seen the new root yet and clients that have both accept these bytes.
+                self._republish(chain, chain_roles, now, extra={role: [new_signer]})
+                published = self._chain.publish_root(chain.root, root, now)
+            else:
+                # The old key is lost: only the new root can vouch for the new key, so publish
+                # it first. A client that reads in between fails once and succeeds on retry.
+                logger.warning("old %s key unavailable: publishing the new root first", role)
+                published = self._chain.publish_root(chain.root, root, now)
+                chain.root = published
+                self._republish(chain, chain_roles, now, extra={})
             self._keys.activate_pending(role)
             logger.info("rotated %s key to %s in root v%d", role, new_key.keyid, published.signed.version)
             return new_key.keyid
@@ -303,18 +317,41 @@ class ImageRepository:
             if pending.keyid in trusted:
                 logger.warning("finishing an interrupted %s key rotation", role)
                 self._keys.activate_pending(role)
+        # After an interrupted lost-key rotation the role's metadata may still carry only
+        # the old key's signature: re-publish from the first role that no longer verifies.
+        for role in ("targets", "snapshot", "timestamp"):
+            try:
+                chain.root.verify_delegate(role, getattr(chain, role))
+            except UnsignedMetadataError:
+                logger.warning("%s metadata does not verify under root v%d: re-signing", role, root.version)
+                self._republish(chain, _RESIGNED_ON_ROTATION[role], self._clock(), extra={})
+                break
         return chain
 
     def _publish_from_targets(self, chain: Chain, now: datetime) -> None:
-        self._chain.publish_targets(chain, now)
-        self._chain.publish_snapshot(chain, now)
-        self._chain.publish_timestamp(chain, now)
+        self._republish(chain, ("targets", "snapshot", "timestamp"), now, extra={})
 
-    def _can_sign(self, role: str, root: Root) -> bool:
-        """True if this server holds ``role``'s keys; else log that it is due offline."""
+    def _republish(
+        self, chain: Chain, roles: Iterable[str], now: datetime, *, extra: dict[str, list[Signer]]
+    ) -> None:
+        publish = {
+            "targets": self._chain.publish_targets,
+            "snapshot": self._chain.publish_snapshot,
+            "timestamp": self._chain.publish_timestamp,
+        }
+        for role in roles:
+            publish[role](chain, now, extra=extra.get(role, ()))
+
+    def _holds_keys(self, role: str, root: Root) -> bool:
         try:
             self._chain.signers(role, root)
             return True
         except MissingSigningKeyError:
-            logger.warning("%s metadata is due for re-signing but its key is not on this server", role)
             return False
+
+    def _can_sign(self, role: str, root: Root) -> bool:
+        """True if this server holds ``role``'s keys; else log that it is due offline."""
+        if self._holds_keys(role, root):
+            return True
+        logger.warning("%s metadata is due for re-signing but its key is not on this server", role)
+        return False
