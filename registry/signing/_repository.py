@@ -60,7 +60,9 @@ class ImageRepository:
         keys: the server's signing keys.
         store: where signed metadata bytes are kept (shared by all server processes).
         lock: returns a context manager held around every read-modify-write; pass a
-            cross-process lock when several processes share ``store``.
+            cross-process lock when several processes share ``store``. Each write method
+            takes it itself and it need not be reentrant: never call a write method
+            (``bootstrap`` included) while already holding it, or the call deadlocks.
         expiry: metadata lifetimes.
         clock: "now" for expiry computation (UTC-aware); tests and replays pass their own.
     """
