@@ -171,6 +171,8 @@ def test_relative_lift_interval_delta_method():
     assert lift == pytest.approx(0.2)
     assert (lo, hi) == pytest.approx((0.2 - Z95 * math.sqrt(var), 0.2 + Z95 * math.sqrt(var)))
     assert _stats.relative_lift_interval(0.1, 0.01, 0.0, 0.01) == (None, None)
+    # 0 events in treatment: no variance to propagate, so no (falsely zero-width) interval.
+    assert _stats.relative_lift_interval(0.0, 0.0, 0.1, 0.0001) == (-1.0, None)
 
 
 def test_holm_hand_worked():
@@ -479,11 +481,17 @@ def test_known_effect_is_detected():
     lat = metric(report, "latency_geomean_ratio")
     acc = metric(report, "accuracy")
     for m in (inst, lat, acc):
-        assert m["significant"], m
+        assert m["significant"] and m["verdict"] == "worse", m
     assert inst["ci95"][0] < 0.03 < inst["ci95"][1] and inst["diff"] > 0
     assert lat["ci95"][0] < 1.15 < lat["ci95"][1]
     assert acc["ci95"][0] < -0.05 < acc["ci95"][1]
     assert not metric(report, "crash_rate")["significant"]
+    assert metric(report, "crash_rate")["verdict"] is None
+    # Lower failure rate is better, higher accuracy is better.
+    better = build_report(two_arm(), simulate_units(rng, 6000, fail=(0.07, 0.04), acc=(0.80, 0.85)),
+                          bootstrap_samples=0)
+    assert metric(better, "install_failure_rate")["verdict"] == "better"
+    assert metric(better, "accuracy")["verdict"] == "better"
     assert report["latency"]["treatment"]["p50_ratio"] == pytest.approx(1.15, abs=0.06)
 
 
@@ -510,6 +518,7 @@ def test_html_report_renders_sections_and_escapes_user_strings():
     assert "<script" not in page and "<b>treat</b>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;" in page
     assert "&lt;b&gt;treat&lt;/b&gt;" in page
+    assert "Install (load) failure rate" in page and "worse</span>" in page
     assert "guardrail" in page and "too_little_data" not in page  # codes stay in the JSON
     assert "fewer than 1000" in page  # the too-little-data warning is shown
     # Self-contained: nothing to fetch.

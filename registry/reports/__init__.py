@@ -7,13 +7,20 @@ from which `render_charts` and `render_report_html` draw. docs/reports.md explai
 
 from registry.reports._inputs import ExperimentDef, UnitSummary
 from registry.reports._page import render_report_html
-from registry.reports._report import GUARDRAIL_INPUT_NAMES, METRICS, build_report, guardrail_metrics_for
+from registry.reports._report import (
+    GUARDRAIL_INPUT_NAMES,
+    METRICS,
+    MetricInfo,
+    build_report,
+    guardrail_metrics_for,
+)
 from registry.reports.charts import render_charts
 
 __all__ = [
     "GUARDRAIL_INPUT_NAMES",
     "METRICS",
     "ExperimentDef",
+    "MetricInfo",
     "UnitSummary",
     "build_report",
     "guardrail_metrics_for",

@@ -17,14 +17,12 @@ from registry.reports.charts import CHART_TITLES
 
 __all__ = ["render_report_html"]
 
-_HIGHER_IS_BETTER = {"accuracy"}
-
 _CSS = """
 :root { color-scheme: light; --fg:#1f2328; --muted:#57606a; --line:#d0d7de; --bg2:#f6f8fa;
         --good:#1a7f37; --bad:#cf222e; --warn:#9a6700; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       margin: 0 auto; max-width: 1100px; padding: 24px; }
+       margin: 0 auto; max-width: 1240px; padding: 24px; }
 h1 { font-size: 22px; margin: 0 0 4px; word-break: break-word; }
 h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 .sub { color: var(--muted); margin: 0 0 16px; }
@@ -38,19 +36,20 @@ table { border-collapse: collapse; width: 100%; margin: 6px 0 4px; font-variant-
 th, td { text-align: right; padding: 5px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
 th:first-child, td:first-child, th.l, td.l { text-align: left; }
 th { background: var(--bg2); font-weight: 600; }
-td.name { white-space: normal; word-break: break-word; }
+td.name { white-space: normal; overflow-wrap: break-word; text-align: left; }
+td.metric { min-width: 11em; }
 .scroll { overflow-x: auto; }
 .muted, .ci { color: var(--muted); }
 .ci { font-size: 12px; }
 tr.sig-good td.effect { color: var(--good); font-weight: 600; }
 tr.sig-bad td.effect { color: var(--bad); font-weight: 600; }
-.badge { display: inline-block; font-size: 11px; padding: 1px 6px; border-radius: 10px;
+.badge { display: inline-block; white-space: nowrap; font-size: 11px; padding: 1px 6px; border-radius: 10px;
          border: 1px solid var(--line); background: var(--bg2); margin-left: 4px; }
 .badge.guardrail { border-color: #d4a72c; background: #fff8c5; color: var(--warn); }
 .badge.good { border-color: #4ac26b; background: #dafbe1; color: var(--good); }
 .badge.bad { border-color: #ff8182; background: #ffebe9; color: var(--bad); }
 figure { margin: 16px 0; }
-figure svg, figure img { max-width: 100%; height: auto; display: block; }
+figure svg, figure img { width: 100%; max-width: 900px; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .notes { color: var(--muted); font-size: 13px; }
 .notes li { margin: 3px 0; }
@@ -105,12 +104,11 @@ def _p(p: float | None) -> str:
 
 def _verdict(m: dict[str, Any]) -> tuple[str, str]:
     """Row class and badge: significant changes say whether they are good or bad for users."""
-    if not m["significant"] or (m.get("lift") is None and m.get("diff") is None):
+    verdict = m.get("verdict")
+    if verdict not in ("better", "worse"):
         return "", ""
-    up = (m.get("lift") if m.get("lift") is not None else m["diff"]) > 0
-    good = up == (m["metric"] in _HIGHER_IS_BETTER)
-    cls = "sig-good" if good else "sig-bad"
-    return cls, f'<span class="badge {"good" if good else "bad"}">{"better" if good else "worse"}</span>'
+    kind = "good" if verdict == "better" else "bad"
+    return f"sig-{kind}", f'<span class="badge {kind}">{verdict}</span>'
 
 
 def _banners(report: dict[str, Any]) -> str:
@@ -160,7 +158,7 @@ def _metrics_table(report: dict[str, Any]) -> str:
         guard = '<span class="badge guardrail">guardrail</span>' if m["guardrail"] else ""
         lift = "—" if m.get("lift") is None else f"{100 * m['lift']:+.1f}%"
         rows.append(
-            f'<tr class="{cls}"><td class="name">{_e(m["metric"].replace("_", " "))}{guard}</td>'
+            f'<tr class="{cls}"><td class="name metric">{_e(m.get("label") or m["metric"])}{guard}</td>'
             f'<td class="name">{_e(m["arm"])}</td>'
             f'<td>{_value(m, m["value"])}{_interval(m, m.get("value_ci95"), "value")}</td>'
             f'<td>{_value(m, m["control_value"])}{_interval(m, m.get("control_value_ci95"), "value")}</td>'

@@ -21,15 +21,26 @@ from scipy import stats
 from registry.reports import _stats
 from registry.reports._inputs import ExperimentDef, UnitSummary
 
-__all__ = ["GUARDRAIL_INPUT_NAMES", "METRICS", "build_report", "guardrail_metrics_for"]
+__all__ = ["GUARDRAIL_INPUT_NAMES", "METRICS", "MetricInfo", "build_report", "guardrail_metrics_for"]
 
-#: Metrics in report order, with the unit their value is in.
-METRICS: dict[str, str] = {
-    "download_failure_rate": "proportion",
-    "install_failure_rate": "proportion",
-    "crash_rate": "proportion",
-    "latency_geomean_ratio": "ms",
-    "accuracy": "proportion",
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How to show a metric: its unit, a label for people, and which direction is good."""
+
+    unit: str  # "proportion" (0..1) or "ms"
+    label: str
+    higher_is_better: bool = False
+
+
+#: Metrics in report order.
+METRICS: dict[str, MetricInfo] = {
+    "download_failure_rate": MetricInfo("proportion", "Download failure rate"),
+    "install_failure_rate": MetricInfo("proportion", "Install (load) failure rate"),
+    "crash_rate": MetricInfo("proportion", "Crash rate"),
+    "latency_geomean_ratio": MetricInfo("ms", "Latency (geometric mean)"),
+    "accuracy": MetricInfo("proportion", "Accuracy (rated inferences)", higher_is_better=True),
 }
 #: Guardrail-engine names that map onto a report metric for the ``guardrail`` flag.
 _GUARDRAIL_ALIASES = {
@@ -189,10 +200,11 @@ def _srm(exp: ExperimentDef, arms: dict[str, _Arm], health: list) -> dict[str, A
 
 def _row(metric: str, arm: str, guardrail: bool, **values: Any) -> dict[str, Any]:
     row = {
-        "metric": metric, "arm": arm, "unit": METRICS[metric],
+        "metric": metric, "label": METRICS[metric].label, "arm": arm, "unit": METRICS[metric].unit,
         "value": None, "value_ci95": None, "control_value": None, "control_value_ci95": None,
         "diff": None, "ci95": None, "ci95_of": "diff", "lift": None, "lift_ci95": None,
-        "p_value": None, "p_value_adjusted": None, "significant": False, "guardrail": guardrail,
+        "p_value": None, "p_value_adjusted": None, "significant": False, "verdict": None,
+        "guardrail": guardrail,
         "n": 0, "control_n": 0, "method": "",
     }
     row.update(values)
@@ -276,6 +288,14 @@ def _accuracy_row(t: _Arm, c: _Arm, alpha: float, guardrail: bool) -> dict[str, 
         lift, lift_ci = _stats.relative_lift_interval(est_t[0], est_t[1], est_c[0], est_c[1], alpha)
         row.update(diff=diff, ci95=diff_ci, p_value=p, lift=lift, lift_ci95=lift_ci)
     return row
+
+
+def _verdict(m: dict[str, Any]) -> str | None:
+    """"better" or "worse" for users, from the direction of the effect and of the metric."""
+    effect = m["lift"] if m["lift"] is not None else m["diff"]
+    if effect is None or effect == 0:
+        return None
+    return "better" if (effect > 0) == METRICS[m["metric"]].higher_is_better else "worse"
 
 
 def _is_guardrail(metric: str, configured: set[str]) -> bool:
@@ -476,6 +496,7 @@ def build_report(exp: ExperimentDef, units: Iterable[UnitSummary], *, alpha: flo
         if m["guardrail"]:
             m["p_value_adjusted"] = m["p_value"]
         m["significant"] = m["p_value_adjusted"] is not None and m["p_value_adjusted"] < alpha
+        m["verdict"] = _verdict(m) if m["significant"] else None
 
     latency = _latency_section(exp, arms, alpha, bootstrap_samples, seed)
     order = {"error": 0, "warning": 1, "info": 2}

@@ -134,11 +134,15 @@ def relative_lift_interval(
     estimates, i.e. sigma**2 / n), as in gbstats.
 
     Returns:
-        ``(lift, (low, high))``; both ``None`` when ``mean_c`` is 0.
+        ``(lift, (low, high))``; both ``None`` when ``mean_c`` is 0. The interval is ``None``
+        when either variance is 0 (e.g. a proportion of 0 or 1): the delta method would then
+        give a zero-width interval that claims certainty the data do not have.
     """
     if mean_c == 0:
         return None, None
     lift = mean_t / mean_c - 1.0
+    if var_t <= 0 or var_c <= 0:
+        return lift, None
     var = var_t / mean_c**2 + mean_t**2 * var_c / mean_c**4
     half = _z(alpha) * math.sqrt(var)
     return lift, (lift - half, lift + half)

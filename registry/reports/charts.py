@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 __all__ = ["CHART_TITLES", "daily_assignment_chart", "latency_chart", "lift_chart", "render_charts"]
 
@@ -30,8 +31,6 @@ CHART_TITLES = {
     "latency": "Distribution of per-device typical latency (geometric mean), per arm",
     "daily": "Units assigned per day, per arm",
 }
-# Metrics where a higher value is better; every other metric is a failure rate or a latency.
-_HIGHER_IS_BETTER = {"accuracy"}
 _GOOD, _BAD, _NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
 _ARM_COLOURS = ("#0969da", "#bf8700", "#8250df", "#1a7f37", "#cf222e", "#57606a")
 _LIFT_AXIS_MAX = 300.0  # percent; wider intervals are cut at the edge and marked with an arrow
@@ -59,6 +58,11 @@ def _arm_colour(report: dict[str, Any], arm: str) -> str:
     return _ARM_COLOURS[arms.index(arm) % len(_ARM_COLOURS)] if arm in arms else _NEUTRAL
 
 
+def _legend_below(ax: Any) -> None:
+    """Arm legend under the axes: it never covers data or the title, whatever the names."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, frameon=False, fontsize=9)
+
+
 def _empty(ax: Any, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color=_NEUTRAL)
     ax.set_xticks([])
@@ -83,7 +87,7 @@ def lift_chart(report: dict[str, Any], fig: Figure) -> None:
     labels, y = [], list(range(len(rows)))[::-1]
     lows, highs = [], []
     for yi, m in zip(y, rows):
-        label = m["metric"].replace("_", " ")
+        label = m.get("label") or m["metric"]
         if several_arms:
             label += f" [{m['arm']}]"
         if m["guardrail"]:
@@ -91,11 +95,7 @@ def lift_chart(report: dict[str, Any], fig: Figure) -> None:
         labels.append(_plain(label))
         lift = 100 * m["lift"]
         lo, hi = (100 * v for v in m["lift_ci95"]) if m.get("lift_ci95") else (lift, lift)
-        if m["significant"]:
-            better = (m["lift"] > 0) == (m["metric"] in _HIGHER_IS_BETTER)
-            colour = _GOOD if better else _BAD
-        else:
-            colour = _NEUTRAL
+        colour = {"better": _GOOD, "worse": _BAD}.get(m.get("verdict"), _NEUTRAL)
         # A rate cannot fall by more than 100%; a delta-method bound below that is noise.
         lo_c, hi_c = min(max(lo, -100.0), _LIFT_AXIS_MAX), min(hi, _LIFT_AXIS_MAX)
         lift_c = min(lift, _LIFT_AXIS_MAX)
@@ -143,12 +143,16 @@ def latency_chart(report: dict[str, Any], fig: Figure) -> None:
         _empty(ax, "No latency data yet.")
         return
     ax.set_xscale("log")
+    # Plain millisecond labels at 1-2-5 steps read better than powers of ten.
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 100)
     ax.set_xlabel("Device geometric-mean latency (ms, log scale)")
     ax.set_ylabel("Devices at or below (%)")
     ax.axhline(50, color=_NEUTRAL, linewidth=0.8, linestyle=":")
     ax.axhline(90, color=_NEUTRAL, linewidth=0.8, linestyle=":")
-    ax.legend(loc="lower right", title="arm")
+    _legend_below(ax)
 
 
 def daily_assignment_chart(report: dict[str, Any], fig: Figure) -> None:
@@ -178,7 +182,7 @@ def daily_assignment_chart(report: dict[str, Any], fig: Figure) -> None:
         fig.autofmt_xdate()
     ax.set_xlabel("Day assigned (UTC)")
     ax.set_ylabel("Units (install ids)")
-    ax.legend(title="arm")
+    _legend_below(ax)
 
 
 _CHARTS: dict[str, Callable[[dict[str, Any], Figure], None]] = {
