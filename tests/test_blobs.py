@@ -590,6 +590,7 @@ def test_s3_presigned_url_downloads_over_http(s3_endpoint, tmp_path):
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         assert response.read() == DATA
+        assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     ranged = urllib.request.Request(url, headers={"Range": "bytes=100-199"})
     with urllib.request.urlopen(ranged, timeout=10) as response:
         assert response.status == 206

@@ -27,6 +27,9 @@ from ._base import BlobStore, check_sha256
 
 KEY_PREFIX = "blobs/"
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # seconds; the SigV4 maximum
+# A blob's bytes never change under its name, so whoever fetches it straight from the
+# bucket (a device with a presigned URL, a CDN) may cache it for good.
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 # S3 bucket naming rules (lowercase letters, digits, dots, hyphens; 3-63 characters).
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -227,7 +230,7 @@ class S3BlobStore(BlobStore):
                 str(temp_path),
                 self.bucket,
                 key,
-                ExtraArgs={"ContentType": "application/octet-stream"},
+                ExtraArgs={"ContentType": "application/octet-stream", "CacheControl": IMMUTABLE},
                 Config=_TRANSFER,
             )
 
