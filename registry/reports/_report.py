@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from registry.reports import _stats
+from registry.reports._arms import Arm, collect
+from registry.reports._checks import data_health, health_entry, srm_section
 from registry.reports._inputs import ExperimentDef, UnitSummary
 
 __all__ = ["GUARDRAIL_INPUT_NAMES", "METRICS", "MetricInfo", "build_report", "guardrail_metrics_for"]
@@ -58,64 +59,11 @@ GUARDRAIL_INPUT_NAMES = (
     "p90_latency_ratio",
 )
 _QUANTILES = (0.5, 0.9)
-_SRM_ALERT_P = 0.001  # GrowthBook's threshold: an SRM alert should almost never be noise
-_SRM_MIN_UNITS = 8
 _FEW_EVENTS = 5  # expected events per arm below which the z-test is only a rough guide
 _PERCENTILES = np.arange(0, 101)  # device-latency distribution kept for the chart
 
 
-@dataclass
-class _Arm:
-    """One arm's units reduced to the arrays the tests need."""
-
-    name: str
-    units: list[UnitSummary] = field(default_factory=list)
-    device_latencies: list[np.ndarray] = field(default_factory=list)
-    invalid_latencies: int = 0
-    rated: list[int] = field(default_factory=list)
-    correct: list[int] = field(default_factory=list)
-
-    @property
-    def assigned(self) -> int:
-        return len(self.units)
-
-    def count(self, flag: str) -> int:
-        return sum(1 for u in self.units if getattr(u, flag))
-
-    @cached_property
-    def log_means(self) -> np.ndarray:
-        return np.array([np.log(d).mean() for d in self.device_latencies])
-
-
-def _collect(exp: ExperimentDef, units: Iterable[UnitSummary]) -> tuple[dict[str, _Arm], Counter]:
-    arms = {name: _Arm(name) for name in exp.arms}
-    unknown: Counter = Counter()
-    for u in units:
-        arm = arms.get(u.arm)
-        if arm is None:
-            unknown[u.arm] += 1
-            continue
-        if u.rated < 0 or not 0 <= u.correct <= u.rated:
-            raise ValueError(
-                f"unit {u.install_id!r}: need 0 <= correct <= rated, got {u.correct}/{u.rated}"
-            )
-        arm.units.append(u)
-        lat = np.asarray(u.latencies_ms, dtype=float)
-        valid = lat[np.isfinite(lat) & (lat > 0)]
-        arm.invalid_latencies += len(lat) - len(valid)
-        if len(valid):
-            arm.device_latencies.append(valid)
-        if u.rated > 0:
-            arm.rated.append(u.rated)
-            arm.correct.append(u.correct)
-    return arms, unknown
-
-
-def _health(level: str, code: str, message: str, **where: str) -> dict[str, Any]:
-    return {"level": level, "code": code, "message": message, **where}
-
-
-def _arms_table(exp: ExperimentDef, arms: dict[str, _Arm]) -> dict[str, dict[str, Any]]:
+def _arms_table(exp: ExperimentDef, arms: dict[str, Arm]) -> dict[str, dict[str, Any]]:
     total_w = sum(exp.weights)
     return {
         name: {
@@ -135,7 +83,7 @@ def _arms_table(exp: ExperimentDef, arms: dict[str, _Arm]) -> dict[str, dict[str
     }
 
 
-def _daily(exp: ExperimentDef, arms: dict[str, _Arm]) -> dict[str, Any]:
+def _daily(exp: ExperimentDef, arms: dict[str, Arm]) -> dict[str, Any]:
     days: set[date] = {u.assigned_day for a in arms.values() for u in a.units}
     if not days:
         return {"days": [], "arms": {name: [] for name in exp.arms}}
@@ -146,56 +94,6 @@ def _daily(exp: ExperimentDef, arms: dict[str, _Arm]) -> dict[str, Any]:
         per_day = Counter(u.assigned_day for u in arms[name].units)
         out[name] = [per_day.get(d, 0) for d in span]
     return {"days": [d.isoformat() for d in span], "arms": out}
-
-
-def _srm(exp: ExperimentDef, arms: dict[str, _Arm], health: list) -> dict[str, Any]:
-    observed = [arms[name].assigned for name in exp.arms]
-    res = _stats.srm_test(observed, exp.weights, _SRM_MIN_UNITS)
-    total_obs = sum(observed)
-    total_w = sum(exp.weights)
-    skipped = []
-    for name, obs, w, tested in zip(exp.arms, observed, exp.weights, res.tested):
-        if tested:
-            continue
-        skipped.append(name)
-        share_expected = w / total_w * total_obs
-        if w == 0:
-            if obs:
-                health.append(_health("error", "units_in_zero_weight_arm",
-                                      f"Arm '{name}' has weight 0 but {obs} units.", arm=name))
-            continue
-        # An arm that should have plenty of units but has almost none is the loudest SRM of
-        # all (e.g. its manifest is broken); do not let the small-arm skip hide it.
-        starved = share_expected >= _SRM_MIN_UNITS
-        health.append(_health(
-            "error" if starved else "info", "srm_arm_skipped",
-            f"Arm '{name}' has {obs} units (about {share_expected:.0f} expected from the "
-            f"configured split); arms with fewer than {_SRM_MIN_UNITS} units are left out of "
-            "the sample-ratio test." + (" So few units where many were expected usually means "
-                                        "assignment or telemetry for this arm is broken." if starved else ""),
-            arm=name))
-    alert = res.p_value is not None and res.p_value < _SRM_ALERT_P
-    if alert:
-        health.append(_health(
-            "error", "srm",
-            f"Sample-ratio mismatch: assigned counts {observed} do not fit the configured weights "
-            f"{list(exp.weights)} (p = {res.p_value:.2g}). Assignment or logging is broken for some "
-            "units; do not trust the metrics until the cause is found."))
-    if res.p_value is None:
-        health.append(_health("info", "srm_not_tested",
-                              "Too few units to test the sample ratio (needs 2 arms with "
-                              f"{_SRM_MIN_UNITS}+ units)."))
-    return {
-        "p_value": res.p_value,
-        "statistic": res.statistic,
-        "alert": alert,
-        "threshold": _SRM_ALERT_P,
-        "arms": list(exp.arms),
-        "weights": list(exp.weights),
-        "observed": observed,
-        "expected": res.expected,
-        "skipped": skipped,
-    }
 
 
 def _row(metric: str, arm: str, guardrail: bool, **values: Any) -> dict[str, Any]:
@@ -211,7 +109,7 @@ def _row(metric: str, arm: str, guardrail: bool, **values: Any) -> dict[str, Any
     return row
 
 
-def _proportion_row(metric: str, flag: str, t: _Arm, c: _Arm, alpha: float, guardrail: bool,
+def _proportion_row(metric: str, flag: str, t: Arm, c: Arm, alpha: float, guardrail: bool,
                     health: list) -> dict[str, Any]:
     xt, nt, xc, nc = t.count(flag), t.assigned, c.count(flag), c.assigned
     row = _row(metric, t.name, guardrail, n=nt, control_n=nc, events=xt, control_events=xc,
@@ -229,7 +127,7 @@ def _proportion_row(metric: str, flag: str, t: _Arm, c: _Arm, alpha: float, guar
     )
     pooled = (xt + xc) / (nt + nc)
     if 0 < xt + xc and min(nt, nc) * pooled < _FEW_EVENTS:
-        health.append(_health(
+        health.append(health_entry(
             "info", "few_events",
             f"{metric}: only {xt} vs {xc} events; the z-test p-value is approximate at so few "
             "events — read the Newcombe interval.", arm=t.name, metric=metric))
@@ -245,7 +143,7 @@ def _geomean_ci(log_means: np.ndarray, alpha: float) -> tuple[float, float] | No
     return math.exp(m - half), math.exp(m + half)
 
 
-def _latency_row(t: _Arm, c: _Arm, alpha: float, guardrail: bool) -> dict[str, Any]:
+def _latency_row(t: Arm, c: Arm, alpha: float, guardrail: bool) -> dict[str, Any]:
     lt, lc = t.log_means, c.log_means
     row = _row("latency_geomean_ratio", t.name, guardrail, n=len(lt), control_n=len(lc),
                ci95_of="ratio",
@@ -266,7 +164,7 @@ def _latency_row(t: _Arm, c: _Arm, alpha: float, guardrail: bool) -> dict[str, A
     return row
 
 
-def _accuracy_row(t: _Arm, c: _Arm, alpha: float, guardrail: bool) -> dict[str, Any]:
+def _accuracy_row(t: Arm, c: Arm, alpha: float, guardrail: bool) -> dict[str, Any]:
     row = _row("accuracy", t.name, guardrail, n=len(t.rated), control_n=len(c.rated),
                events=sum(t.rated), control_events=sum(c.rated),
                method="correct / rated per arm (ratio estimator), delta-method variance "
@@ -302,7 +200,7 @@ def _is_guardrail(metric: str, configured: set[str]) -> bool:
     return metric in configured or any(_GUARDRAIL_ALIASES.get(g) == metric for g in configured)
 
 
-def _latency_section(exp: ExperimentDef, arms: dict[str, _Arm], alpha: float, n_boot: int,
+def _latency_section(exp: ExperimentDef, arms: dict[str, Arm], alpha: float, n_boot: int,
                      seed: int) -> dict[str, Any]:
     """p50/p90 of pooled inference latencies per arm with device-level bootstrap intervals.
 
@@ -345,7 +243,7 @@ def _latency_section(exp: ExperimentDef, arms: dict[str, _Arm], alpha: float, n_
     return out
 
 
-def _guardrail_inputs(exp: ExperimentDef, arms: dict[str, _Arm], latency: dict) -> dict[str, Any]:
+def _guardrail_inputs(exp: ExperimentDef, arms: dict[str, Arm], latency: dict) -> dict[str, Any]:
     """Absolute per-arm rates for the delivery guardrail engine.
 
     Unlike the ITT metrics (whose job is an unbiased comparison between arms), a guardrail
@@ -390,42 +288,6 @@ def guardrail_metrics_for(report: dict[str, Any], arm: str) -> dict[str, tuple[f
     return {name: (inputs[name]["value"], inputs[name]["samples"]) for name in GUARDRAIL_INPUT_NAMES}
 
 
-def _data_health(exp: ExperimentDef, arms: dict[str, _Arm], unknown: Counter, min_units: int,
-                 health: list) -> None:
-    for name, n in unknown.items():
-        health.append(_health("warning", "unknown_arm",
-                              f"{n} units assigned to arm '{name}', which is not in the experiment; "
-                              "they are left out.", arm=name))
-    for g in sorted(exp.guardrail_metrics):
-        if g not in METRICS and g not in _GUARDRAIL_ALIASES:
-            health.append(_health("warning", "unknown_guardrail",
-                                  f"Guardrail metric '{g}' is not a report metric; ignored."))
-    any_rated = any(a.rated for a in arms.values())
-    for name in exp.arms:
-        a = arms[name]
-        if a.assigned < min_units:
-            health.append(_health("warning", "too_little_data",
-                                  f"Arm '{name}' has {a.assigned} assigned units, fewer than "
-                                  f"{min_units}: intervals are wide and p-values rough.", arm=name))
-        n_lat = len(a.device_latencies)
-        if n_lat == 0:
-            health.append(_health("warning", "no_latency_data",
-                                  f"Arm '{name}' has no device with inference latencies.",
-                                  arm=name, metric="latency_geomean_ratio"))
-        elif n_lat < min_units:
-            health.append(_health("warning", "too_little_data",
-                                  f"Arm '{name}' has latency from {n_lat} devices, fewer than "
-                                  f"{min_units}.", arm=name, metric="latency_geomean_ratio"))
-        if any_rated and len(a.rated) < min_units:
-            health.append(_health("warning", "too_little_data",
-                                  f"Arm '{name}' has rated inferences from {len(a.rated)} devices, "
-                                  f"fewer than {min_units}.", arm=name, metric="accuracy"))
-        if a.invalid_latencies:
-            health.append(_health("info", "invalid_latency",
-                                  f"Arm '{name}': {a.invalid_latencies} latency values that were not "
-                                  "positive finite numbers were ignored.", arm=name))
-
-
 def _json_clean(obj: Any) -> Any:
     """numpy scalars to Python, tuples to lists, NaN/inf to None: JSON without surprises."""
     if isinstance(obj, dict):
@@ -467,10 +329,10 @@ def build_report(exp: ExperimentDef, units: Iterable[UnitSummary], *, alpha: flo
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if bootstrap_samples < 0 or min_units < 0:
         raise ValueError("bootstrap_samples and min_units must be >= 0")
-    arms, unknown = _collect(exp, units)
+    arms, unknown = collect(exp, units)
     health: list[dict[str, Any]] = []
-    srm = _srm(exp, arms, health)
-    _data_health(exp, arms, unknown, min_units, health)
+    srm = srm_section(exp, arms, health)
+    data_health(exp, arms, unknown, min_units, set(METRICS) | set(_GUARDRAIL_ALIASES), health)
 
     control = arms[exp.arms[0]]
     metrics: list[dict[str, Any]] = []
