@@ -37,6 +37,7 @@ from .errors import (
     LocalStorageError,
     ModelDropError,
     ProtocolError,
+    RemoteError,
     TransientError,
 )
 
@@ -150,7 +151,7 @@ class Downloader:
                 except ArtifactTooLargeError:
                     self.discard(req.sha256)  # a server that overruns is not resumed from
                     raise
-                except TransientError as e:
+                except (TransientError, RemoteError) as e:  # try the next mirror
                     if e.code in ("download_deadline_exceeded", "conditions_not_met"):
                         raise
                     logger.info("download of %s from %s failed: %s", req.label, url, e)
@@ -191,6 +192,15 @@ class Downloader:
                 raise ProtocolError(f"{req.label}: Content-Range does not continue at {offset}")
         elif offset:
             offset, hasher = 0, hashlib.sha256()  # the server sent the whole file again
+        announced = response.headers.get("Content-Length")
+        if announced is not None and announced.isdigit() and int(announced) != req.length - offset:
+            response.close()  # e.g. an HTML error page sent as 200: never write it
+            if int(announced) > req.length - offset:
+                raise ArtifactTooLargeError(
+                    f"{req.label}: server announced {announced} bytes, expected "
+                    f"{req.length - offset}")
+            raise ProtocolError(f"{req.label}: server announced {announced} bytes, expected "
+                                f"{req.length - offset}", status=status)
         etag = response.headers.get("ETag")
         meta = {**meta, "url": url, "etag": etag if etag and not etag.startswith("W/") else None}
         atomic_write_json(self._meta_path(req.sha256), meta)

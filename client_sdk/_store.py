@@ -133,23 +133,34 @@ def file_lock(path: Path) -> Iterator[None]:
                 lock.handle = None
 
 
-def load_or_create_install_id(cache_dir: Path) -> str:
-    """A lowercase uuid4 generated once per installation and kept in ``cache_dir``.
+def load_or_create_install_id(cache_dir: Path, state_dir: Path) -> str:
+    """A lowercase uuid4 generated once per installation.
 
-    Lowercase ASCII only: bucketing hashes the id's bytes, and SDKs disagree on anything
-    else (see FIELD-NOTES on GrowthBook).
+    It is kept in ``cache_dir/install_id`` and mirrored in ``state_dir``: if the OS clears
+    the cache, the device keeps its id (and so its experiment arms and its binding to
+    manifests) instead of silently becoming a new device. Lowercase ASCII only, because
+    bucketing hashes the id's bytes and SDKs disagree on anything else (FIELD-NOTES).
     """
-    path = cache_dir / "install_id"
-    with file_lock(cache_dir / ".install_id.lock"):
-        try:
-            existing = path.read_text("ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            existing = ""
-        if INSTALL_ID_RE.fullmatch(existing):
-            return existing
-        new_id = str(uuid.uuid4())
-        atomic_write_bytes(path, new_id.encode("ascii"))
-        return new_id
+    paths = (state_dir / "install_id", cache_dir / "install_id")
+    with file_lock(state_dir / ".install_id.lock"):
+        found = ""
+        for path in paths:
+            try:
+                candidate = path.read_text("ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if INSTALL_ID_RE.fullmatch(candidate):
+                found = candidate
+                break
+        install_id = found or str(uuid.uuid4())
+        for path in paths:
+            try:
+                current = path.read_text("ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                current = ""
+            if current != install_id:
+                atomic_write_bytes(path, install_id.encode("ascii"))
+        return install_id
 
 
 class ReleaseCounters:

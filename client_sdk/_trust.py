@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 import requests
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
@@ -85,6 +86,8 @@ def _tuf_boundary(what: str) -> Iterator[None]:
         raise TufMetadataExpiredError(f"{what}: {e}") from e
     except tuf_errors.BadVersionNumberError as e:
         raise TufRollbackError(f"{what}: {e}") from e
+    except DeserializationError as e:  # not metadata at all: an HTML page, a proxy error
+        raise ProtocolError(f"{what}: the server did not answer with TUF metadata") from e
     except tuf_errors.RepositoryError as e:
         raise TufVerificationError(f"{what}: {type(e).__name__}: {e}") from e
     except tuf_errors.DownloadHTTPError as e:

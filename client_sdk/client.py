@@ -59,8 +59,8 @@ class ModelClient:
 
     Args:
         base_url: the ModelDrop server, e.g. ``https://models.example.com``.
-        cache_dir: downloads and installed models (may be cleared by the OS; the install
-            id lives here too).
+        cache_dir: downloads and installed models; may be cleared by the OS. The install
+            id is kept here (and mirrored in ``state_dir``).
         trusted_root: the TUF root metadata bytes shipped inside the app — the only
             trust anchor. The manifest key is read from its ``x-modeldrop-manifest`` field.
         device: what the server targets on.
@@ -101,7 +101,7 @@ class ModelClient:
         self._state.mkdir(parents=True, exist_ok=True)
         self._state_provider = state_provider or FixedDeviceState()
         self._session = http or make_session(config)
-        self._install_id = load_or_create_install_id(self._cache)
+        self._install_id = load_or_create_install_id(self._cache, self._state)
         self._installer = Installer(self._cache / "models", check_model)
         self._downloader = Downloader(self._cache / "staging", self._session, config)
         self._telemetry = Telemetry(self._state / "telemetry.sqlite",

@@ -50,11 +50,12 @@ class Fault:
       ``status``     answer ``status`` with ``body``/``content_type``
       ``html``       answer 200 with an HTML page (a captive portal, a proxy error page)
       ``trickle``    send ``chunk`` bytes every ``interval`` seconds
-      ``reset``      send ``after`` bytes of the body, then drop the connection
+      ``reset``      send the body up to absolute byte ``after``, then drop the connection
       ``extra``      send the body followed by ``extra`` more bytes (Content-Length says so)
       ``corrupt``    flip one byte in the middle (same length)
       ``pause``      stop at absolute byte ``after`` for ``seconds`` (sets ``reached``)
       ``no_range``   ignore Range and always send the whole file
+    ``omit_length`` drops Content-Length (the body then ends when the connection closes).
     """
 
     kind: str
@@ -67,6 +68,8 @@ class Fault:
     extra: int = 4096
     seconds: float = 10.0
     times: int | None = None
+    skip: int = 0  # requests that pass unharmed before the fault starts firing
+    omit_length: bool = False
     reached: threading.Event = field(default_factory=threading.Event)
 
 
@@ -229,6 +232,9 @@ class SdkOrigin:
         with self._lock:
             fault = self.faults.get(group)
             if fault is None:
+                return None
+            if fault.skip > 0:
+                fault.skip -= 1
                 return None
             if fault.times is not None:
                 fault.times -= 1
@@ -400,7 +406,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = body + b"\0" * fault.extra
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        if fault is not None and fault.omit_length:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "public, max-age=31536000, immutable")
@@ -426,9 +436,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if fault.kind == "reset":
-            self.wfile.write(body[:fault.after])
+            cut = max(fault.after - start, 0)
+            self.wfile.write(body[:cut])
             self.wfile.flush()
-            origin.artifact_bytes_sent += min(fault.after, len(body))
+            origin.artifact_bytes_sent += min(cut, len(body))
             self.close_connection = True
             return
         if fault.kind == "pause":
@@ -477,7 +488,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- shared test helpers (the SDK test modules import these, fixtures included) ----------
 
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import zipfile  # noqa: E402
@@ -568,5 +578,3 @@ def make_mlpackage_zip(*, valid: bool = True) -> bytes:
         zf.writestr("digits.mlpackage/Data/com.apple.CoreML/model.mlmodel", spec)
     return buf.getvalue()
 
-
-_ = os
