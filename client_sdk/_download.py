@@ -206,28 +206,35 @@ class Downloader:
         atomic_write_json(self._meta_path(req.sha256), meta)
         mode = "ab" if offset else "wb"
         next_check = time.monotonic() + _CONDITION_CHECK_EVERY
-        with open(self.part_path(req.sha256), mode) as f:
+        # Unbuffered: every received chunk reaches the OS at once, so a process killed
+        # a moment later still leaves it on disk for the next resume.
+        with open(self.part_path(req.sha256), mode, buffering=0) as f:
             chunks = body_chunks(response, deadline=deadline, max_bytes=req.length - offset,
                                  read_timeout=self._config.read_timeout,
                                  chunk_bytes=self._config.chunk_bytes,
                                  what=f"download {req.label}")
             try:
                 for chunk in chunks:
-                    f.write(chunk)
+                    _write_all(f, chunk)
                     hasher.update(chunk)
                     offset += len(chunk)
                     _notify(on_progress, offset, req.length)
                     if check_conditions is not None and time.monotonic() >= next_check:
-                        f.flush()
                         check_conditions()
                         next_check = time.monotonic() + _CONDITION_CHECK_EVERY
             finally:
                 chunks.close()
-                f.flush()
                 fsync_file(f)
         if offset < req.length:
             raise DownloadIncompleteError(f"{req.label}: got {offset} of {req.length} bytes")
         return offset, hasher
+
+
+def _write_all(f, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = f.write(view)
+        view = view[written:]
 
 
 def _content_range(response: requests.Response) -> tuple[int | None, int | None]:

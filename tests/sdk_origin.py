@@ -123,7 +123,7 @@ class SdkOrigin:
 
     def __enter__(self) -> SdkOrigin:
         handler = type("_Handler", (_Handler,), {"origin": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -244,6 +244,16 @@ class SdkOrigin:
 
     def requests_to(self, prefix: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].startswith(prefix)]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that vanish mid-request (killed processes, fault tests) are expected."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys as _sys
+
+        if not isinstance(_sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
