@@ -1,0 +1,57 @@
+"""HTTP API blueprints. Views parse, call one service or store method, and serialise."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected
+
+from registry.errors import ModelDropError, UploadIncompleteError, UploadTooLargeError
+
+log = logging.getLogger("modeldrop.api")
+PROBLEM = "application/problem+json"
+
+
+def problem_response(error: ModelDropError) -> Response:
+    body = error.to_problem(instance=request.path)
+    return Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
+
+
+def register_api(app: Flask) -> None:
+    from registry.api import admin, artifacts, meta, models, tuf_routes
+    from registry.uploads import discard_spools
+
+    for module in (meta, models, artifacts, admin, tuf_routes):
+        app.register_blueprint(module.bp)
+    for optional in ("registry.api.delivery", "registry.api.telemetry"):
+        try:
+            module = __import__(optional, fromlist=["bp"])
+        except ImportError:
+            continue
+        app.register_blueprint(module.bp)
+
+    app.teardown_request(lambda exc: discard_spools())
+
+    @app.errorhandler(ModelDropError)
+    def _modeldrop_error(e: ModelDropError) -> Response:
+        return problem_response(e)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        if isinstance(e, RequestEntityTooLarge):
+            return problem_response(UploadTooLargeError("the request body is larger than the upload limit"))
+        if isinstance(e, ClientDisconnected):
+            return problem_response(UploadIncompleteError("the client disconnected before the upload ended"))
+        err = ModelDropError(e.description)
+        err.status, err.title = e.code or 500, e.name
+        err.code = (e.name or "error").lower().replace(" ", "_")
+        return problem_response(err)
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        if isinstance(e, ModelDropError):
+            return problem_response(e)
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(ModelDropError("an internal error occurred; see the server log"))

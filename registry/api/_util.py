@@ -1,0 +1,58 @@
+"""Small helpers shared by the views: services access, JSON bodies, serialisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, jsonify, request, url_for
+from pydantic import BaseModel
+
+from registry.errors import ValidationError
+
+
+def services():  # noqa: ANN201 - registry.app.Services
+    return current_app.extensions["modeldrop"]
+
+
+def json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ValidationError("the request body must be a JSON object", field="body")
+    return data
+
+
+def dump(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (list, tuple)):
+        return [dump(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: dump(v) for k, v in obj.items()}
+    return obj
+
+
+def respond(obj: Any, status: int = 200, **headers: str):  # noqa: ANN201
+    resp = jsonify(dump(obj))
+    resp.status_code = status
+    resp.headers.update(headers)
+    return resp
+
+
+def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ValidationError(f"query parameter {name!r} must be an integer", field=name) from e
+    if not lo <= value <= hi:
+        raise ValidationError(f"query parameter {name!r} must be between {lo} and {hi}", field=name)
+    return value
+
+
+def artifact_url(sha256: str) -> str:
+    base = services().settings.cdn_base_url or services().settings.public_base_url
+    if base:
+        return f"{base.rstrip('/')}/v1/artifacts/{sha256}"
+    return url_for("artifacts.get_artifact", sha256=sha256, _external=True)

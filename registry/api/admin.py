@@ -1,0 +1,60 @@
+"""Tokens, the audit log and signing keys: admin only."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from registry.api._util import int_arg, json_body, respond, services
+from registry.auth import current_actor, require_role
+from registry.errors import NotFoundError, ValidationError
+from registry.schemas import TokenCreate
+
+bp = Blueprint("admin", __name__)
+ROTATABLE = ("root", "targets", "snapshot", "timestamp", "manifest")
+
+
+@bp.post("/v1/tokens")
+@require_role("admin")
+def create_token():
+    from pydantic import ValidationError as PydanticValidationError
+
+    try:
+        body = TokenCreate.model_validate(json_body())
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        raise ValidationError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
+                              field=".".join(map(str, first["loc"]))) from e
+    return respond(services().store.create_token(body.role, body.name, current_actor()), 201)
+
+
+@bp.get("/v1/tokens")
+@require_role("admin")
+def list_tokens():
+    return respond({"items": services().store.list_tokens()})
+
+
+@bp.delete("/v1/tokens/<int:token_id>")
+@require_role("admin")
+def revoke_token(token_id: int):
+    if not services().store.revoke_token(token_id, current_actor()):
+        raise NotFoundError(f"token {token_id} does not exist")
+    return respond({"revoked": token_id})
+
+
+@bp.get("/v1/audit")
+@require_role("admin")
+def audit_log():
+    limit = int_arg("limit", 100, 1, 1000)
+    return respond({"items": services().store.audit_log(limit, request.args.get("action"))})
+
+
+@bp.post("/v1/keys/rotate")
+@require_role("admin")
+def rotate_key():
+    role = json_body().get("role")
+    if role not in ROTATABLE:
+        raise ValidationError(f"role must be one of {', '.join(ROTATABLE)}", field="role")
+    svc = services()
+    result = svc.signing.rotate_key(role)
+    svc.store.audit(current_actor(), "keys.rotate", f"role:{role}", {"result": str(result)})
+    return respond({"role": role, "result": result if isinstance(result, (dict, str)) else str(result)})

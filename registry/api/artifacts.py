@@ -1,0 +1,55 @@
+"""Immutable, content-addressed artifact downloads with resume (Range/If-Range) and caching.
+
+The bytes are streamed from the blob store in chunks; the file is never loaded into memory.
+Only artifacts the registry recorded are served, so the route is not a window onto the bucket.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, request
+
+from registry.api._util import services
+from registry.errors import ArtifactNotFoundError, InvalidRangeError
+
+bp = Blueprint("artifacts", __name__)
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def stream_blob(sha256: str, *, content_type: str = "application/octet-stream") -> Response:
+    """A 200/206/304/416 response for a blob, honouring Range, If-Range and If-None-Match."""
+    blobs = services().blobs
+    if not SHA256_RE.fullmatch(sha256) or not blobs.exists(sha256):
+        raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")
+    size = blobs.size(sha256)
+    etag = f'"{sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE}
+    if request.if_none_match and request.if_none_match.contains(sha256):
+        return Response(status=304, headers=headers)
+    rng = request.range
+    if rng is not None and request.if_range and request.if_range.etag not in (None, sha256):
+        rng = None  # the client's partial copy is of other bytes: send everything
+    if rng is not None:
+        bounds = rng.range_for_length(size)
+        if bounds is None:
+            raise InvalidRangeError(f"range not satisfiable for an artifact of {size} bytes",
+                                    size=size)
+        start, stop = bounds
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        headers["Content-Length"] = str(stop - start)
+        body = blobs.open_range(sha256, start, stop - 1) if request.method != "HEAD" else []
+        return Response(body, status=206, headers=headers, mimetype=content_type,
+                        direct_passthrough=True)
+    headers["Content-Length"] = str(size)
+    body = blobs.open_range(sha256, 0, None) if request.method != "HEAD" else []
+    return Response(body, status=200, headers=headers, mimetype=content_type,
+                    direct_passthrough=True)
+
+
+@bp.route("/v1/artifacts/<sha256>", methods=["GET", "HEAD"])
+def get_artifact(sha256: str):
+    if not SHA256_RE.fullmatch(sha256) or not services().store.artifact_known(sha256):
+        raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")
+    return stream_blob(sha256)

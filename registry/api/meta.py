@@ -1,0 +1,131 @@
+"""Health and the OpenAPI document, which is generated from the live URL map so that every
+route is described (a test keeps it that way)."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, current_app
+
+from registry import __version__
+from registry.api._util import respond, services
+
+bp = Blueprint("meta", __name__)
+_PARAM_RE = re.compile(r"<(?:(\w+):)?(\w+)>")
+
+# What each endpoint takes and returns, beyond what the URL map says.
+DESCRIPTIONS: dict[str, dict] = {
+    "meta.healthz": {"summary": "Liveness and database check"},
+    "meta.openapi": {"summary": "This document"},
+    "models.list_models": {"summary": "List models", "response": "ModelOut", "list": True},
+    "models.get_model": {"summary": "One model", "response": "ModelOut"},
+    "models.create_version": {
+        "summary": "Upload a model version (multipart: file, metadata JSON, optional eval .npz, "
+                   "optional version number). 201 created, 200 identical bytes already uploaded.",
+        "multipart": True, "response": "VersionOut", "request": "VersionMetadata"},
+    "models.list_versions": {"summary": "Versions, newest first (limit, cursor)",
+                             "response": "VersionOut", "list": True},
+    "models.get_version": {"summary": "One version with its variants", "response": "VersionOut"},
+    "models.patch_version": {"summary": "Update metadata (audited)", "request": "MetadataPatch",
+                             "response": "VersionOut"},
+    "models.get_job": {"summary": "Conversion job state and progress", "response": "JobOut"},
+    "artifacts.get_artifact": {"summary": "Download an artifact by sha256 (Range, If-Range, "
+                                          "If-None-Match; immutable)", "binary": True},
+    "admin.create_token": {"summary": "Create an API token", "request": "TokenCreate",
+                           "response": "TokenOut"},
+    "admin.list_tokens": {"summary": "List API tokens", "response": "TokenOut", "list": True},
+    "admin.revoke_token": {"summary": "Revoke an API token"},
+    "admin.audit_log": {"summary": "Audit log, newest first", "response": "AuditOut", "list": True},
+    "admin.rotate_key": {"summary": "Rotate a signing key (root, targets, snapshot, timestamp, manifest)"},
+    "tuf.metadata": {"summary": "TUF metadata file (signed bytes, unchanged)", "binary": True},
+    "tuf.target": {"summary": "TUF target file (consistent snapshot name)", "binary": True},
+    "tuf.trusted_root": {"summary": "Current TUF root metadata"},
+    "tuf.public_keys": {"summary": "Manifest (director) public keys"},
+}
+
+
+@bp.get("/healthz")
+def healthz():
+    svc = services()
+    svc.store.has_tokens()  # touches the database
+    return respond({"status": "ok", "version": __version__, "database": svc.store.dialect,
+                    "blob_backend": svc.settings.blob_backend, "job_backend": svc.settings.job_backend})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return respond(build_openapi())
+
+
+def build_openapi() -> dict:
+    from registry import schemas
+
+    paths: dict[str, dict] = {}
+    schema_names: set[str] = set()
+    for rule in current_app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = _PARAM_RE.sub(lambda m: "{" + m.group(2) + "}", rule.rule)
+        view = current_app.view_functions[rule.endpoint]
+        info = DESCRIPTIONS.get(rule.endpoint, {})
+        for method in sorted(rule.methods - {"OPTIONS", "HEAD"}):
+            op: dict = {"operationId": rule.endpoint.replace(".", "_") + "_" + method.lower(),
+                        "summary": info.get("summary") or (view.__doc__ or rule.endpoint).strip()
+                        .splitlines()[0],
+                        "tags": [rule.endpoint.split(".")[0]],
+                        "parameters": [{"name": m.group(2), "in": "path", "required": True,
+                                        "schema": {"type": "integer" if m.group(1) == "int"
+                                                   else "string"}}
+                                       for m in _PARAM_RE.finditer(rule.rule)],
+                        "responses": _responses(info, schema_names)}
+            role = getattr(view, "required_role", None)
+            if role:
+                op["security"] = [{"bearer": []}]
+                op["x-required-role"] = role
+            if info.get("request"):
+                schema_names.add(info["request"])
+                ref = {"$ref": f"#/components/schemas/{info['request']}"}
+                if info.get("multipart"):
+                    op["requestBody"] = {"required": True, "content": {"multipart/form-data": {
+                        "schema": {"type": "object", "required": ["file"], "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "eval": {"type": "string", "format": "binary"},
+                            "metadata": {"type": "string", "description": "JSON document", **ref},
+                            "version": {"type": "integer"}}}}}}
+                else:
+                    op["requestBody"] = {"required": True,
+                                         "content": {"application/json": {"schema": ref}}}
+            paths.setdefault(path, {})[method.lower()] = op
+    components = {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                  "schemas": {"Problem": {"type": "object", "properties": {
+                      k: {"type": "string"} for k in ("type", "title", "detail", "code", "instance")}
+                      | {"status": {"type": "integer"}}}}}
+    for name in sorted(schema_names):
+        model = getattr(schemas, name, None)
+        if model is not None:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for def_name, definition in js.pop("$defs", {}).items():
+                components["schemas"][def_name] = definition
+            components["schemas"][name] = js
+    return {"openapi": "3.1.0",
+            "info": {"title": "ModelDrop", "version": __version__,
+                     "description": "Model registry and over-the-air model delivery. Errors are "
+                                    "application/problem+json with a stable `code`."},
+            "paths": dict(sorted(paths.items())), "components": components}
+
+
+def _responses(info: dict, schema_names: set[str]) -> dict:
+    problem = {"description": "Error", "content": {"application/problem+json": {
+        "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    if info.get("binary"):
+        ok = {"description": "Bytes", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}
+    elif info.get("response"):
+        schema_names.add(info["response"])
+        ref = {"$ref": f"#/components/schemas/{info['response']}"}
+        schema = {"type": "object", "properties": {"items": {"type": "array", "items": ref}}} \
+            if info.get("list") else ref
+        ok = {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    else:
+        ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {"200": ok, "default": problem}

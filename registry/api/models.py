@@ -1,0 +1,88 @@
+"""Models and versions."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request, url_for
+
+from registry.api._util import artifact_url, dump, int_arg, json_body, respond, services
+from registry.auth import current_actor, require_role
+from registry.errors import ValidationError
+from registry.uploads import validate_name
+from registry.versions import publish_upload, update_metadata
+
+bp = Blueprint("models", __name__)
+
+
+def _version_json(version) -> dict:  # noqa: ANN001
+    body = dump(version)
+    for v in body["variants"]:
+        v["url"] = artifact_url(v["sha256"]) if v.get("sha256") else None
+    body["source"]["url"] = artifact_url(version.source["sha256"])
+    return body
+
+
+@bp.get("/v1/models")
+@require_role("reader")
+def list_models():
+    return respond({"items": services().store.list_models()})
+
+
+@bp.get("/v1/models/<name>")
+@require_role("reader")
+def get_model(name: str):
+    return respond(services().store.get_model(validate_name(name)))
+
+
+@bp.post("/v1/models/<name>/versions")
+@require_role("publisher")
+def create_version(name: str):
+    validate_name(name)
+    if not (request.mimetype or "").startswith("multipart/form-data"):
+        raise ValidationError("upload the model as multipart/form-data with a 'file' part",
+                              field="file")
+    number = request.form.get("version")
+    if number is not None:
+        if not number.isdigit() or int(number) < 1:
+            raise ValidationError("'version' must be a positive integer", field="version")
+        number = int(number)
+    version, created, job_id = publish_upload(
+        services(), name, file_part=request.files.get("file"), eval_part=request.files.get("eval"),
+        metadata_raw=request.form.get("metadata"), number=number, actor=current_actor())
+    body = _version_json(version)
+    body["job"] = job_id
+    location = url_for("models.get_version", name=name, number=version.version)
+    return respond(body, 201 if created else 200, Location=location)
+
+
+@bp.get("/v1/models/<name>/versions")
+@require_role("reader")
+def list_versions(name: str):
+    limit = int_arg("limit", 20, 1, 200)
+    cursor = request.args.get("cursor")
+    before = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise ValidationError("'cursor' must be the value of next_cursor", field="cursor")
+        before = int(cursor)
+    page, nxt = services().store.list_versions(validate_name(name), limit=limit, before=before)
+    return respond({"items": [_version_json(v) for v in page],
+                    "next_cursor": str(nxt) if nxt is not None else None})
+
+
+@bp.get("/v1/models/<name>/versions/<int:number>")
+@require_role("reader")
+def get_version(name: str, number: int):
+    return respond(_version_json(services().store.get_version(validate_name(name), number)))
+
+
+@bp.patch("/v1/models/<name>/versions/<int:number>")
+@require_role("publisher")
+def patch_version(name: str, number: int):
+    version = update_metadata(services(), validate_name(name), number, json_body(), current_actor())
+    return respond(_version_json(version))
+
+
+@bp.get("/v1/jobs/<job_id>")
+@require_role("reader")
+def get_job(job_id: str):
+    return respond(services().store.get_job(job_id))

@@ -1,0 +1,38 @@
+"""`modeldrop`: a thin click layer over the HTTP API (``serve`` and ``worker`` run the server)."""
+
+from __future__ import annotations
+
+import click
+
+from registry.cli import _admin, _registry, _serve
+from registry.cli._common import pass_ctx  # noqa: F401 - re-exported for command modules
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="MODELDROP_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="Registry base URL (env MODELDROP_URL).")
+@click.option("--token", envvar="MODELDROP_TOKEN", default=None,
+              help="API token (env MODELDROP_TOKEN).")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None) -> None:
+    """ModelDrop: model registry and over-the-air model delivery."""
+    ctx.obj = {"url": url, "token": token}
+
+
+for module in (_serve, _registry, _admin):
+    module.register(main)
+
+try:  # delivery and reports commands register themselves when present
+    from registry.cli import _delivery
+
+    _delivery.register(main)
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from registry.cli import _reports
+
+    _reports.register(main)
+except ImportError:  # pragma: no cover
+    pass

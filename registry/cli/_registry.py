@@ -1,0 +1,180 @@
+"""`modeldrop push / versions / show / models / job`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from registry.cli._common import client, echo_json, human_size, pass_ctx, table
+
+
+def register(main: click.Group) -> None:
+    for cmd in (push, versions, show, models, job):
+        main.add_command(cmd)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--metadata", "metadata_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file with the version's metadata.")
+@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Evaluation set (.npz with x and optional y).")
+@click.option("--version", "number", type=int, default=None, help="Explicit version number.")
+@click.option("--wait/--no-wait", default=False, help="Wait for conversion with a progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the created version as JSON.")
+@pass_ctx
+def push(ctx, name, model_file, metadata_file, eval_file, number, wait, as_json) -> None:
+    """Upload MODEL_FILE (.keras, .h5, SavedModel .zip) as a new version of NAME."""
+    metadata = None
+    if metadata_file:
+        metadata = metadata_file.read_text()
+        try:
+            json.loads(metadata)
+        except json.JSONDecodeError as e:
+            raise click.ClickException(f"{metadata_file} is not valid JSON: {e}") from e
+    total = model_file.stat().st_size + (eval_file.stat().st_size if eval_file else 0)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=as_json) as bar:
+        result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number)
+    if not as_json:
+        state = "uploaded" if result.get("job") and result["status"] == "uploaded" else result["status"]
+        click.echo(f"{name} version {result['version']}: {state} (sha256 {result['source']['sha256'][:12]})")
+    if wait and result.get("job"):
+        result = _wait_for_job(ctx, result["job"], quiet=as_json) or result
+    if as_json:
+        echo_json(result)
+
+
+def _wait_for_job(ctx, job_id: str, quiet: bool = False):  # noqa: ANN001, ANN202
+    api = client(ctx)
+    bar = None
+    while True:
+        job = api.get(f"/v1/jobs/{job_id}")
+        total = job["progress"]["total"] or 1
+        if bar is None and not quiet:
+            bar = tqdm(total=total, desc="convert", unit="variant")
+        if bar is not None:
+            bar.total = total
+            bar.n = job["progress"]["done"]
+            bar.set_postfix_str(job["progress"]["note"][-40:])
+            bar.refresh()
+        if job["state"] in ("done", "failed"):
+            if bar is not None:
+                bar.close()
+            break
+        time.sleep(1.0)
+    version = api.get(f"/v1/models/{job['model']}/versions/{job['version']}")
+    if not quiet:
+        click.echo(f"conversion {job['state']}; version status {version['status']}")
+        if job.get("error"):
+            click.echo(f"error: {job['error']}", err=True)
+        click.echo(_variant_table(version))
+    if job["state"] == "failed":
+        raise click.ClickException(f"conversion failed: {job.get('error')}")
+    return version
+
+
+@click.command()
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, help="Versions per page.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def versions(ctx, name, limit, as_json) -> None:
+    """List versions of NAME, newest first."""
+    page = client(ctx).get(f"/v1/models/{name}/versions", limit=limit)
+    if as_json:
+        return echo_json(page)
+    rows = [(v["version"], v["status"], human_size(v["source"]["size"]),
+             ", ".join(f"{k}={val}" for k, val in v["metadata"].get("accuracy", {}).items()) or "-",
+             v["created_at"][:19].replace("T", " ")) for v in page["items"]]
+    click.echo(table(["VERSION", "STATUS", "SIZE", "ACCURACY", "CREATED"], rows))
+
+
+def _fmt(value) -> str:  # noqa: ANN001
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _variant_table(version: dict) -> str:
+    rows = []
+    for v in version.get("variants", []):
+        fid = v.get("fidelity") or {}
+        lat = v.get("reference_latency_ms") or {}
+        rows.append((v["name"], human_size(v.get("size")), _fmt(fid.get("top1_agreement")),
+                     _fmt(fid.get("accuracy")), _fmt(fid.get("accuracy_drop")),
+                     _fmt(fid.get("weight_rel_error")),
+                     f"{_fmt(lat.get('p50'))}/{_fmt(lat.get('p90'))}" if lat else "-",
+                     "yes" if v["servable"] else "no", v.get("reason") or ""))
+    if not rows:
+        return "(no variants yet)"
+    return table(["VARIANT", "SIZE", "AGREE", "ACC", "DROP(pp)", "W-ERR", "SERVER p50/p90 ms",
+                  "SERVABLE", "REASON"], rows)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("number", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def show(ctx, name, number, as_json) -> None:
+    """Show all metadata of version NUMBER of NAME, with its variants."""
+    api = client(ctx)
+    v = api.get(f"/v1/models/{name}/versions/{number}")
+    latency = None
+    try:
+        latency = api.get(f"/v1/models/{name}/versions/{number}/latency")
+    except Exception:  # noqa: BLE001 - the telemetry route may be absent on older servers
+        latency = None
+    if as_json:
+        if latency is not None:
+            v["device_latency"] = latency
+        return echo_json(v)
+    meta = v["metadata"]
+    rows = [("model", v["model"]), ("version", v["version"]), ("status", v["status"]),
+            ("source", f"{v['source']['format']} {human_size(v['source']['size'])} "
+                       f"sha256 {v['source']['sha256']}"),
+            ("created", f"{v['created_at']} by {v['created_by']}")]
+    rows += [(k, json.dumps(val) if isinstance(val, (dict, list)) else val)
+             for k, val in meta.items() if val not in (None, [], {}, "")]
+    if v.get("error"):
+        rows.append(("error", v["error"]))
+    click.echo(table(["FIELD", "VALUE"], rows))
+    click.echo("")
+    click.echo(_variant_table(v))
+    if latency and latency.get("items"):
+        click.echo("")
+        click.echo(table(["VARIANT", "DEVICE", "N", "p50 ms", "p90 ms", "p99 ms", "UPLOADED ms"],
+                         [(r["variant"], r["device_model"], r["count"], _fmt(r["p50"]), _fmt(r["p90"]),
+                           _fmt(r["p99"]), _fmt(r.get("uploaded_ms"))) for r in latency["items"]]))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def models(ctx, as_json) -> None:
+    """List models."""
+    data = client(ctx).get("/v1/models")
+    if as_json:
+        return echo_json(data)
+    click.echo(table(["MODEL", "VERSIONS", "LATEST", "CREATED"],
+                     [(m["name"], m["version_count"], m["latest_version"], m["created_at"][:19])
+                      for m in data["items"]]))
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Wait with a progress bar until the job ends.")
+@pass_ctx
+def job(ctx, job_id, wait) -> None:
+    """Show a conversion job."""
+    if wait:
+        _wait_for_job(ctx, job_id)
+        return
+    echo_json(client(ctx).get(f"/v1/jobs/{job_id}"))

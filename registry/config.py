@@ -1,0 +1,107 @@
+"""Typed settings: defaults, then ``MODELDROP_*`` environment variables, then overrides.
+
+Every running mode (embedded default or scale) is selected here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("./modeldrop-data")
+    # Database: empty means the embedded SQLite file <data_dir>/modeldrop.db.
+    database_url: str = ""
+    # Blob storage backend: "local" (dev/embedded) or "s3".
+    blob_backend: str = "local"
+    s3_endpoint_url: str = ""
+    s3_bucket: str = "modeldrop"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    # If set, artifact URLs in manifests point here (a CDN in front of the artifact route).
+    public_base_url: str = ""
+    cdn_base_url: str = ""
+    presigned_url_ttl: int = 3600  # seconds
+    keys_dir: Path | None = None  # default <data_dir>/keys
+    # Jobs: "inprocess" (worker processes started by the web process) or "celery".
+    job_backend: str = "inprocess"
+    broker_url: str = ""  # e.g. redis://127.0.0.1:6379/0 or amqp://guest:guest@127.0.0.1:5672//
+    worker_processes: int = 1
+    # Uploads
+    max_upload_bytes: int = 2 << 30  # bytes
+    max_eval_bytes: int = 64 << 20  # bytes
+    max_metadata_bytes: int = 256 << 10  # bytes
+    upload_chunk_bytes: int = 1 << 20  # bytes
+    # Conversion
+    accuracy_drop_threshold_pp: float = 1.0  # percentage points
+    latency_runs: int = 50
+    # Signing / TUF expiries
+    timestamp_expiry: int = 86400  # seconds
+    snapshot_expiry: int = 7 * 86400  # seconds
+    targets_expiry: int = 90 * 86400  # seconds
+    root_expiry: int = 365 * 86400  # seconds
+    refresh_interval: int = 600  # seconds between periodic re-sign checks
+    # Delivery
+    manifest_ttl: int = 86400  # seconds a signed manifest stays valid
+    manifest_max_age: int = 300  # seconds, Cache-Control max-age of manifests
+    # Auth: create <data_dir>/admin-token on first start.
+    bootstrap_admin_token: bool = True
+    # Telemetry
+    max_telemetry_batch: int = 1000  # events
+    testing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            return url
+        return f"sqlite:///{(Path(self.data_dir) / 'modeldrop.db').resolve()}"
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        return Path(self.keys_dir) if self.keys_dir else Path(self.data_dir) / "keys"
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None,
+             environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from defaults, the environment and explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get("MODELDROP_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f, raw)
+        for key, value in (overrides or {}).items():
+            if key not in {f.name for f in fields(cls)}:
+                raise ValueError(f"unknown setting {key!r}")
+            values[key] = value
+        settings = cls(**values)
+        settings.data_dir = Path(settings.data_dir)
+        return settings
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind.startswith("bool"):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    if kind.startswith("Path"):
+        return Path(raw) if raw else None
+    return raw

@@ -1,0 +1,129 @@
+"""One error hierarchy for the server, each with a stable code and HTTP status.
+
+Clients (the CLI and the SDK) rebuild the same error from the problem+json body by its
+``code``; the codes are a public contract and never change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModelDropError(Exception):
+    """Base of every error the server reports to a client."""
+
+    code = "internal_error"
+    status = 500
+    title = "Internal server error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """RFC 9457 problem document (``application/problem+json``)."""
+        body: dict[str, Any] = {
+            "type": f"https://modeldrop.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class ValidationError(ModelDropError):
+    code, status, title = "validation_error", 400, "Invalid request"
+
+    def __init__(self, detail: str, field: str | None = None, **extra: Any) -> None:
+        if field is not None:
+            extra["field"] = field
+        super().__init__(detail, **extra)
+
+
+class InvalidNameError(ValidationError):
+    code, title = "invalid_name", "Invalid name"
+
+
+class InvalidMetadataError(ValidationError):
+    code, title = "invalid_metadata", "Invalid metadata"
+
+
+class MissingFileError(ValidationError):
+    code, title = "missing_file", "Missing file"
+
+
+class EmptyFileError(ValidationError):
+    code, title = "empty_file", "Empty file"
+
+
+class UnsupportedFormatError(ValidationError):
+    code, title = "unsupported_format", "Unsupported model format"
+
+
+class InvalidRangeError(ModelDropError):
+    code, status, title = "range_not_satisfiable", 416, "Range not satisfiable"
+
+
+class AuthenticationError(ModelDropError):
+    code, status, title = "unauthenticated", 401, "Authentication required"
+
+
+class PermissionDeniedError(ModelDropError):
+    code, status, title = "forbidden", 403, "Insufficient role"
+
+
+class NotFoundError(ModelDropError):
+    code, status, title = "not_found", 404, "Not found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code, title = "model_not_found", "Model not found"
+
+
+class VersionNotFoundError(NotFoundError):
+    code, title = "version_not_found", "Version not found"
+
+
+class ArtifactNotFoundError(NotFoundError):
+    code, title = "artifact_not_found", "Artifact not found"
+
+
+class JobNotFoundError(NotFoundError):
+    code, title = "job_not_found", "Job not found"
+
+
+class ReleaseNotFoundError(NotFoundError):
+    code, title = "release_not_found", "Release not found"
+
+
+class ExperimentNotFoundError(NotFoundError):
+    code, title = "experiment_not_found", "Experiment not found"
+
+
+class ConflictError(ModelDropError):
+    code, status, title = "conflict", 409, "Conflict"
+
+
+class VersionConflictError(ConflictError):
+    code, title = "version_conflict", "Version already exists with different content"
+
+
+class UploadTooLargeError(ModelDropError):
+    code, status, title = "upload_too_large", 413, "Upload too large"
+
+
+class UploadIncompleteError(ModelDropError):
+    code, status, title = "upload_incomplete", 400, "Upload incomplete"
+
+
+class StorageError(ModelDropError):
+    code, status, title = "storage_error", 503, "Storage unavailable"
+
+
+class UnsupportedMediaTypeError(ModelDropError):
+    code, status, title = "unsupported_media_type", 415, "Unsupported media type"

@@ -1,0 +1,126 @@
+"""Runs one conversion job: source blob -> variants -> blobs -> TUF targets -> variant rows.
+
+Publishing order keeps every reader consistent: a variant's file is stored first, then it is
+added to the signed TUF targets, and only then recorded (and so visible to the API and to
+manifests). A crash anywhere before the row is written leaves nothing half-published.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("modeldrop.jobs")
+HEARTBEAT_SECONDS = 10.0
+
+
+def variant_target_path(model: str, version: int, variant: str, extension: str) -> str:
+    return f"{model}/{version}/{variant}.{extension}"
+
+
+def run_job(services, job_id: str) -> str:  # noqa: ANN001 - registry.app.Services
+    """Run a claimed job to its end; returns the final job state."""
+    store = services.store
+    job = store.get_job(job_id)
+    version = store.get_version(job.model, job.version)
+    version_id = store.version_id(job.model, job.version)
+    store.set_version_status(version_id, "converting")
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"job-{job_id[:8]}-", dir=services.work_dir) as tmp:
+            results = _convert(services, job_id, version, Path(tmp))
+            if isinstance(results, str):  # the source failed to load or convert
+                store.finish_job(job_id, "failed", {}, results)
+                store.set_version_status(version_id, "failed", results)
+                return "failed"
+            summary = _publish(services, job.model, job.version, version_id, results)
+    except Exception as e:  # noqa: BLE001 - a job failure is data, not a crash of the worker
+        log.exception("job %s failed", job_id)
+        message = f"{type(e).__name__}: {e}"
+        store.finish_job(job_id, "failed", {}, message)
+        store.set_version_status(version_id, "failed", message)
+        return "failed"
+    finally:
+        stop.set()
+    failed = {k: v for k, v in summary.items() if v["state"] == "failed"}
+    if len(failed) == len(summary):
+        error = "every variant failed: " + "; ".join(f"{k}: {v['error']}" for k, v in failed.items())
+        store.finish_job(job_id, "failed", summary, error)
+        store.set_version_status(version_id, "failed", error)
+        return "failed"
+    note = ("; ".join(f"{k}: {v['error']}" for k, v in failed.items())) or None
+    store.finish_job(job_id, "done", summary, None)
+    store.set_version_status(version_id, "ready", f"some variants failed: {note}" if note else None)
+    return "done"
+
+
+def _heartbeat(store, job_id: str, stop: threading.Event) -> None:  # noqa: ANN001
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            store.heartbeat(job_id)
+        except Exception:  # noqa: BLE001
+            log.exception("heartbeat failed")
+
+
+def _convert(services, job_id: str, version, workdir: Path) -> list | str:  # noqa: ANN001
+    """Returns the converter's results, or the error message when the source cannot be used."""
+    from registry.convert import ConversionError, convert_version
+
+    settings = services.settings
+    source = workdir / f"source.{version.source['format']}"
+    services.blobs.copy_to(version.source["sha256"], source)
+    eval_path = None
+    if version.source.get("eval_sha256"):
+        eval_path = workdir / "eval.npz"
+        services.blobs.copy_to(version.source["eval_sha256"], eval_path)
+    threshold = version.metadata.get("accuracy_drop_threshold_pp")
+    if threshold is None:
+        threshold = settings.accuracy_drop_threshold_pp
+
+    def progress(done: int, total: int, name: str) -> None:
+        services.store.job_progress(job_id, done, total, f"variant {done} of {total}: {name}")
+
+    variants = version.metadata.get("variants")
+    from registry.convert.catalog import validate_variants
+
+    services.store.job_progress(job_id, 0, len(validate_variants(variants)), "loading the model")
+    try:
+        return convert_version(source, workdir / "out", variants=variants, eval_path=eval_path,
+                               accuracy_drop_threshold_pp=float(threshold),
+                               latency_runs=settings.latency_runs, progress=progress)
+    except ConversionError as e:
+        return str(e)
+
+
+def _publish(services, model: str, number: int, version_id: int, results: list) -> dict[str, Any]:  # noqa: ANN001
+    from registry.convert.catalog import VARIANTS
+
+    stored = []
+    for r in results:
+        if r.error is None and r.path is not None:
+            info = services.blobs.put_file(Path(r.path))
+            ext = VARIANTS[r.name].extension
+            stored.append((r, info, variant_target_path(model, number, r.name, ext)))
+    servable = [(r, info, path) for r, info, path in stored if r.servable]
+    if services.signing is not None and servable:
+        services.signing.add_targets([
+            services.target_spec(path, info.sha256, info.size, model=model, version=number,
+                                 variant=r.name, format=r.format, kind="variant")
+            for r, info, path in servable])
+    by_name = {r.name: (info, path) for r, info, path in stored}
+    summary: dict[str, Any] = {}
+    for r in results:
+        info, path = by_name.get(r.name, (None, None))
+        services.store.record_variant(
+            version_id, name=r.name, format=r.format, sha256=info.sha256 if info else None,
+            size=info.size if info else None, target_path=path if r.servable else None,
+            fidelity=r.fidelity or {}, reference_latency_ms=r.reference_latency_ms,
+            servable=bool(r.servable and info), reason=r.reason, error=r.error)
+        summary[r.name] = {"state": "failed" if r.error else "done", "error": r.error,
+                           "servable": bool(r.servable and info)}
+    return summary

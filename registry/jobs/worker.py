@@ -1,0 +1,57 @@
+"""The in-process worker loop: claim queued jobs, run them, keep the repository fresh."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from datetime import timedelta
+
+from registry.config import Settings
+
+log = logging.getLogger("modeldrop.worker")
+
+POLL_SECONDS = 0.5
+STALE_AFTER = timedelta(seconds=120)
+
+
+def worker_main(settings: Settings, *, once: bool = False) -> None:
+    """Entry point of a worker process (also ``modeldrop worker``)."""
+    from registry.app import build_services
+    from registry.jobs.runner import run_job
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    services = build_services(settings, start_workers=False)
+    stopping = False
+
+    def _stop(*_):  # noqa: ANN002
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    last_maintenance = 0.0
+    while not stopping:
+        if time.monotonic() - last_maintenance > min(settings.refresh_interval, 60):
+            maintenance(services)
+            last_maintenance = time.monotonic()
+        job = services.store.claim_job()
+        if job is None:
+            if once:
+                return
+            time.sleep(POLL_SECONDS)
+            continue
+        run_job(services, job.id)
+        if once:
+            return
+
+
+def maintenance(services) -> None:  # noqa: ANN001
+    """Requeue jobs of crashed workers and re-sign expiring TUF metadata."""
+    try:
+        for job_id in services.store.requeue_stale_jobs(STALE_AFTER):
+            log.warning("job %s requeued: its worker stopped heart-beating", job_id)
+            services.jobs.enqueue(job_id)
+        if services.signing is not None:
+            services.signing.refresh()
+    except Exception:  # noqa: BLE001 - maintenance must not kill the worker
+        log.exception("maintenance failed")

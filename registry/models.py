@@ -1,0 +1,200 @@
+"""Database tables. Rows never leave ``registry.store``: the API serialises schemas instead.
+
+Timestamps are timezone-aware UTC; ``utcnow()`` is the only clock used.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ModelRow(SQLModel, table=True):
+    __tablename__ = "models"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    description: str = ""
+    accuracy_drop_threshold_pp: Optional[float] = None
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+
+
+class VersionRow(SQLModel, table=True):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),
+                      UniqueConstraint("model_id", "source_sha256"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    number: int
+    status: str = "uploaded"  # uploaded -> converting -> ready | failed
+    source_sha256: str = Field(max_length=64)
+    source_size: int
+    source_format: str  # keras | h5 | zip
+    source_filename: str = ""
+    eval_sha256: Optional[str] = None
+    metadata_json: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class VariantRow(SQLModel, table=True):
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("version_id", "name"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="versions.id", index=True)
+    name: str
+    format: str
+    sha256: Optional[str] = Field(default=None, index=True)
+    size: Optional[int] = None
+    target_path: Optional[str] = None
+    fidelity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reference_latency_ms: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    servable: bool = False
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TokenRow(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = ""
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    prefix: str = ""  # first characters, shown in listings so a token can be recognised
+    role: str  # reader | publisher | admin
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+    revoked: bool = False
+
+
+class AuditRow(SQLModel, table=True):
+    __tablename__ = "audit_log"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ts: datetime = Field(default_factory=utcnow, index=True)
+    actor: str
+    action: str = Field(index=True)
+    target: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+    id: str = Field(primary_key=True, max_length=36)
+    kind: str = "convert"
+    version_id: int = Field(foreign_key="versions.id", index=True)
+    state: str = "queued"  # queued -> running -> done | failed
+    progress_done: int = 0
+    progress_total: int = 0
+    progress_note: str = ""
+    results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: Optional[datetime] = None
+    heartbeat_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+
+class TufMetadataRow(SQLModel, table=True):
+    __tablename__ = "tuf_metadata"
+    name: str = Field(primary_key=True, max_length=128)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ReleaseRow(SQLModel, table=True):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("model_id", "channel", "counter"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    channel: str
+    counter: int
+    version_id: int = Field(foreign_key="versions.id")
+    variant: Optional[str] = None  # pinned variant, else chosen per device
+    rollout_bp: int = 10000  # basis points of targeted devices
+    rollout_seed: str = ""
+    targeting: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    paused: bool = False
+    halted_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    kind: str = "promote"  # promote | rollback
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ExperimentRow(SQLModel, table=True):
+    __tablename__ = "experiments"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    channel: str
+    seed: str
+    coverage_bp: int = 10000
+    arms: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    targeting: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = "running"  # running | paused | stopped
+    halted_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    winner: Optional[str] = None
+    counter_at_start: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+    stopped_at: Optional[datetime] = None
+
+
+class AssignmentRow(SQLModel, table=True):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("experiment_id", "install_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    install_id: str = Field(max_length=64)
+    arm: str
+    assigned_at: datetime = Field(default_factory=utcnow)
+
+
+class TelemetryRow(SQLModel, table=True):
+    __tablename__ = "telemetry_events"
+    __table_args__ = (Index("ix_telemetry_exp_install", "experiment", "install_id"),
+                      Index("ix_telemetry_model_version", "model", "version", "variant", "kind"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    kind: str
+    install_id: str = Field(max_length=64)
+    ts: datetime
+    model: str = ""
+    version: Optional[int] = None
+    variant: Optional[str] = None
+    experiment: Optional[str] = None
+    arm: Optional[str] = None
+    device_model: Optional[str] = None
+    platform: Optional[str] = None
+    latency_ms: Optional[float] = None
+    correct: Optional[bool] = None
+    bytes: Optional[int] = None
+    seconds: Optional[float] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class DeltaRow(SQLModel, table=True):
+    __tablename__ = "deltas"
+    __table_args__ = (UniqueConstraint("base_sha256", "target_sha256"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    base_sha256: str = Field(max_length=64, index=True)
+    target_sha256: str = Field(max_length=64, index=True)
+    sha256: Optional[str] = None  # None: computed but not smaller than the full artifact
+    size: Optional[int] = None
+    target_path: Optional[str] = None
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,163 @@
+"""API request and response models (pydantic). Table rows are converted to these in the store."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+CHANNEL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool", "string"}
+ROLES = ("reader", "publisher", "admin")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    shape: list[Optional[int]]
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, v: str) -> str:
+        if v not in DTYPES:
+            raise ValueError(f"unknown dtype {v!r}; expected one of {sorted(DTYPES)}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: list[Optional[int]]) -> list[Optional[int]]:
+        if any(d is not None and d < 1 for d in v):
+            raise ValueError("dimensions must be positive integers or null")
+        return v
+
+
+class VersionMetadata(_Strict):
+    """What an engineer uploads next to the model file."""
+
+    framework: str = "keras"
+    description: str = Field(default="", max_length=10_000)
+    tags: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    input: list[TensorSpec] = Field(default_factory=list)
+    output: list[TensorSpec] = Field(default_factory=list)
+    accuracy: dict[str, float] = Field(default_factory=dict)
+    latency_ms: dict[str, float] = Field(default_factory=dict)
+    min_app_version: Optional[str] = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
+    variants: Optional[list[str]] = None
+    accuracy_drop_threshold_pp: Optional[float] = Field(default=None, ge=0, le=100)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("latency_ms")
+    @classmethod
+    def _positive_latency(cls, v: dict[str, float]) -> dict[str, float]:
+        for device, ms in v.items():
+            if ms <= 0:
+                raise ValueError(f"latency for {device!r} must be positive")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
+        from registry.convert.catalog import validate_variants  # light module, no TensorFlow
+
+        return validate_variants(v)
+
+
+class MetadataPatch(_Strict):
+    """Partial update; ``None`` leaves a field unchanged, dict fields are merged."""
+
+    description: Optional[str] = None
+    tags: Optional[list[str]] = None
+    labels: Optional[list[str]] = None
+    accuracy: Optional[dict[str, float]] = None
+    latency_ms: Optional[dict[str, float]] = None
+    min_app_version: Optional[str] = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
+    extra: Optional[dict[str, Any]] = None
+
+
+class VariantOut(BaseModel):
+    name: str
+    format: str
+    size: Optional[int]
+    sha256: Optional[str]
+    target_path: Optional[str] = None
+    fidelity: dict[str, Any]
+    reference_latency_ms: Optional[dict[str, Any]]
+    servable: bool
+    reason: Optional[str]
+    url: Optional[str] = None
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: int
+    status: str
+    source: dict[str, Any]
+    metadata: dict[str, Any]
+    variants: list[VariantOut] = Field(default_factory=list)
+    error: Optional[str] = None
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+
+
+class ModelOut(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    latest_version: Optional[int]
+    version_count: int
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    model: str
+    version: int
+    state: str
+    progress: dict[str, Any]
+    results: dict[str, Any]
+    error: Optional[str]
+    attempts: int
+    created_at: datetime
+    started_at: Optional[datetime]
+    finished_at: Optional[datetime]
+
+
+class TokenCreate(_Strict):
+    role: Literal["reader", "publisher", "admin"]
+    name: str = Field(default="", max_length=100)
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    created_by: str
+    revoked: bool
+    token: Optional[str] = None  # only in the response that created it
+
+
+class AuditOut(BaseModel):
+    id: int
+    ts: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+class Page(BaseModel):
+    items: list[Any]
+    next_cursor: Optional[str] = None

@@ -1,0 +1,24 @@
+"""Persistence: the only package that queries the database.
+
+Rows never leave it; callers get the API schemas from ``registry.schemas``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from sqlalchemy.engine import Engine
+
+from registry.store._auth import AuthStore, hash_token
+from registry.store._catalog import CatalogStore
+from registry.store._jobs import JobStore
+from registry.store._tuf import TufMetadataStoreMixin
+
+__all__ = ["Store", "hash_token"]
+
+
+class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin):
+    def __init__(self, engine: Engine, lock_dir: Optional[Path] = None) -> None:
+        super().__init__(engine)
+        self.lock_dir = lock_dir

@@ -1,0 +1,78 @@
+"""API tokens (stored as sha256 hashes) and the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, Optional
+
+from sqlmodel import Session, select
+
+from registry.models import AuditRow, TokenRow
+from registry.schemas import AuditOut, TokenOut
+from registry.store._base import StoreBase
+
+TOKEN_PREFIX = "mdt_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _token_out(row: TokenRow, token: Optional[str] = None) -> TokenOut:
+    return TokenOut(id=row.id, name=row.name, role=row.role, prefix=row.prefix,
+                    created_at=row.created_at, created_by=row.created_by, revoked=row.revoked,
+                    token=token)
+
+
+class AuthStore(StoreBase):
+    def create_token(self, role: str, name: str = "", created_by: str = "system") -> TokenOut:
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.session() as s:
+            row = TokenRow(name=name, token_hash=hash_token(token), prefix=token[:10], role=role,
+                           created_by=created_by)
+            s.add(row)
+            s.flush()
+            _audit(s, created_by, "token.create", f"token:{row.id}", {"role": role, "name": name})
+            return _token_out(row, token)
+
+    def token_role(self, token: str) -> Optional[tuple[str, str]]:
+        """Returns (actor, role) for a valid, unrevoked token."""
+        with self.session() as s:
+            row = s.exec(select(TokenRow).where(TokenRow.token_hash == hash_token(token))).first()
+            if row is None or row.revoked:
+                return None
+            return (f"token:{row.id}" + (f"({row.name})" if row.name else ""), row.role)
+
+    def list_tokens(self) -> list[TokenOut]:
+        with self.session() as s:
+            return [_token_out(r) for r in s.exec(select(TokenRow).order_by(TokenRow.id))]
+
+    def revoke_token(self, token_id: int, actor: str) -> bool:
+        with self.session() as s:
+            row = s.get(TokenRow, token_id)
+            if row is None:
+                return False
+            row.revoked = True
+            _audit(s, actor, "token.revoke", f"token:{token_id}", {})
+            return True
+
+    def has_tokens(self) -> bool:
+        with self.session() as s:
+            return s.exec(select(TokenRow.id).limit(1)).first() is not None
+
+    def audit(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            _audit(s, actor, action, target, details or {})
+
+    def audit_log(self, limit: int = 100, action: Optional[str] = None) -> list[AuditOut]:
+        with self.session() as s:
+            q = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+            if action:
+                q = q.where(AuditRow.action == action)
+            return [AuditOut(**r.model_dump()) for r in s.exec(q)]
+
+
+def _audit(session: Session, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
+    """Audit rows are written in the same transaction as the change they describe."""
+    session.add(AuditRow(actor=actor, action=action, target=target, details=details))

@@ -1,0 +1,215 @@
+"""Models, versions and their variants."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from registry.errors import ModelNotFoundError, VersionConflictError, VersionNotFoundError
+from registry.models import ModelRow, VariantRow, VersionRow, utcnow
+from registry.schemas import ModelOut, VariantOut, VersionOut
+from registry.store._auth import _audit
+from registry.store._base import StoreBase
+
+
+def variant_out(row: VariantRow) -> VariantOut:
+    return VariantOut(name=row.name, format=row.format, size=row.size, sha256=row.sha256,
+                      target_path=row.target_path, fidelity=row.fidelity or {},
+                      reference_latency_ms=row.reference_latency_ms, servable=row.servable,
+                      reason=row.reason or row.error)
+
+
+def _version_out(s: Session, model: ModelRow, row: VersionRow) -> VersionOut:
+    variants = s.exec(select(VariantRow).where(VariantRow.version_id == row.id)
+                      .order_by(VariantRow.id)).all()
+    return VersionOut(
+        model=model.name, version=row.number, status=row.status,
+        source={"sha256": row.source_sha256, "size": row.source_size, "format": row.source_format,
+                "filename": row.source_filename, "eval_sha256": row.eval_sha256},
+        metadata=row.metadata_json, variants=[variant_out(v) for v in variants], error=row.error,
+        created_at=row.created_at, created_by=row.created_by, updated_at=row.updated_at)
+
+
+class CatalogStore(StoreBase):
+    # -- models ---------------------------------------------------------------------------
+    def _model(self, s: Session, name: str) -> ModelRow:
+        row = s.exec(select(ModelRow).where(ModelRow.name == name)).first()
+        if row is None:
+            raise ModelNotFoundError(f"model {name!r} does not exist", model=name)
+        return row
+
+    def _version(self, s: Session, name: str, number: int) -> tuple[ModelRow, VersionRow]:
+        model = self._model(s, name)
+        row = s.exec(select(VersionRow).where(VersionRow.model_id == model.id,
+                                              VersionRow.number == number)).first()
+        if row is None:
+            raise VersionNotFoundError(f"model {name!r} has no version {number}",
+                                       model=name, version=number)
+        return model, row
+
+    def list_models(self) -> list[ModelOut]:
+        with self.session() as s:
+            stats = dict((mid, (mx, n)) for mid, mx, n in s.exec(
+                select(VersionRow.model_id, func.max(VersionRow.number), func.count(VersionRow.id))
+                .group_by(VersionRow.model_id)))
+            return [ModelOut(name=m.name, description=m.description, created_at=m.created_at,
+                             latest_version=stats.get(m.id, (None, 0))[0],
+                             version_count=stats.get(m.id, (None, 0))[1])
+                    for m in s.exec(select(ModelRow).order_by(ModelRow.name))]
+
+    def get_model(self, name: str) -> ModelOut:
+        with self.session() as s:
+            m = self._model(s, name)
+            mx, n = s.exec(select(func.max(VersionRow.number), func.count(VersionRow.id))
+                           .where(VersionRow.model_id == m.id)).one()
+            return ModelOut(name=m.name, description=m.description, created_at=m.created_at,
+                            latest_version=mx, version_count=n)
+
+    # -- versions -------------------------------------------------------------------------
+    def create_version(self, name: str, *, sha256: str, size: int, source_format: str,
+                       filename: str, metadata: dict[str, Any], eval_sha256: Optional[str],
+                       actor: str, number: Optional[int] = None) -> tuple[VersionOut, bool]:
+        """Create the next version, or return the existing one for identical bytes.
+
+        Returns (version, created). Identical bytes are idempotent; a different file under an
+        explicitly requested, existing version number is a conflict.
+        """
+        for attempt in range(5):
+            try:
+                return self._create_version_once(name, sha256, size, source_format, filename,
+                                                 metadata, eval_sha256, actor, number)
+            except IntegrityError:
+                # A concurrent upload took the number (or created the model); look again.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _create_version_once(self, name, sha256, size, source_format, filename, metadata,
+                             eval_sha256, actor, number) -> tuple[VersionOut, bool]:
+        with self.session() as s:
+            model = s.exec(select(ModelRow).where(ModelRow.name == name)).first()
+            if model is None:
+                model = ModelRow(name=name, created_by=actor,
+                                 description=metadata.get("description", "")[:500])
+                s.add(model)
+                s.flush()
+                _audit(s, actor, "model.create", f"model:{name}", {})
+            same = s.exec(select(VersionRow).where(VersionRow.model_id == model.id,
+                                                   VersionRow.source_sha256 == sha256)).first()
+            if number is not None:
+                taken = s.exec(select(VersionRow).where(VersionRow.model_id == model.id,
+                                                        VersionRow.number == number)).first()
+                if taken is not None and taken.source_sha256 != sha256:
+                    raise VersionConflictError(
+                        f"version {number} of {name!r} already exists with different content "
+                        f"(sha256 {taken.source_sha256[:12]}…)", model=name, version=number)
+                if taken is None and same is not None:
+                    raise VersionConflictError(
+                        f"these bytes are already version {same.number} of {name!r}",
+                        model=name, version=same.number)
+            if same is not None:
+                return _version_out(s, model, same), False
+            if number is None:
+                current = s.exec(select(func.max(VersionRow.number))
+                                 .where(VersionRow.model_id == model.id)).one()
+                number = (current or 0) + 1
+            row = VersionRow(model_id=model.id, number=number, source_sha256=sha256,
+                             source_size=size, source_format=source_format,
+                             source_filename=filename, eval_sha256=eval_sha256,
+                             metadata_json=metadata, created_by=actor)
+            s.add(row)
+            s.flush()
+            _audit(s, actor, "version.create", f"model:{name}/version:{number}",
+                   {"sha256": sha256, "size": size})
+            return _version_out(s, model, row), True
+
+    def get_version(self, name: str, number: int) -> VersionOut:
+        with self.session() as s:
+            model, row = self._version(s, name, number)
+            return _version_out(s, model, row)
+
+    def version_id(self, name: str, number: int) -> int:
+        with self.session() as s:
+            return self._version(s, name, number)[1].id
+
+    def version_by_id(self, version_id: int) -> VersionOut:
+        with self.session() as s:
+            row = s.get(VersionRow, version_id)
+            if row is None:
+                raise VersionNotFoundError(f"version id {version_id} does not exist")
+            return _version_out(s, s.get(ModelRow, row.model_id), row)
+
+    def list_versions(self, name: str, limit: int = 20,
+                      before: Optional[int] = None) -> tuple[list[VersionOut], Optional[int]]:
+        """Newest first. Returns (page, cursor for the next page or None)."""
+        with self.session() as s:
+            model = self._model(s, name)
+            q = select(VersionRow).where(VersionRow.model_id == model.id)
+            if before is not None:
+                q = q.where(VersionRow.number < before)
+            rows = s.exec(q.order_by(VersionRow.number.desc()).limit(limit + 1)).all()
+            page = [_version_out(s, model, r) for r in rows[:limit]]
+            return page, (rows[limit - 1].number if len(rows) > limit else None)
+
+    def update_metadata(self, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:
+        with self.session() as s:
+            model, row = self._version(s, name, number)
+            before = dict(row.metadata_json)
+            merged = dict(before)
+            for key, value in patch.items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            row.metadata_json = merged
+            row.updated_at = utcnow()
+            s.add(row)
+            changes = {k: {"from": before.get(k), "to": merged.get(k)}
+                       for k in merged if before.get(k) != merged.get(k)}
+            _audit(s, actor, "version.update", f"model:{name}/version:{number}", changes)
+            return _version_out(s, model, row)
+
+    def set_version_status(self, version_id: int, status: str, error: Optional[str] = None) -> None:
+        with self.session() as s:
+            row = s.get(VersionRow, version_id)
+            row.status = status
+            row.error = error
+            row.updated_at = utcnow()
+            s.add(row)
+
+    def model_threshold(self, version_id: int) -> Optional[float]:
+        with self.session() as s:
+            row = s.get(VersionRow, version_id)
+            meta = row.metadata_json or {}
+            if meta.get("accuracy_drop_threshold_pp") is not None:
+                return float(meta["accuracy_drop_threshold_pp"])
+            return s.get(ModelRow, row.model_id).accuracy_drop_threshold_pp
+
+    # -- variants -------------------------------------------------------------------------
+    def record_variant(self, version_id: int, *, name: str, format: str, sha256: Optional[str],
+                       size: Optional[int], target_path: Optional[str], fidelity: dict[str, Any],
+                       reference_latency_ms: Optional[dict[str, Any]], servable: bool,
+                       reason: Optional[str], error: Optional[str]) -> None:
+        """Upsert one variant; called only after its file is stored, so it is never half-published."""
+        with self.session() as s:
+            row = s.exec(select(VariantRow).where(VariantRow.version_id == version_id,
+                                                  VariantRow.name == name)).first() or \
+                VariantRow(version_id=version_id, name=name, format=format)
+            row.format, row.sha256, row.size, row.target_path = format, sha256, size, target_path
+            row.fidelity, row.reference_latency_ms = fidelity, reference_latency_ms
+            row.servable, row.reason, row.error = servable, reason, error
+            s.add(row)
+
+    def artifact_known(self, sha256: str) -> bool:
+        """True when the sha256 is a source, variant or delta the registry has recorded."""
+        from registry.models import DeltaRow
+
+        with self.session() as s:
+            return any(s.exec(q).first() is not None for q in (
+                select(VersionRow.id).where(VersionRow.source_sha256 == sha256).limit(1),
+                select(VariantRow.id).where(VariantRow.sha256 == sha256).limit(1),
+                select(VersionRow.id).where(VersionRow.eval_sha256 == sha256).limit(1),
+                select(DeltaRow.id).where(DeltaRow.sha256 == sha256).limit(1)))

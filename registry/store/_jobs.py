@@ -1,0 +1,95 @@
+"""Persisted job state: the database is the source of truth for every job backend."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any, Optional
+
+from sqlalchemy import update
+from sqlmodel import select
+
+from registry.errors import JobNotFoundError
+from registry.models import JobRow, ModelRow, VersionRow, utcnow
+from registry.schemas import JobOut
+from registry.store._base import StoreBase
+
+
+class JobStore(StoreBase):
+    def create_job(self, version_id: int, kind: str = "convert", max_attempts: int = 3) -> str:
+        job_id = str(uuid.uuid4())
+        with self.session() as s:
+            s.add(JobRow(id=job_id, kind=kind, version_id=version_id, max_attempts=max_attempts))
+        return job_id
+
+    def get_job(self, job_id: str) -> JobOut:
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFoundError(f"job {job_id!r} does not exist", job=job_id)
+            version = s.get(VersionRow, row.version_id)
+            model = s.get(ModelRow, version.model_id)
+            return JobOut(id=row.id, kind=row.kind, model=model.name, version=version.number,
+                          state=row.state,
+                          progress={"done": row.progress_done, "total": row.progress_total,
+                                    "note": row.progress_note},
+                          results=row.results or {}, error=row.error, attempts=row.attempts,
+                          created_at=row.created_at, started_at=row.started_at,
+                          finished_at=row.finished_at)
+
+    def latest_job_for_version(self, version_id: int) -> Optional[str]:
+        with self.session() as s:
+            return s.exec(select(JobRow.id).where(JobRow.version_id == version_id)
+                          .order_by(JobRow.created_at.desc())).first()
+
+    def claim_job(self, job_id: Optional[str] = None) -> Optional[JobRow]:
+        """Atomically move one queued job (or the given one) to running; None if none/taken."""
+        with self.session() as s:
+            if job_id is None:
+                job_id = s.exec(select(JobRow.id).where(JobRow.state == "queued")
+                                .order_by(JobRow.created_at).limit(1)).first()
+                if job_id is None:
+                    return None
+            now = utcnow()
+            result = s.exec(update(JobRow).where(JobRow.id == job_id, JobRow.state == "queued")
+                            .values(state="running", started_at=now, heartbeat_at=now,
+                                    attempts=JobRow.attempts + 1))
+            if result.rowcount != 1:
+                return None
+            return s.get(JobRow, job_id)
+
+    def job_progress(self, job_id: str, done: int, total: int, note: str = "") -> None:
+        with self.session() as s:
+            s.exec(update(JobRow).where(JobRow.id == job_id).values(
+                progress_done=done, progress_total=total, progress_note=note, heartbeat_at=utcnow()))
+
+    def heartbeat(self, job_id: str) -> None:
+        with self.session() as s:
+            s.exec(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
+
+    def finish_job(self, job_id: str, state: str, results: dict[str, Any],
+                   error: Optional[str] = None) -> None:
+        with self.session() as s:
+            s.exec(update(JobRow).where(JobRow.id == job_id).values(
+                state=state, results=results, error=error, finished_at=utcnow()))
+
+    def requeue_stale_jobs(self, stale_after: timedelta) -> list[str]:
+        """Jobs whose worker stopped heart-beating (crashed) go back to the queue, or fail
+        once they have used their attempts."""
+        cutoff = utcnow() - stale_after
+        changed = []
+        with self.session() as s:
+            rows = s.exec(select(JobRow).where(JobRow.state == "running",
+                                               JobRow.heartbeat_at < cutoff)).all()
+            for row in rows:
+                if row.attempts >= row.max_attempts:
+                    row.state, row.error, row.finished_at = "failed", \
+                        f"worker lost {row.attempts} times; giving up", utcnow()
+                    version = s.get(VersionRow, row.version_id)
+                    version.status, version.error = "failed", row.error
+                    s.add(version)
+                else:
+                    row.state, row.progress_note = "queued", "requeued after a worker crash"
+                s.add(row)
+                changed.append(row.id)
+        return changed

@@ -1,0 +1,155 @@
+"""Model uploads: streamed to the blob staging area, hashed in the same pass, size-limited.
+
+Werkzeug's multipart parser writes each file part into the object returned by
+``UploadRequest._get_file_stream``; ours hashes as it writes and refuses to grow past the
+limit, so memory stays flat whatever the upload size, and the bytes are read exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from flask import Request, g
+from pydantic import ValidationError as PydanticValidationError
+
+from registry.errors import (
+    EmptyFileError, InvalidMetadataError, InvalidNameError, MissingFileError,
+    UnsupportedFormatError, UploadTooLargeError,
+)
+from registry.schemas import NAME_RE, VersionMetadata
+
+SOURCE_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".zip": "zip"}
+
+
+class HashingSpool:
+    """A write-only temp file that hashes what it receives and enforces a byte limit."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix="upload-")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "w+b")
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.limit = limit
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise UploadTooLargeError(f"the file is larger than the limit of {self.limit} bytes",
+                                      limit=self.limit)
+        self._hash.update(data)
+        return self._file.write(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def finish(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    # werkzeug calls these on file streams
+    def seek(self, *args: Any) -> int:
+        return self._file.seek(*args)
+
+    def read(self, *args: Any) -> bytes:
+        return self._file.read(*args)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class UploadRequest(Request):
+    """Request whose multipart file parts go straight into ``HashingSpool`` files."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):  # noqa: ANN001 - werkzeug's signature
+        services = self._modeldrop_services
+        limit = services.settings.max_upload_bytes
+        spool = HashingSpool(services.blobs.staging_dir, limit)
+        spools = g.setdefault("upload_spools", [])
+        spools.append(spool)
+        return spool
+
+    @property
+    def _modeldrop_services(self):  # noqa: ANN202
+        from flask import current_app
+
+        return current_app.extensions["modeldrop"]
+
+
+def discard_spools() -> None:
+    """Teardown: whatever was not adopted by the blob store is removed (hang-ups, errors)."""
+    for spool in g.pop("upload_spools", []):
+        spool.discard()
+
+
+def validate_name(name: str, what: str = "model name") -> str:
+    if not NAME_RE.fullmatch(name or ""):
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-64 characters [a-z0-9._-], starting with a letter or digit",
+            field="name")
+    return name
+
+
+def parse_metadata(raw: Optional[str]) -> dict[str, Any]:
+    """Validate the ``metadata`` form field; the 400 names the offending field."""
+    if raw is None or not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InvalidMetadataError(f"metadata is not valid JSON: {e.msg} at line {e.lineno} "
+                                       f"column {e.colno}", field="metadata") from e
+    if not isinstance(data, dict):
+        raise InvalidMetadataError("metadata must be a JSON object", field="metadata")
+    try:
+        return VersionMetadata.model_validate(data).model_dump(exclude_none=False)
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "metadata"
+        raise InvalidMetadataError(f"metadata field {field!r}: {first['msg']}", field=field,
+                                   errors=[{"field": ".".join(str(p) for p in err["loc"]),
+                                            "message": err["msg"]} for err in e.errors()]) from e
+
+
+def source_format(filename: str) -> str:
+    lower = (filename or "").lower()
+    for ext, fmt in SOURCE_EXTENSIONS.items():
+        if lower.endswith(ext):
+            return fmt
+    raise UnsupportedFormatError(
+        f"unsupported model file {filename!r}: expected .keras, .h5 or a SavedModel directory as .zip",
+        field="file")
+
+
+def take_spool(file_storage, field: str) -> HashingSpool:
+    """The finished spool behind a parsed file part; refuses a missing or empty one."""
+    if file_storage is None or not getattr(file_storage, "filename", None):
+        raise MissingFileError(f"the multipart field {field!r} with a file is required", field=field)
+    spool = file_storage.stream
+    if not isinstance(spool, HashingSpool):  # pragma: no cover - defensive: parser changed
+        raise MissingFileError(f"the field {field!r} was not received as a file", field=field)
+    spool.finish()
+    if spool.size == 0:
+        raise EmptyFileError(f"the file in {field!r} is empty", field=field)
+    return spool

@@ -1,0 +1,60 @@
+"""Upload service: a streamed upload becomes a version, a signed source target and a job."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from registry.errors import UploadTooLargeError
+from registry.schemas import VersionOut
+from registry.uploads import parse_metadata, source_format, take_spool, validate_name
+
+
+def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: Optional[str],
+                   number: Optional[int], actor: str) -> tuple[VersionOut, bool, Optional[str]]:  # noqa: ANN001
+    """Returns (version, created, job id). Bad input raises before anything is stored."""
+    validate_name(name)
+    metadata = parse_metadata(metadata_raw)
+    spool = take_spool(file_part, "file")
+    fmt = source_format(file_part.filename)
+    eval_spool = None
+    if eval_part is not None and getattr(eval_part, "filename", None):
+        eval_spool = take_spool(eval_part, "eval")
+        limit = services.settings.max_eval_bytes
+        if eval_spool.size > limit:
+            raise UploadTooLargeError(f"the eval set is larger than the limit of {limit} bytes",
+                                      field="eval", limit=limit)
+    source = services.blobs.adopt_file(spool.path, spool.sha256, spool.size)
+    eval_sha = None
+    if eval_spool is not None:
+        eval_sha = services.blobs.adopt_file(eval_spool.path, eval_spool.sha256, eval_spool.size).sha256
+    version, created = services.store.create_version(
+        name, sha256=source.sha256, size=source.size, source_format=fmt,
+        filename=file_part.filename, metadata=metadata, eval_sha256=eval_sha, actor=actor,
+        number=number)
+    if not created:
+        return version, False, services.store.latest_job_for_version(
+            services.store.version_id(name, version.version))
+    from registry.jobs.runner import variant_target_path
+
+    services.signing.add_targets([services.target_spec(
+        variant_target_path(name, version.version, "source", fmt), source.sha256, source.size,
+        model=name, version=version.version, variant="source", format=fmt, kind="source")])
+    version_id = services.store.version_id(name, version.version)
+    job_id = services.store.create_job(version_id)
+    services.jobs.enqueue(job_id)
+    return services.store.get_version(name, version.version), True, job_id
+
+
+def update_metadata(services, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:  # noqa: ANN001
+    from pydantic import ValidationError as PydanticValidationError
+
+    from registry.errors import InvalidMetadataError
+    from registry.schemas import MetadataPatch
+
+    try:
+        parsed = MetadataPatch.model_validate(patch)
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidMetadataError(f"metadata field {field!r}: {first['msg']}", field=field) from e
+    return services.store.update_metadata(name, number, parsed.model_dump(exclude_none=True), actor)
