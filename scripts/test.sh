@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the project needs from its own files, starts the local services the
+# tests use when they are not running, and runs the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[convert,dev]'
+
+bash scripts/services.sh
+
+mkdir -p test-artifacts
+set +e
+.venv/bin/python -m pytest -q -ra -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"
