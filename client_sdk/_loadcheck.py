@@ -30,14 +30,13 @@ SUPPORTED_FORMATS = {"tflite": _TFLITE, "coreml": _COREML, "mlprogram": _COREML,
                      "mlpackage": _COREML}
 
 
-def format_kind(fmt: str, target: str) -> str | None:
-    """``tflite``/``coreml`` for a manifest format (or target suffix), else None."""
-    kind = SUPPORTED_FORMATS.get(fmt.lower())
-    if kind is None and target.endswith(".tflite"):
-        kind = _TFLITE
-    if kind is None and target.endswith(".mlpackage.zip"):
-        kind = _COREML
-    return kind
+def format_kind(fmt: str, target: str = "") -> str | None:
+    """``tflite``/``coreml`` for a manifest ``format``, else None (cannot be checked).
+
+    Only the signed ``format`` decides, never the file name: a format this client does
+    not know is refused before any byte is downloaded.
+    """
+    return SUPPORTED_FORMATS.get(fmt.lower())
 
 
 def check_model(path: Path, fmt: str, target: str = "") -> None:
