@@ -134,6 +134,9 @@ class Telemetry:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def sending(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def flush(self) -> FlushResult:
         """Send everything in the outbox now, oldest first; never raises."""
         sent = dropped = 0

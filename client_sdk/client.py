@@ -206,12 +206,13 @@ class ModelClient:
         return True
 
     def wait_for_background(self, timeout: float | None = None) -> bool:
-        """Join background updates; True when none is still running."""
+        """Join background updates and telemetry sends; True when none is still running."""
         with self._status_lock:
             threads = list(self._threads.values())
         for thread in threads:
             thread.join(timeout)
-        return not any(t.is_alive() for t in threads)
+        self._telemetry.join(timeout)
+        return not any(t.is_alive() for t in threads) and not self._telemetry.sending()
 
     # -- explicit update API -------------------------------------------------------------
 
@@ -319,7 +320,6 @@ class ModelClient:
     def close(self) -> None:
         """Wait briefly for background work and release the HTTP session."""
         self.wait_for_background(timeout=5)
-        self._telemetry.join(timeout=5)
         self._session.close()
 
     def __enter__(self) -> "ModelClient":
