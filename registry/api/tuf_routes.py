@@ -35,7 +35,7 @@ def target(target: str):
         abort(404)
     sha256 = match.group(1)
     info = services().signing.target_info(f"{directory}/{filename[65:]}" if directory else filename[65:])
-    if info is None or info.get("sha256") != sha256:
+    if info is None or info.get("hashes", {}).get("sha256") != sha256:
         abort(404)
     return stream_blob(sha256)
 
