@@ -285,6 +285,12 @@ class InvalidNameError(ValidationError):
     code = "invalid_name"
 
 
+class InvalidInstallIdError(ValidationError):
+    """The server refused the install id (it must match ``[a-z0-9][a-z0-9-]{7,63}``)."""
+
+    code = "invalid_install_id"
+
+
 NotFoundError = _remote("NotFoundError", "not_found", "Not found.")
 ModelNotFoundError = _remote("ModelNotFoundError", "model_not_found", "Model not found.")
 ReleaseNotFoundError = _remote("ReleaseNotFoundError", "release_not_found",
@@ -304,7 +310,8 @@ RateLimitedError = _remote("RateLimitedError", "rate_limited", "Too many request
                            retryable=True)
 
 __all__ += [
-    "ArtifactNotFoundError", "AuthenticationError", "InternalServerError", "InvalidNameError",
+    "ArtifactNotFoundError", "AuthenticationError", "InternalServerError", "InvalidInstallIdError",
+    "InvalidNameError",
     "ModelNotFoundError", "NotFoundError", "PermissionDeniedError", "RangeNotSatisfiableError",
     "RateLimitedError", "ReleaseNotFoundError", "StorageUnavailableError", "ValidationError",
 ]
