@@ -305,6 +305,7 @@ def test_too_large_upload_is_refused_and_removed(backend, store):
 
     assert caught.value.code == "upload_too_large"
     assert caught.value.status == 413
+    assert caught.value.extra == {"limit": len(DATA) - 1}
     assert sum(stream.read_sizes) <= len(DATA)  # never asked for more than limit + 1
     backend.assert_nothing_left()
 
@@ -518,10 +519,16 @@ def test_concurrent_processes_putting_the_same_blob(backend, store):
     children = [context.Process(target=_put_in_child, args=(store, DATA, start)) for _ in range(4)]
     for child in children:
         child.start()
-    for child in children:
-        child.join(60)
+    try:
+        for child in children:
+            child.join(60)
+        assert [child.exitcode for child in children] == [0, 0, 0, 0]
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
 
-    assert [child.exitcode for child in children] == [0, 0, 0, 0]
     assert store.read_bytes(DATA_SHA) == DATA
     assert store.read_bytes(other.sha256) == b"used before fork"
     assert len(backend.stored()) == 2

@@ -171,7 +171,7 @@ class BlobStore(ABC):
             if expected_size > max_bytes:
                 raise UploadTooLargeError(
                     f"upload of {expected_size} bytes exceeds the limit of {max_bytes} bytes",
-                    max_bytes=max_bytes,
+                    limit=max_bytes,
                 )
             if expected_size == 0:
                 raise EmptyFileError("the upload is empty")
@@ -194,6 +194,7 @@ class BlobStore(ABC):
         or removed, whatever the outcome.
 
         Raises:
+            ArtifactNotFoundError: ``sha256`` is not a digest (see :func:`check_sha256`).
             EmptyFileError: the file is empty.
             ValueError: ``path`` is not directly in :attr:`staging_dir` (a local commit must
                 be a same-file-system rename), or ``size`` is not the file's size.
@@ -355,7 +356,7 @@ class BlobStore(ABC):
                     received += len(chunk)
                     if received > max_bytes:
                         raise UploadTooLargeError(
-                            f"upload exceeds the limit of {max_bytes} bytes", max_bytes=max_bytes
+                            f"upload exceeds the limit of {max_bytes} bytes", limit=max_bytes
                         )
                     hasher.update(chunk)
                     out.write(chunk)
