@@ -92,6 +92,7 @@ def start_seaweedfs(
                 )
         finally:
             _stop(proc, stop_grace)
+            _remove_sockets(ports)
     raise RuntimeError(f"SeaweedFS exited during start-up:\n{last_error}")
 
 
@@ -193,6 +194,15 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _remove_sockets(ports: list[int]) -> None:
+    """weed binds a unix socket per service in /tmp (a fixed path, not $TMPDIR), named after
+    the port, and leaves it behind when killed. Remove ours once the server is gone."""
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                sock.unlink()
 
 
 def _tail(path: Path, lines: int = 30) -> str:
