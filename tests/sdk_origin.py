@@ -296,14 +296,17 @@ class _Handler(BaseHTTPRequestHandler):
     # -- responses ---------------------------------------------------------------------
 
     def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
+              headers: dict[str, str] | None = None, fault: Fault | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
+        if fault is not None and fault.kind in ("trickle", "pause", "reset"):
+            self._stream(body, 0, fault, count=False)
+        else:
+            self.wfile.write(body)
 
     def _problem(self, status: int, code: str, detail: str) -> None:
         body = json.dumps({"type": f"https://modeldrop.dev/problems/{code}", "title": code,
@@ -327,7 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _manifest(self, query: dict[str, list[str]]) -> None:
         origin = self.origin
-        if self._apply_simple_fault(origin.take_fault("manifest")):
+        fault = origin.take_fault("manifest")
+        if self._apply_simple_fault(fault):
             return
         q = {k: v[0] for k, v in query.items()}
         install_id = q.get("install_id", "")
@@ -362,19 +366,20 @@ class _Handler(BaseHTTPRequestHandler):
             signed = origin.manifest_post(signed)
         body = json.dumps(signed).encode()
         origin.served_manifests.append(body)
-        self._send(200, body, "application/json", {"ETag": etag})
+        self._send(200, body, "application/json", {"ETag": etag}, fault)
 
     # -- TUF metadata and targets --------------------------------------------------------
 
     def _metadata(self, name: str) -> None:
         origin = self.origin
-        if self._apply_simple_fault(origin.take_fault("metadata")):
+        fault = origin.take_fault("metadata")
+        if self._apply_simple_fault(fault):
             return
         body = origin.metadata_overrides.get(name) or origin.repo.get_metadata(name)
         if body is None:
             self._send(404, b"not found\n", "text/plain")
         else:
-            self._send(200, body, "application/json")
+            self._send(200, body, "application/json", fault=fault)
 
     def _tuf_target(self, rel: str) -> None:
         directory, _, fname = rel.rpartition("/")
@@ -429,34 +434,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._stream(body, start, fault)
 
-    def _stream(self, body: bytes, start: int, fault: Fault | None) -> None:
+    def _stream(self, body: bytes, start: int, fault: Fault | None, count: bool = True) -> None:
+        """Write ``body`` (which starts at absolute offset ``start``) as ``fault`` says.
+
+        ``count`` adds the bytes to ``artifact_bytes_sent`` (artifacts only).
+        """
         origin = self.origin
+
+        def write(data: bytes) -> None:
+            self.wfile.write(data)
+            self.wfile.flush()
+            if count:
+                origin.artifact_bytes_sent += len(data)
+
         if fault is None or fault.kind in ("corrupt", "extra", "no_range"):
-            self.wfile.write(body)
-            origin.artifact_bytes_sent += len(body)
+            write(body)
             return
         if fault.kind == "trickle":
             for i in range(0, len(body), fault.chunk):
                 if origin._stopping.is_set():
                     break
-                self.wfile.write(body[i:i + fault.chunk])
-                self.wfile.flush()
-                origin.artifact_bytes_sent += len(body[i:i + fault.chunk])
+                write(body[i:i + fault.chunk])
                 time.sleep(fault.interval)
             self.close_connection = True
             return
         if fault.kind == "reset":
-            cut = max(fault.after - start, 0)
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            origin.artifact_bytes_sent += min(cut, len(body))
+            write(body[:max(fault.after - start, 0)])
             self.close_connection = True
             return
         if fault.kind == "pause":
-            cut = max(fault.after - start, 0)
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            origin.artifact_bytes_sent += min(cut, len(body))
+            write(body[:max(fault.after - start, 0)])
             fault.reached.set()
             deadline = time.monotonic() + fault.seconds
             while time.monotonic() < deadline and not origin._stopping.is_set():

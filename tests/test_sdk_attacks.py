@@ -244,6 +244,26 @@ def test_trickling_server_hits_the_overall_deadline(env):
     assert 0 < len(part) < len(env.big) and env.big.startswith(part)
 
 
+@pytest.mark.parametrize("group", ["artifact", "manifest", "metadata"])
+def test_stalled_server_hits_the_deadline_not_the_read_timeout(env, group):
+    sha = offer_v2(env, env.big)
+    if group == "artifact":
+        env.origin.faults[group] = Fault("pause", after=1000, seconds=20)
+        config = fast_config(read_timeout=30, download_deadline=timedelta(seconds=1.5))
+        code = "download_deadline_exceeded"
+    else:  # a stall before the body: manifest and TUF use the metadata deadline
+        env.origin.faults[group] = Fault("trickle", chunk=1, interval=0.2)
+        config = fast_config(read_timeout=30, metadata_deadline=timedelta(seconds=1.5))
+        code = "download_deadline_exceeded"
+    client = make_client(env.origin, env.root, config=config)
+    started = time.monotonic()
+    with pytest.raises(ModelDropError) as excinfo:
+        client.update(MODEL, CHANNEL)
+    assert excinfo.value.code == code, excinfo.value
+    assert time.monotonic() - started < 5
+    assert active_sha(client) == env.sha1 and sha not in slot_names(client)
+
+
 # -- the TUF image repository -------------------------------------------------------------
 
 def test_manifest_hash_differs_from_tuf_targets(env):
