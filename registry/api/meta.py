@@ -41,6 +41,17 @@ DESCRIPTIONS: dict[str, dict] = {
     "tuf.target": {"summary": "TUF target file (consistent snapshot name)", "binary": True},
     "tuf.trusted_root": {"summary": "Current TUF root metadata"},
     "tuf.public_keys": {"summary": "Manifest (director) public keys"},
+    "telemetry.ingest": {"summary": "Device telemetry batch (public; <= max_telemetry_batch "
+                                    "events). 200 with accepted, duplicates and rejected "
+                                    "[{index, field, error}]: valid events are stored, invalid "
+                                    "ones dropped; 400/413 for a malformed or oversized body"},
+    "telemetry.version_latency_table": {"summary": "Per-device latency of a version: count, "
+                                                   "p50/p90/p99 per variant x device model, with "
+                                                   "uploaded and reference figures"},
+    "telemetry.report": {"summary": "Experiment report (intent-to-treat funnel, SRM, metrics "
+                                    "with lift, 95% CI, p-values, latency percentiles)"},
+    "telemetry.report_html": {"summary": "Experiment report as a self-contained HTML page with "
+                                         "charts (text/html)"},
 }
 
 

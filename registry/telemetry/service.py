@@ -1,0 +1,71 @@
+"""The telemetry services the API, the dashboard and the CLI share: ingest a batch, build an
+experiment report (JSON and HTML), read a version's per-device latency.
+
+Reports are computed when asked for, from the stored events; ingestion only inserts. A slow
+report therefore never slows devices down, and a report is always as fresh as the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from registry.reports import build_report, render_charts, render_report_html
+from registry.telemetry.ingest import validate_batch
+
+__all__ = ["experiment_report", "experiment_report_html", "record_batch", "version_latency"]
+
+log = logging.getLogger("modeldrop.telemetry")
+
+
+def record_batch(services: Any, body: object) -> dict[str, Any]:
+    """Validate and store one ``POST /v1/telemetry`` body.
+
+    Returns:
+        ``{"accepted": n, "duplicates": n, "rejected": [{"index", "field", "error"}]}``:
+        ``accepted`` events were new and stored, ``duplicates`` were already stored (or
+        repeated within the batch) and change nothing, ``rejected`` were invalid and dropped.
+
+    Raises:
+        ValidationError / TelemetryBatchTooLargeError: the body as a whole is unusable;
+            nothing is stored.
+    """
+    batch = validate_batch(body, services.settings.max_telemetry_batch)
+    accepted = services.store.insert_telemetry(batch.rows)
+    if batch.rejected:
+        log.info("telemetry: %d of %d events rejected (first: index %d, %s: %s)",
+                 len(batch.rejected), len(batch.rows) + batch.repeats + len(batch.rejected),
+                 batch.rejected[0].index, batch.rejected[0].field, batch.rejected[0].error)
+    return {"accepted": accepted,
+            "duplicates": batch.repeats + len(batch.rows) - accepted,
+            "rejected": [r.to_dict() for r in batch.rejected]}
+
+
+def version_latency(services: Any, name: str, number: int) -> dict[str, Any]:
+    """Per (variant, device model) latency of one version, with uploaded and reference figures."""
+    return services.store.version_latency(name, number)
+
+
+def experiment_report(services: Any, experiment: Any, *, bootstrap_samples: int = 1000,
+                      latency_cap: int | None = None) -> dict[str, Any]:
+    """The experiment report (docs/reports.md) plus a ``source`` section saying what it was
+    computed from and when."""
+    kwargs = {} if latency_cap is None else {"latency_cap": latency_cap}
+    exp, units, source = services.store.experiment_units(experiment, **kwargs)
+    report = build_report(exp, units, bootstrap_samples=bootstrap_samples)
+    unassigned = source["unassigned_installs_with_telemetry"]
+    if unassigned:
+        report["health"].append({
+            "level": "info", "code": "telemetry_without_assignment",
+            "message": f"{unassigned} install ids sent telemetry for this experiment but have no "
+                       "assignment; they are not units of the report"})
+    source["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    report["source"] = source
+    return report
+
+
+def experiment_report_html(services: Any, experiment: Any) -> str:
+    """The self-contained HTML page of the report, charts inlined as SVG."""
+    report = experiment_report(services, experiment)
+    return render_report_html(report, render_charts(report))
