@@ -41,16 +41,19 @@ class InProcessQueue(JobQueue):
         return None  # the queued row is the message
 
     def start(self) -> None:
+        import atexit
         import multiprocessing
 
         from registry.jobs.worker import worker_main
 
         ctx = multiprocessing.get_context("spawn")
         for i in range(self.processes):
-            p = ctx.Process(target=worker_main, args=(self.settings,), name=f"modeldrop-worker-{i}",
-                            daemon=True)
+            # Not daemonic: a worker starts its own pool to convert variants in parallel, and
+            # daemonic processes may not have children. ``stop`` (also at exit) ends them.
+            p = ctx.Process(target=worker_main, args=(self.settings,), name=f"modeldrop-worker-{i}")
             p.start()
             self._workers.append(p)
+        atexit.register(self.stop)
 
     def stop(self) -> None:
         for p in self._workers:
