@@ -37,7 +37,6 @@ class Settings:
     max_upload_bytes: int = 2 << 30  # bytes
     max_eval_bytes: int = 64 << 20  # bytes
     max_metadata_bytes: int = 256 << 10  # bytes
-    upload_chunk_bytes: int = 1 << 20  # bytes
     # Conversion
     accuracy_drop_threshold_pp: float = 1.0  # percentage points
     latency_runs: int = 50
