@@ -10,6 +10,7 @@ weights rather than against the float32 Core ML program the engine uses.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import zipfile
@@ -241,6 +242,9 @@ def test_keras_upload_builds_every_variant_with_progress(keras_all):
         assert result.size == len(data) > 0
         assert result.sha256 == hashlib.sha256(data).hexdigest()
         assert result.servable is True and result.reason is None
+        # The job worker stores these dicts as JSON: plain Python values only.
+        assert json.loads(json.dumps(result.fidelity)) == result.fidelity
+        assert json.loads(json.dumps(result.reference_latency_ms)) == result.reference_latency_ms
     assert [k for k, _, _ in calls] == list(range(1, 10))
     assert {n for _, n, _ in calls} == {9}
     assert sorted(name for _, _, name in calls) == sorted(VARIANT_NAMES)

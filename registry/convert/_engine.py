@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _coreml, _fidelity, _tflite
+from . import _coreml, _fidelity, _tasks, _tflite
 from ._evalset import EvalSet, load_eval_set, synthetic_eval_set
 from ._source import ModelSignature, load_source
 from ._tasks import ConvertTask, TaskOutcome, describe_error, run_task
@@ -72,37 +72,65 @@ def convert_version(
     build_dir = workdir / "build"
     build_dir.mkdir(exist_ok=True)
 
-    source = load_source(Path(source_path), workdir)
-    signature = source.signature
-    evalset = (
-        load_eval_set(Path(eval_path), signature.input_shape)
-        if eval_path is not None
-        else synthetic_eval_set(signature.input_shape)
-    )
-    reference = source.predict(evalset.x)
-    del source  # the parent no longer needs the model itself; workers load the SavedModel
-    if evalset.y is not None and _fidelity.top1(reference).shape != evalset.y.shape:
-        raise ConversionError(
-            f"evaluation labels have shape {evalset.y.shape} but the model predicts classes of shape "
-            f"{_fidelity.top1(reference).shape}"
+    builds = plan_builds(names)
+    workers = min(max_parallel or default_parallelism(), len(builds))
+    # Start the workers first: their imports overlap the parent's load and export.
+    executor = _start_pool(workers) if workers > 1 else _InlineExecutor()
+    try:
+        source = load_source(Path(source_path), workdir)
+        signature = source.signature
+        evalset = (
+            load_eval_set(Path(eval_path), signature.input_shape)
+            if eval_path is not None
+            else synthetic_eval_set(signature.input_shape)
         )
-    calibration_path = None
-    if "tflite-int8-full" in names:
-        calibration_path = build_dir / "calibration.npy"
-        np.save(calibration_path, evalset.calibration_inputs())
+        reference = source.predict(evalset.x)
+        del source  # the parent no longer needs the model itself; workers load the SavedModel
+        if evalset.y is not None and _fidelity.top1(reference).shape != evalset.y.shape:
+            raise ConversionError(
+                f"evaluation labels have shape {evalset.y.shape} but the model predicts classes of shape "
+                f"{_fidelity.top1(reference).shape}"
+            )
+        calibration_path = None
+        if "tflite-int8-full" in names:
+            calibration_path = build_dir / "calibration.npy"
+            np.save(calibration_path, evalset.calibration_inputs())
 
-    run = _Run(
-        names=names,
-        signature=signature,
-        workdir=workdir,
-        evalset=evalset,
-        reference=reference,
-        threshold_pp=float(accuracy_drop_threshold_pp),
-        latency_runs=latency_runs,
-        calibration_path=calibration_path,
-        progress=progress,
-    )
-    return run.execute(max_parallel or default_parallelism())
+        run = _Run(
+            names=names,
+            signature=signature,
+            workdir=workdir,
+            evalset=evalset,
+            reference=reference,
+            threshold_pp=float(accuracy_drop_threshold_pp),
+            latency_runs=latency_runs,
+            calibration_path=calibration_path,
+            progress=progress,
+        )
+        return run.execute(executor, builds, workers)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def plan_builds(names: list[str]) -> list[str]:
+    """Requested variants plus the Core ML packages they derive from or are compared to,
+    in scheduling order."""
+    needed = set(names)
+    if any(VARIANTS[n].format == "coreml" for n in names):
+        needed.add("coreml-fp32")  # the weight reference for every Core ML variant
+    for name in list(needed):
+        if name in _coreml.BASE_VARIANT:
+            needed.add(_coreml.BASE_VARIANT[name])
+    return [n for n in _SCHEDULE_ORDER if n in needed]
+
+
+def _start_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: forking a process that has TensorFlow loaded can hang.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_tasks.warm_up_worker)
+    for _ in range(workers):
+        pool.submit(_tasks.worker_ready)
+    return pool
 
 
 class _InlineExecutor:
@@ -144,17 +172,7 @@ class _Run:
         self.awaiting_reference: list[str] = []
         self.awaiting_latency: list[str] = []
 
-    # -- planning ---------------------------------------------------------------------
-
-    def _build_set(self) -> list[str]:
-        """Requested variants plus the Core ML packages they are derived from or compared to."""
-        needed = set(self.names)
-        if any(VARIANTS[n].format == "coreml" for n in self.names):
-            needed.add("coreml-fp32")  # the weight reference for every Core ML variant
-        for name in list(needed):
-            if name in _coreml.BASE_VARIANT:
-                needed.add(_coreml.BASE_VARIANT[name])
-        return [n for n in _SCHEDULE_ORDER if n in needed]
+    # -- running ----------------------------------------------------------------------
 
     def _task(self, name: str) -> ConvertTask:
         base = _coreml.BASE_VARIANT.get(name)
@@ -167,14 +185,10 @@ class _Run:
             base_package=self.outcomes[base].package_path if base else None,
         )
 
-    # -- running ----------------------------------------------------------------------
-
-    def execute(self, max_parallel: int) -> list[VariantResult]:
-        pending = self._build_set()
-        workers = min(max_parallel, len(pending))
+    def execute(self, executor, builds: list[str], workers: int) -> list[VariantResult]:
+        pending = list(builds)
         parallel = workers > 1
-        executor = self._new_executor(workers) if parallel else _InlineExecutor()
-        running: dict[Future, str] = {}
+        running: dict[Future, tuple[str, object]] = {}  # future -> (variant, executor it ran on)
         try:
             while pending or running:
                 for name in list(pending):
@@ -191,30 +205,33 @@ class _Run:
                     try:
                         future = executor.submit(run_task, self._task(name))
                     except BrokenProcessPool:
-                        executor = self._new_executor(workers)
+                        executor = _start_pool(workers)
                         future = executor.submit(run_task, self._task(name))
-                    running[future] = name
+                    running[future] = (name, executor)
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    name = running.pop(future)
+                    name, ran_on = running.pop(future)
                     try:
                         outcome = future.result()
                     except BrokenProcessPool as exc:
+                        # A worker died (e.g. killed for memory); every task on that pool fails
+                        # with this, but only the first one replaces the pool.
                         outcome = TaskOutcome(name, None, None, 0.0, f"conversion worker died: {describe_error(exc)}")
-                        executor = self._new_executor(workers)
+                        if ran_on is executor:
+                            executor.shutdown(wait=False, cancel_futures=True)
+                            executor = _start_pool(workers)
                     self._on_outcome(outcome, defer_latency=parallel)
+            executor.shutdown(wait=True)
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            # Reached with work in flight only on an exception (e.g. progress() raising to
+            # cancel): do not wait for running conversions.
+            executor.shutdown(wait=False, cancel_futures=True)
         # The pool is gone: measure latency now, on an otherwise idle CPU.
         for name in self.awaiting_latency:
             self._measure_latency(name)
         return [self.results[name] for name in self.names]
-
-    @staticmethod
-    def _new_executor(workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def _on_outcome(self, outcome: TaskOutcome, *, defer_latency: bool) -> None:
         name = outcome.variant

@@ -17,6 +17,17 @@ EVAL_SEED = 20261127  # fixed, so a synthetic set is the same on every run
 SYNTHETIC_SAMPLES = 64
 MAX_EVAL_SAMPLES = 2000  # an uploaded set is truncated to its first N samples
 CALIBRATION_SAMPLES = 200  # representative inputs for full-integer quantization
+EVAL_BATCH_INPUT_BYTES = 4 << 20  # bytes of float32 input per batch when running the eval set
+
+
+def eval_batch_size(input_shape: tuple[int, ...]) -> int:
+    """Samples per batch when running the eval set through a model.
+
+    Activation memory grows with batch x input size: MobileNetV2 at batch 64 peaks at
+    6.5 GB in Keras and runs 5x slower than at batch 8, so large inputs get small batches.
+    """
+    sample_bytes = 4 * int(np.prod(input_shape))
+    return max(1, min(64, EVAL_BATCH_INPUT_BYTES // sample_bytes))
 
 
 @dataclass(frozen=True)

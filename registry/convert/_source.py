@@ -17,11 +17,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ._evalset import eval_batch_size
 from .catalog import SOURCE_FORMATS, ConversionError
 
 SIGNATURE_KEY = "serving_default"
 MAX_SAVEDMODEL_BYTES = 8 << 30  # bytes; uncompressed size cap for an uploaded SavedModel zip
-_PREDICT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,10 @@ class SourceModel:
         self._predict_fn = predict_fn
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        batch = eval_batch_size(self.signature.input_shape)
         outputs = [
-            np.asarray(self._predict_fn(x[start:start + _PREDICT_BATCH]), dtype=np.float32)
-            for start in range(0, len(x), _PREDICT_BATCH)
+            np.asarray(self._predict_fn(x[start:start + batch]), dtype=np.float32)
+            for start in range(0, len(x), batch)
         ]
         return np.concatenate(outputs, axis=0)
 

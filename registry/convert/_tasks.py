@@ -34,6 +34,20 @@ class TaskOutcome:
     error: str | None = None
 
 
+def warm_up_worker() -> None:
+    """Pool initializer: pay the TensorFlow/coremltools import (~4 s) while the parent
+    is still loading the source and exporting the SavedModel, not on the first task."""
+    import coremltools  # noqa: F401
+    import tensorflow  # noqa: F401
+
+
+def worker_ready() -> int:
+    """A no-op task; submitting one per worker makes the pool start them all now."""
+    import os
+
+    return os.getpid()
+
+
 def describe_error(exc: BaseException) -> str:
     message = str(exc).strip()
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._evalset import eval_batch_size
 from ._source import SIGNATURE_KEY, ModelSignature
 
 LATENCY_WARMUP_RUNS = 10
-_EVAL_BATCH = 64
 
 
 def convert_tflite(
@@ -95,7 +95,7 @@ def run_tflite(model_path: Path, x: np.ndarray) -> np.ndarray:
     (out,) = interpreter.get_output_details()
     # A dynamic batch dimension lets us run chunks; a fixed one means one sample a time.
     dynamic_batch = int(inp["shape_signature"][0]) == -1
-    batch = _EVAL_BATCH if dynamic_batch else int(inp["shape"][0])
+    batch = eval_batch_size(tuple(x.shape[1:])) if dynamic_batch else int(inp["shape"][0])
     if not dynamic_batch:
         interpreter.allocate_tensors()
     outputs = []
