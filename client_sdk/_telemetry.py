@@ -30,7 +30,7 @@ import requests
 
 from ._http import request, response_error
 from ._types import ClientConfig
-from .errors import ModelDropError
+from .errors import LocalStorageError, ModelDropError
 
 __all__ = ["EVENT_KINDS", "FlushResult", "Telemetry", "utc_now_rfc3339"]
 
@@ -71,21 +71,24 @@ class Telemetry:
         self._next_attempt = 0.0  # time.monotonic() before which auto-sends are skipped
         self._thread: threading.Thread | None = None
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection for the client's lifetime, used under _db_lock from any thread:
+        # recording an event is then a single INSERT, cheap enough for per-frame use.
+        self._db = sqlite3.connect(db_path, timeout=10, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable enough for telemetry
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY "
                        "AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """One short-lived connection: commit on success, always close."""
-        db = sqlite3.connect(self._db_path, timeout=10)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with db:
-                yield db
-        finally:
-            db.close()
+        """The shared connection inside a transaction (commit on success)."""
+        with self._db:
+            yield self._db
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
 
     # -- recording -----------------------------------------------------------------
 
@@ -150,13 +153,20 @@ class Telemetry:
         error: ModelDropError | None = None
         with self._send_lock:
             while True:
-                rows = self._oldest(self._config.telemetry_max_batch)
+                try:
+                    rows = self._oldest(self._config.telemetry_max_batch)
+                except sqlite3.Error as e:
+                    error = LocalStorageError(f"telemetry outbox: {e}")
+                    break
                 if not rows:
                     break
                 try:
                     ok, bad = self._send(rows)
                 except ModelDropError as e:
                     error = e
+                    break
+                except sqlite3.Error as e:  # outbox unreadable (closed, disk trouble)
+                    error = LocalStorageError(f"telemetry outbox: {e}")
                     break
                 sent += ok
                 dropped += bad
@@ -169,7 +179,11 @@ class Telemetry:
                 self._next_attempt = time.monotonic() + wait
                 logger.info("telemetry send failed (%s); next automatic try in %.0f s",
                             error, wait)
-        return FlushResult(sent=sent, dropped=dropped, pending=self.pending(), error=error)
+        try:
+            pending = self.pending()
+        except sqlite3.Error:
+            pending = -1  # unknown: the outbox cannot be read
+        return FlushResult(sent=sent, dropped=dropped, pending=pending, error=error)
 
     def _oldest(self, limit: int) -> list[tuple[int, str]]:
         with self._db_lock, self._connect() as db:

@@ -320,6 +320,7 @@ class ModelClient:
     def close(self) -> None:
         """Wait briefly for background work and release the HTTP session."""
         self.wait_for_background(timeout=5)
+        self._telemetry.close()
         self._session.close()
 
     def __enter__(self) -> "ModelClient":

@@ -539,9 +539,14 @@ for name, m in (("v1", v1), ("v2", v2), ("big", big)):
 @pytest.fixture(scope="session")
 def tflite_models(tmp_path_factory) -> dict[str, bytes]:
     """Real TFLite models: ``v1``, ``v2`` (~4 KB, same graph) and ``big`` (~280 KB)."""
-    out = tmp_path_factory.mktemp("tflite")
-    subprocess.run([sys.executable, "-c", _BUILD_MODELS, str(out)], check=True,
-                   capture_output=True, timeout=300)
+    # Several test modules import this fixture, and pytest scopes an imported session
+    # fixture per module: build once per session into the shared base temp dir.
+    out = tmp_path_factory.getbasetemp() / "sdk-tflite-models"
+    if not (out / "done").exists():
+        out.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, "-c", _BUILD_MODELS, str(out)], check=True,
+                       capture_output=True, timeout=300)
+        (out / "done").touch()
     return {p.stem: p.read_bytes() for p in out.glob("*.tflite")}
 
 

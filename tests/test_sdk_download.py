@@ -227,8 +227,10 @@ def test_delta_patch_is_used_when_the_base_is_installed(origin, tmp_path, tflite
     assert totals == {delta["length"]}
     assert not origin.requests_to(f"/v1/artifacts/{sha256_hex(v2)}")
     assert origin.requests_to(f"/v1/artifacts/{delta['sha256']}")
-    finished = [e for e in client.pending_telemetry() if e["kind"] == "download_finished"]
-    assert finished[-1]["bytes"] == delta["length"]
+    client.flush_telemetry()
+    finished = [e for e in origin.telemetry_events.values()
+                if e["kind"] == "download_finished" and e["version"] == 2]
+    assert [e["bytes"] for e in finished] == [delta["length"]]
 
 
 def test_bad_delta_falls_back_to_the_full_download(origin, tmp_path, tflite_models):
