@@ -75,7 +75,9 @@ def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
     import keras
 
     try:
-        model = keras.models.load_model(source_path, compile=False)
+        # safe_mode refuses Lambda layers carrying pickled Python code (the Keras default,
+        # stated here because uploads are not trusted code).
+        model = keras.models.load_model(source_path, compile=False, safe_mode=True)
     except Exception as exc:  # the loader raises many types; its message is what matters
         raise ConversionError(f"cannot load {source_path.name}: {exc}") from exc
     inputs = getattr(model, "inputs", None) or []
