@@ -238,7 +238,8 @@ class UpdateEngine:
         try:
             trust.cross_check(delta.target, delta.length, delta.sha256,
                               {"model": manifest.model, "version": manifest.version,
-                               "kind": "delta"})
+                               "kind": "delta", "base_sha256": delta.base_sha256,
+                               "target_sha256": manifest.artifact.sha256})
         except UpdateRejectedError as e:
             logger.warning("ignoring delta for %s: %s", manifest.artifact.target, e)
             return None, None
