@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from registry.store._auth import AuthStore, hash_token
 from registry.store._catalog import CatalogStore
+from registry.store._delivery import DeliveryStore
 from registry.store._jobs import JobStore
 from registry.store._telemetry import TelemetryStore
 from registry.store._tuf import TufMetadataStoreMixin
@@ -19,7 +20,8 @@ from registry.store._tuf import TufMetadataStoreMixin
 __all__ = ["Store", "hash_token"]
 
 
-class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin, TelemetryStore):
+class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin, TelemetryStore,
+            DeliveryStore):
     def __init__(self, engine: Engine, lock_dir: Optional[Path] = None) -> None:
         super().__init__(engine)
         self.lock_dir = lock_dir
