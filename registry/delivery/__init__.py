@@ -1,9 +1,14 @@
-"""Pure delivery logic: who gets which release, arm and variant, and when to halt.
+"""Delivery: who gets which release, arm and variant, and when to halt.
 
-Nothing in this package touches the database, the web framework or the network; the
-manifest service feeds it stored releases and the device's request and turns its
-answers into a signed manifest. That keeps every decision unit-testable and lets the
-same rules be re-implemented on devices (docs/delivery.md).
+The rules are pure — ``bucketing``, ``targeting``, ``variants``, ``guardrails`` touch no
+database, web framework or network, and are what this package exports — so every decision
+is unit-testable and the same rules can be re-implemented on devices (docs/delivery.md).
+
+The services that apply them to stored state are imported by module name and not
+re-exported here, so importing the rules never pulls in the database layer:
+``releases`` (promote, rollout, rollback), ``experiments``, ``manifest`` (resolution and
+the signed document), ``deltas`` (bsdiff4 patches) and ``guardrail_check`` (evaluate
+guardrails, halt what breaks them).
 """
 
 from .bucketing import (
