@@ -8,7 +8,9 @@ from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import ClientDisconnected
 
+from registry.delivery.errors import DeliveryError
 from registry.errors import ModelDropError, UploadIncompleteError, UploadTooLargeError
+from registry.signing.errors import SigningError
 
 log = logging.getLogger("modeldrop.api")
 PROBLEM = "application/problem+json"
@@ -17,6 +19,14 @@ PROBLEM = "application/problem+json"
 def problem_response(error: ModelDropError) -> Response:
     body = error.to_problem(instance=request.path)
     return Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
+
+
+def _foreign(code: str, status: int, detail: str) -> ModelDropError:
+    """A problem for an error of a package with its own hierarchy (code + status)."""
+    error = ModelDropError(detail)
+    error.code, error.status = code, status
+    error.title = code.replace("_", " ").capitalize()
+    return error
 
 
 def register_api(app: Flask) -> None:
@@ -37,6 +47,16 @@ def register_api(app: Flask) -> None:
     @app.errorhandler(ModelDropError)
     def _modeldrop_error(e: ModelDropError) -> Response:
         return problem_response(e)
+
+    @app.errorhandler(DeliveryError)
+    def _delivery_error(e: DeliveryError) -> Response:
+        return problem_response(_foreign(e.code, e.status, e.message))
+
+    @app.errorhandler(SigningError)
+    def _signing_error(e: SigningError) -> Response:
+        if e.http_status >= 500:
+            log.error("signing failed on %s %s: %s", request.method, request.path, e)
+        return problem_response(_foreign(e.code, e.http_status, str(e)))
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:

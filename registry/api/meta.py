@@ -41,6 +41,34 @@ DESCRIPTIONS: dict[str, dict] = {
     "tuf.target": {"summary": "TUF target file (consistent snapshot name)", "binary": True},
     "tuf.trusted_root": {"summary": "Current TUF root metadata"},
     "tuf.public_keys": {"summary": "Manifest (director) public keys"},
+    "delivery.manifest": {"summary": "Signed manifest for one device (public): model, channel, "
+                                     "platform, install_id, os_version, device_model, "
+                                     "app_version, region, installed_sha256. 200 signed JSON "
+                                     "with ETag, 304 on If-None-Match, 204 when no release "
+                                     "targets the device"},
+    "delivery.promote": {"summary": "Promote a version to a channel: a new release (version, "
+                                    "channel, rollout_percent, variant, targeting, guardrails, "
+                                    "reason); 201"},
+    "delivery.list_releases": {"summary": "Release history, newest first per channel "
+                                          "(?channel=): counter, version, rollout, state, who, "
+                                          "when, why"},
+    "delivery.update_channel": {"summary": "Change the newest release of a channel: "
+                                           "rollout_percent, paused (pause/resume), reason"},
+    "delivery.rollback": {"summary": "Roll back: a new release (higher counter) pointing at an "
+                                     "older version (to_version, reason); 201"},
+    "delivery.create_experiment": {"summary": "Start an A/B experiment (name, model, channel, "
+                                              "arms, weights, coverage_percent, seed, targeting, "
+                                              "guardrails); 201"},
+    "delivery.list_experiments": {"summary": "Experiments, newest first (?model=, ?status=)"},
+    "delivery.get_experiment": {"summary": "Experiment definition: seed, hash_version 2, arms "
+                                           "with basis-point ranges, coverage, targeting, "
+                                           "status"},
+    "delivery.update_experiment": {"summary": "Change an experiment's coverage_percent, or "
+                                              "pause/resume enrolment (paused)"},
+    "delivery.stop_experiment": {"summary": "Stop an experiment; with a winner, release that "
+                                            "arm at 100% of the experiment's targeting"},
+    "delivery.check": {"summary": "Evaluate every guardrail now; halts breached releases and "
+                                  "experiments (admin)"},
     "telemetry.ingest": {"summary": "Device telemetry batch (public; <= max_telemetry_batch "
                                     "events). 200 with accepted, duplicates and rejected "
                                     "[{index, field, error}]: valid events are stored, invalid "

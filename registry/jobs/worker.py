@@ -46,7 +46,7 @@ def worker_main(settings: Settings, *, once: bool = False) -> None:
 
 
 def maintenance(services) -> None:  # noqa: ANN001
-    """Requeue jobs of crashed workers and re-sign expiring TUF metadata."""
+    """Requeue jobs of crashed workers, re-sign expiring TUF metadata, check guardrails."""
     try:
         for job_id in services.store.requeue_stale_jobs(STALE_AFTER):
             log.warning("job %s requeued: its worker stopped heart-beating", job_id)
@@ -55,3 +55,9 @@ def maintenance(services) -> None:  # noqa: ANN001
             services.signing.refresh()
     except Exception:  # noqa: BLE001 - maintenance must not kill the worker
         log.exception("maintenance failed")
+    try:
+        from registry.delivery.guardrail_check import check_guardrails
+
+        check_guardrails(services)
+    except Exception:  # noqa: BLE001 - a failed check is retried on the next round
+        log.exception("guardrail check failed")
