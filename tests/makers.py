@@ -1,0 +1,87 @@
+"""Makers for delivery tests: ready versions with real, servable variant artifacts.
+
+``make_ready_version`` publishes variants exactly as the job runner does — bytes in the
+blob store, then TUF targets, then the variant rows — without running a converter, so
+delivery tests stay fast and still serve real, verifiable artifacts.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any, Mapping, Optional
+
+from registry.jobs.runner import variant_target_path
+
+__all__ = ["DEFAULT_VARIANTS", "fleet_ids", "make_ready_version", "variant_bytes"]
+
+EXTENSIONS = {"tflite": "tflite", "coreml": "mlpackage.zip"}
+
+#: name -> spec; sizes differ so "the smallest" is unambiguous per format.
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    "tflite-fp32": {"format": "tflite", "size": 6000},
+    "tflite-int8-dynamic": {"format": "tflite", "size": 2400},
+    "coreml-fp16": {"format": "coreml", "size": 3000},
+}
+
+
+def variant_bytes(model: str, variant: str, version: int, size: int) -> bytes:
+    """Deterministic bytes: one random base per (model, variant), 1% of bytes changed per
+    version — like successive trainings of one architecture, so bsdiff patches are small."""
+    base = bytearray(random.Random(f"{model}/{variant}").randbytes(size))
+    edits = random.Random(f"{model}/{variant}/{version}")
+    for _ in range(max(1, size // 100)):
+        base[edits.randrange(size)] = edits.randrange(256)
+    return bytes(base)
+
+
+def make_ready_version(services: Any, name: str, *,
+                       variants: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                       min_app_version: Optional[str] = None, number: Optional[int] = None,
+                       actor: str = "tests"):  # noqa: ANN201 - registry.schemas.VersionOut
+    """Create a ``ready`` version of ``name`` whose variants are stored, signed and recorded.
+
+    Args:
+        variants: name -> {"format": "tflite"|"coreml", "size": int, "data": bytes,
+            "servable": bool, "agreement": float}; default :data:`DEFAULT_VARIANTS`.
+        min_app_version: Put into the version's metadata.
+        number: Explicit version number (default: next).
+    """
+    variants = DEFAULT_VARIANTS if variants is None else variants
+    source = services.blobs.put_bytes(f"source {name} {uuid.uuid4()}".encode())
+    metadata = {"framework": "keras"}
+    if min_app_version is not None:
+        metadata["min_app_version"] = min_app_version
+    version, _ = services.store.create_version(
+        name, sha256=source.sha256, size=source.size, source_format="keras",
+        filename="model.keras", metadata=metadata, eval_sha256=None, actor=actor, number=number)
+    number = version.version
+    version_id = services.store.version_id(name, number)
+    stored = []
+    for variant, spec in variants.items():
+        fmt = spec.get("format", "tflite")
+        data = spec.get("data") or variant_bytes(name, variant, number, spec.get("size", 4000))
+        info = services.blobs.put_bytes(data)
+        path = variant_target_path(name, number, variant, EXTENSIONS[fmt])
+        stored.append((variant, fmt, info, path, bool(spec.get("servable", True)),
+                       spec.get("agreement", 0.99)))
+    servable = [s for s in stored if s[4]]
+    if servable:  # bytes first, then TUF targets, then the rows: as the job runner does
+        services.signing.add_targets([
+            services.target_spec(path, info.sha256, info.size, model=name, version=number,
+                                 variant=variant, format=fmt, kind="variant")
+            for variant, fmt, info, path, _, _ in servable])
+    for variant, fmt, info, path, ok, agreement in stored:
+        services.store.record_variant(
+            version_id, name=variant, format=fmt, sha256=info.sha256, size=info.size,
+            target_path=path if ok else None, fidelity={"top1_agreement": agreement},
+            reference_latency_ms=None, servable=ok, reason=None if ok else "below threshold",
+            error=None)
+    services.store.set_version_status(version_id, "ready")
+    return services.store.get_version(name, number)
+
+
+def fleet_ids(n: int, prefix: str = "dev") -> list[str]:
+    """``n`` distinct valid install ids (lowercase UUID4s, reproducible)."""
+    rng = random.Random(f"fleet/{prefix}/{n}")
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
