@@ -33,7 +33,7 @@ from .errors import LocalStorageError, ModelLoadError
 
 __all__ = ["Installer"]
 
-LoadCheck = Callable[[Path, str, str], None]
+LoadCheck = Callable[[Path, str, str, str], None]  # (path, format, target, model name)
 
 
 def _entry_to_model(name: str, channel: str, slot_file: Path,
@@ -130,7 +130,7 @@ class Installer:
             marker = self._marker_path(name, channel)
             atomic_write_json(marker, {"sha256": entry["sha256"], "at": time.time()})
             try:
-                self._load_check(slot_path, entry["format"], entry["target"])
+                self._load_check(slot_path, entry["format"], entry["target"], name)
             except ModelLoadError:
                 marker.unlink(missing_ok=True)
                 self._drop_unreferenced(name)

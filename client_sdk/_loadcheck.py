@@ -19,7 +19,8 @@ import posixpath
 import zipfile
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ._types import ModelContract, TensorSpec
+from .errors import ModelContractError, ModelLoadError
 
 __all__ = ["SUPPORTED_FORMATS", "check_model", "format_kind"]
 
@@ -39,22 +40,27 @@ def format_kind(fmt: str, target: str = "") -> str | None:
     return SUPPORTED_FORMATS.get(fmt.lower())
 
 
-def check_model(path: Path, fmt: str, target: str = "") -> None:
+def check_model(path: Path, fmt: str, target: str = "",
+                contract: ModelContract | None = None) -> None:
     """Raise :class:`ModelLoadError` unless the model at ``path`` loads.
 
+    ``contract`` is checked for TFLite models (Core ML I/O is checked on the device by
+    Core ML itself; the structural check here cannot see it).
+
     Raises:
+        ModelContractError: the tensors differ from ``contract``.
         ModelLoadError: the runtime (or structural check) rejected the model.
     """
     kind = format_kind(fmt, target)
     if kind == _TFLITE:
-        _check_tflite(path)
+        _check_tflite(path, contract)
     elif kind == _COREML:
         _check_coreml_package(path)
     else:
         raise ModelLoadError(f"format {fmt!r} cannot be loaded by this client")
 
 
-def _check_tflite(path: Path) -> None:
+def _check_tflite(path: Path, contract: ModelContract | None) -> None:
     try:
         import numpy as np
         from ai_edge_litert.interpreter import Interpreter
@@ -62,6 +68,12 @@ def _check_tflite(path: Path) -> None:
         raise ModelLoadError(f"no TFLite runtime available: {e}") from e
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=1)
+    except Exception as e:  # the interpreter raises ValueError/RuntimeError of its own
+        raise ModelLoadError(f"TFLite interpreter rejected the model: {e}") from e
+    if contract is not None:
+        _check_contract("input", interpreter.get_input_details(), contract.inputs, np)
+        _check_contract("output", interpreter.get_output_details(), contract.outputs, np)
+    try:
         for detail in interpreter.get_input_details():
             signature = detail.get("shape_signature", detail["shape"])
             if any(int(d) < 0 for d in signature):
@@ -76,6 +88,24 @@ def _check_tflite(path: Path) -> None:
             interpreter.get_tensor(detail["index"])
     except Exception as e:  # the interpreter raises ValueError/RuntimeError of its own
         raise ModelLoadError(f"TFLite interpreter rejected the model: {e}") from e
+
+
+def _check_contract(kind: str, details: list[dict], expected: tuple[TensorSpec, ...],
+                    np) -> None:  # noqa: ANN001 - numpy, imported lazily
+    if not expected:
+        return
+    if len(details) != len(expected):
+        raise ModelContractError(
+            f"the app expects {len(expected)} {kind}(s), the model has {len(details)}")
+    for i, (detail, spec) in enumerate(zip(details, expected)):
+        shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+        dtype = np.dtype(detail["dtype"]).name
+        same_shape = len(shape) == len(spec.shape) and all(
+            want == -1 or have == -1 or want == have for have, want in zip(shape, spec.shape))
+        if dtype != spec.dtype or not same_shape:
+            raise ModelContractError(
+                f"{kind} {i} should be {spec.dtype} {tuple(spec.shape)}, "
+                f"the model has {dtype} {shape}")
 
 
 def _check_coreml_package(path: Path) -> None:

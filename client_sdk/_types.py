@@ -23,8 +23,10 @@ __all__ = [
     "DownloadConditions",
     "FixedDeviceState",
     "LocalModel",
+    "ModelContract",
     "Policy",
     "ProgressCallback",
+    "TensorSpec",
     "UpdateInfo",
     "UpdateState",
     "UpdateStatus",
@@ -107,6 +109,27 @@ class DownloadConditions:
         if self.require_idle and not state.idle:
             missing.append("idle")
         return missing
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor as the app's code feeds or reads it."""
+
+    shape: tuple[int, ...]  # -1 for a dimension of any size
+    dtype: str  # numpy name: "float32", "float16", "int8", "uint8", "int32"...
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """The tensors this app version's code expects a model to have.
+
+    A downloaded model that disagrees is refused at install time, before it can fail at
+    run time ("Input 0 should have 921600 bytes, but found 1228800") — the previous model
+    stays active. An empty tuple means "not checked".
+    """
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from ._manifest import (
     parse_manifest,
     verify_signatures,
 )
-from ._store import RejectedArtifacts, ReleaseCounters
+from ._store import RejectedArtifacts, ReleaseCounters, file_lock
 from ._telemetry import Telemetry
 from ._trust import TrustCycle
 from ._types import (
@@ -160,16 +160,19 @@ class UpdateEngine:
         if format_kind(manifest.format, manifest.artifact.target) is None:
             raise ManifestInvalidError(f"format {manifest.format!r} is not supported here")
 
-        trust = TrustCycle(self._base, self._tuf_dir, self._trusted_root, self._session,
-                           self._config)
-        trust.refresh()
-        verify_signatures(manifest, trust.manifest_keys())
-        self._check_current(manifest, local)
         art = manifest.artifact
-        trust.cross_check(art.target, art.length, art.sha256, {
-            "model": name, "version": manifest.version, "variant": manifest.variant,
-            "format": manifest.format, "kind": "variant"})
-        delta_req, delta_base = self._delta_plan(manifest, trust)
+        # One TUF client state per device: cycles of different models (threads or
+        # processes) take turns, so a slower cycle never writes back older metadata.
+        with file_lock(self._tuf_dir.parent / ".tuf.lock"):
+            trust = TrustCycle(self._base, self._tuf_dir, self._trusted_root, self._session,
+                               self._config)
+            trust.refresh()
+            verify_signatures(manifest, trust.manifest_keys())
+            self._check_current(manifest, local)
+            trust.cross_check(art.target, art.length, art.sha256, {
+                "model": name, "version": manifest.version, "variant": manifest.variant,
+                "format": manifest.format, "kind": "variant"})
+            delta_req, delta_base = self._delta_plan(manifest, trust)
         self._counters.record(name, channel, manifest.release_counter)
 
         rejected = self._rejected.is_rejected(art.sha256, self._device.app_version)

@@ -14,7 +14,7 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import requests
 from tuf.api.metadata import Metadata, Root
@@ -38,6 +38,7 @@ from ._types import (
     DownloadConditions,
     FixedDeviceState,
     LocalModel,
+    ModelContract,
     Policy,
     ProgressCallback,
     UpdateInfo,
@@ -72,6 +73,8 @@ class ModelClient:
         state_dir: release counters, TUF metadata and the telemetry outbox; defaults to
             ``<cache_dir>.state`` beside the cache so that clearing the cache keeps it.
         config: the remaining tunables.
+        contracts: per model name, the tensors this app version expects; a model that
+            disagrees is refused at install time and the previous one stays active.
     """
 
     def __init__(self, base_url: str, cache_dir: str | Path, *, trusted_root: bytes,
@@ -79,7 +82,8 @@ class ModelClient:
                  clock_skew: timedelta | None = None,
                  download_deadline: timedelta | None = None,
                  http: requests.Session | None = None, state_dir: str | Path | None = None,
-                 config: ClientConfig | None = None) -> None:
+                 config: ClientConfig | None = None,
+                 contracts: Mapping[str, ModelContract] | None = None) -> None:
         if not isinstance(trusted_root, (bytes, bytearray)):
             raise TypeError("trusted_root must be the TUF root metadata as bytes")
         try:
@@ -102,7 +106,11 @@ class ModelClient:
         self._state_provider = state_provider or FixedDeviceState()
         self._session = http or make_session(config)
         self._install_id = load_or_create_install_id(self._cache, self._state)
-        self._installer = Installer(self._cache / "models", check_model)
+        self._contracts = dict(contracts or {})
+        self._installer = Installer(
+            self._cache / "models",
+            lambda path, fmt, target, name: check_model(path, fmt, target,
+                                                        contract=self._contracts.get(name)))
         self._downloader = Downloader(self._cache / "staging", self._session, config)
         self._telemetry = Telemetry(self._state / "telemetry.sqlite",
                                     f"{self._base}/v1/telemetry", self._session, config)

@@ -34,6 +34,7 @@ __all__ = [
     "ManifestKeyMissingError",
     "ManifestSignatureError",
     "ModelDropError",
+    "ModelContractError",
     "ModelLoadError",
     "NetworkError",
     "NoModelAvailableError",
@@ -249,6 +250,12 @@ class ModelLoadError(UpdateRejectedError):
     """The verified model failed its load check; the previous model stays active."""
 
     code = "model_load_failed"
+
+
+class ModelContractError(ModelLoadError):
+    """The model loads, but its tensors differ from the app's ``ModelContract``."""
+
+    code = "model_contract_mismatch"
 
 
 # --- rebuilt from the server's problem+json ------------------------------------------

@@ -278,6 +278,19 @@ def test_manifest_key_rotation_is_followed_through_the_root(origin, tmp_path, tf
     assert active_sha(client) == sha256_hex(tflite_models["v2"])
 
 
+def test_concurrent_updates_of_two_models_share_one_tuf_state(origin, tmp_path,
+                                                               tflite_models):
+    origin.release(MODEL, CHANNEL, 1, "tflite-fp32", tflite_models["v1"])
+    origin.release("faces", CHANNEL, 1, "tflite-fp32", tflite_models["v2"])
+    client = make_client(origin, tmp_path)
+    for name in (MODEL, "faces"):
+        assert client.update_in_background(name, CHANNEL)
+    assert client.wait_for_background(timeout=30)
+    assert client.get_local_model(MODEL, CHANNEL).sha256 == sha256_hex(tflite_models["v1"])
+    assert client.get_local_model("faces", CHANNEL).sha256 == sha256_hex(tflite_models["v2"])
+    assert client.status("faces", CHANNEL).state is UpdateState.INSTALLED
+
+
 def test_constructor_rejects_a_trusted_root_that_is_not_tuf_root(tmp_path):
     with pytest.raises(ValueError):
         ModelClient("http://127.0.0.1:9", tmp_path / "c", trusted_root=b"{}", device=DEVICE)

@@ -91,7 +91,7 @@ from pathlib import Path
 import client_sdk.client as client_module
 from client_sdk import ClientConfig, DeviceInfo, ModelClient
 
-def crash(path, fmt, target=""):
+def crash(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)   # the runtime takes the process down
 
 client_module.check_model = crash
@@ -132,6 +132,27 @@ def test_process_dying_during_the_load_check_is_detected_next_time(origin, tmp_p
     upgraded = make_client(origin, tmp_path, device=DeviceInfo(
         "android", "14", "pixel7", "2.4.0", "de"))
     assert upgraded.update(MODEL, CHANNEL).version == 2
+
+
+def test_model_that_breaks_the_apps_tensor_contract_is_refused(origin, tmp_path,
+                                                                 tflite_models):
+    from client_sdk import ModelContract, TensorSpec
+
+    contract = ModelContract(inputs=(TensorSpec((-1, 16), "float32"),),
+                             outputs=(TensorSpec((-1, 4), "float32"),))
+    origin.release(MODEL, CHANNEL, 1, "tflite-fp32", tflite_models["v1"])  # 16 -> 4
+    client = make_client(origin, tmp_path, contracts={MODEL: contract})
+    assert client.get_model(MODEL, CHANNEL).version == 1
+    origin.release(MODEL, CHANNEL, 2, "tflite-fp32", tflite_models["big"])  # 64 -> 4
+    with pytest.raises(ModelDropError) as excinfo:
+        client.update(MODEL, CHANNEL)
+    assert excinfo.value.code == "model_contract_mismatch"
+    assert "input 0 should be float32 (-1, 16)" in excinfo.value.detail
+    assert client.get_model(MODEL, CHANNEL).version == 1
+    assert sha256_hex(tflite_models["big"]) not in slots(client)
+    # an app without that expectation installs it
+    other = make_client(origin, tmp_path / "other")
+    assert other.get_model(MODEL, CHANNEL).version == 2
 
 
 def test_coreml_package_installs_after_a_structural_check(origin, tmp_path):
