@@ -95,6 +95,18 @@ def test_not_modified_manifest_is_one_small_request(origin, tmp_path, tflite_mod
     assert client.status(MODEL, CHANNEL).state is UpdateState.UP_TO_DATE
 
 
+def test_an_app_upgrade_keeps_the_downloaded_model(origin, tmp_path, tflite_models):
+    from client_sdk import DeviceInfo
+
+    origin.release(MODEL, CHANNEL, 1, "tflite-fp32", tflite_models["v1"])
+    make_client(origin, tmp_path).get_model(MODEL, CHANNEL)
+    upgraded = make_client(origin, tmp_path, device=DeviceInfo(
+        "android", "14", "pixel7", "2.4.0", "de"))
+    assert upgraded.get_model(MODEL, CHANNEL).version == 1
+    assert len(origin.requests_to("/v1/artifacts/")) == 1  # not downloaded again
+    assert origin.requests_to("/v1/manifest")[-1]["query"]["app_version"] == ["2.4.0"]
+
+
 def test_local_model_policy_does_not_touch_the_network(origin, tmp_path, tflite_models):
     origin.release(MODEL, CHANNEL, 1, "tflite-fp32", tflite_models["v1"])
     client = make_client(origin, tmp_path)
