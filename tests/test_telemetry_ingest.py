@@ -95,8 +95,9 @@ def test_optional_fields_may_be_absent_or_null():
     ({"variant": "../x"}, "variant", "must match"),
     ({"experiment": None}, "experiment", "come together"),
     ({"arm": None}, "arm", "come together"),
-    ({"arm": "treat\nment"}, "arm", "control characters"),
-    ({"arm": "a" * 65}, "arm", "1 to 64"),
+    ({"arm": "treat\nment"}, "arm", "must match"),
+    ({"arm": "Treatment"}, "arm", "must match"),
+    ({"arm": "a" * 33}, "arm", "1 to 32"),
     ({"device_model": "pixel\x007"}, "device_model", "control characters"),
     ({"device_model": "pixel\ud8007"}, "device_model", "lone surrogates"),
     ({"device_model": ""}, "device_model", "1 to 64"),
@@ -217,3 +218,10 @@ def test_events_the_sdk_records_are_all_valid(tmp_path):
     outbox.record("crash", common | {"error": "x" * 500})
     batch = validate_batch({"events": outbox.pending_events()}, 1000)
     assert batch.rejected == [] and len(batch.rows) == 9
+
+
+def test_arm_rule_is_the_delivery_rule():
+    from registry.delivery.experiments import ARM_NAME_RE
+    from registry.telemetry.ingest import _ARM
+
+    assert _ARM.pattern == ARM_NAME_RE.pattern

@@ -70,11 +70,12 @@ COLUMNS = ("event_id", "kind", "install_id", "ts", "model", "version", "variant"
 
 MAX_LATENCY_MS = 3_600_000.0  # one hour: anything slower is a clock bug, not an inference
 _MAX_INT32 = 2**31 - 1  # version and bytes are 32-bit INTEGER columns on PostgreSQL
-_MAX_LABEL = 64  # characters: device model, arm
+_MAX_LABEL = 128  # characters of a device model (the manifest query allows as many)
 _MAX_ERROR = 1000  # characters of a failure description (the SDK sends codes, crashes <= 500)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
 _VARIANT = NAME_RE  # catalogue names such as "tflite-int8-dynamic" fit the model-name rule
+_ARM = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # registry.delivery.experiments.ARM_NAME_RE
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def validate_event(event: object, received_at: datetime) -> dict[str, Any]:
         raise _Bad("ts", str(e)) from None
     model = _text(event, "model", pattern=NAME_RE, max_len=64, required=True)
     experiment = _text(event, "experiment", pattern=NAME_RE, max_len=64)
-    arm = _text(event, "arm", max_len=_MAX_LABEL)
+    arm = _text(event, "arm", pattern=_ARM, max_len=32)
     if (experiment is None) != (arm is None):
         raise _Bad("arm" if arm is None else "experiment",
                    "experiment and arm come together (both from the manifest) or not at all")

@@ -14,7 +14,8 @@ from typing import Any
 from registry.reports import build_report, render_charts, render_report_html
 from registry.telemetry.ingest import validate_batch
 
-__all__ = ["experiment_report", "experiment_report_html", "record_batch", "version_latency"]
+__all__ = ["experiment_report", "experiment_report_html", "experiment_report_page", "record_batch",
+           "version_latency"]
 
 log = logging.getLogger("modeldrop.telemetry")
 
@@ -65,7 +66,12 @@ def experiment_report(services: Any, experiment: Any, *, bootstrap_samples: int 
     return report
 
 
-def experiment_report_html(services: Any, experiment: Any) -> str:
-    """The self-contained HTML page of the report, charts inlined as SVG."""
+def experiment_report_page(services: Any, experiment: Any) -> tuple[dict[str, Any], str]:
+    """The report and its self-contained HTML page (charts inlined as SVG)."""
     report = experiment_report(services, experiment)
-    return render_report_html(report, render_charts(report))
+    return report, render_report_html(report, render_charts(report))
+
+
+def experiment_report_html(services: Any, experiment: Any) -> str:
+    """The self-contained HTML page of the report."""
+    return experiment_report_page(services, experiment)[1]
