@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import requests
 
-from ._http import request, response_error
+from ._http import read_body, request, response_error
 from ._types import ClientConfig
 from .errors import LocalStorageError, ModelDropError
 
@@ -185,6 +185,23 @@ class Telemetry:
             pending = -1  # unknown: the outbox cannot be read
         return FlushResult(sent=sent, dropped=dropped, pending=pending, error=error)
 
+    def _rejected_count(self, response: requests.Response) -> int:
+        """Events the server dropped as invalid (``{"rejected": [...]}`` in a 2xx answer).
+
+        They are gone either way — re-sending the same bytes cannot fix them — but they
+        are logged and counted so a port that writes bad events notices.
+        """
+        try:
+            answer = json.loads(read_body(response, self._config, 1 << 20, "telemetry"))
+        except (ModelDropError, ValueError):
+            return 0
+        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        if not isinstance(rejected, list) or not rejected:
+            return 0
+        logger.warning("server dropped %d telemetry event(s); first: %s", len(rejected),
+                       rejected[0])
+        return len(rejected)
+
     def _oldest(self, limit: int) -> list[tuple[int, str]]:
         with self._db_lock, self._connect() as db:
             return db.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?",
@@ -201,9 +218,9 @@ class Telemetry:
                            data=body.encode("utf-8"),
                            headers={"Content-Type": "application/json"})
         if 200 <= response.status_code < 300:
-            response.close()
+            rejected = self._rejected_count(response)
             self._delete(rows)
-            return len(rows), 0
+            return len(rows) - rejected, rejected
         status = response.status_code
         err = response_error(response, self._config, "telemetry")
         if status not in _SPLIT_STATUSES:

@@ -494,12 +494,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._problem(400, "validation_error", "invalid event")
                 return
         origin.telemetry_posts.append(len(events))
-        new = 0
-        for event in events:
-            if event["id"] not in origin.telemetry_events:
+        new, rejected = 0, []
+        for index, event in enumerate(events):
+            latency = event.get("latency_ms")
+            if event.get("kind") == "inference" and not (
+                    isinstance(latency, (int, float)) and latency > 0):
+                # like the server: one invalid event is dropped, the batch is kept
+                rejected.append({"index": index, "field": "latency_ms",
+                                 "error": "must be a positive number"})
+            elif event["id"] not in origin.telemetry_events:
                 origin.telemetry_events[event["id"]] = event
                 new += 1
-        self._send(202, json.dumps({"accepted": new, "duplicates": len(events) - new}).encode(),
+        self._send(200, json.dumps({"accepted": new, "rejected": rejected,
+                                    "duplicates": len(events) - new - len(rejected)}).encode(),
                    "application/json")
 
 

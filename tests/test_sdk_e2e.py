@@ -128,3 +128,39 @@ def test_the_real_server_errors_are_rebuilt_by_code(live_server, tmp_path, tflit
         client.get_model("no-such-model", CHANNEL)
     assert excinfo.value.code == "model_not_found", excinfo.value
     assert excinfo.value.status == 404 and not excinfo.value.retryable
+
+
+def test_every_event_kind_the_sdk_emits_is_accepted_by_the_server(live_server, tmp_path,
+                                                                   tflite_models):
+    import requests
+    from datetime import timedelta
+
+    server = live_server
+    v1 = tflite_models["v1"]
+    _post(server, f"/v1/models/{MODEL}/releases",
+          {"version": _publish(server, v1), "channel": CHANNEL})
+    root = requests.get(server.base_url + "/v1/trusted-root", timeout=10).content
+    client = _client(server, tmp_path, root)
+    model = client.get_model(MODEL, CHANNEL)  # download_started/finished, install_ok
+    client.wait_for_background(10)  # installing sends telemetry in the background
+    client.report_inference(model, latency_ms=3.5, correct=False)
+    client.report_inference(model, latency_ms=2.0)
+    client.report_crash(model, error="SIGABRT in delegate\nframe 1")
+    # install_failed: a validly published model that does not load
+    _post(server, f"/v1/models/{MODEL}/releases",
+          {"version": _publish(server, v1[: len(v1) // 2]), "channel": CHANNEL})
+    with pytest.raises(ModelDropError):
+        client.update(MODEL, CHANNEL)
+    # download_failed: a download that cannot meet its deadline
+    _post(server, f"/v1/models/{MODEL}/releases",
+          {"version": _publish(server, tflite_models["big"]), "channel": CHANNEL})
+    hurried = ModelClient(server.base_url, tmp_path / "cache", trusted_root=root, device=DEVICE,
+                          config=fast_config(download_deadline=timedelta(0)))
+    with pytest.raises(ModelDropError):
+        hurried.update(MODEL, CHANNEL)
+    client.wait_for_background(10)
+    kinds = {e["kind"] for e in client.pending_telemetry()}
+    assert {"install_failed", "download_failed", "inference", "crash"} <= kinds
+    result = client.flush_telemetry()
+    assert (result.dropped, result.pending, result.error) == (0, 0, None)
+    assert result.sent >= 7

@@ -125,24 +125,33 @@ def test_batches_hold_at_most_1000_events(origin, tmp_path, tflite_models):
     client.flush_telemetry()
     origin.telemetry_posts.clear()
     for i in range(2500):
-        client.report_inference(model, latency_ms=float(i))
+        client.report_inference(model, latency_ms=float(i + 1))
     result = client.flush_telemetry()
     assert result.sent == 2500 and origin.telemetry_posts == [1000, 1000, 500]
     latencies = [e["latency_ms"] for e in origin.telemetry_events.values()
                  if e["kind"] == "inference"]
-    assert latencies == [float(i) for i in range(2500)]  # oldest first, none lost
+    assert latencies == [float(i + 1) for i in range(2500)]  # oldest first, none lost
 
 
 def test_a_rejected_event_is_isolated_and_dropped(installed, origin):
     client, model = installed
     client.flush_telemetry()
     for i in range(7):
-        client.report_inference(model, latency_ms=float(i))
+        client.report_inference(model, latency_ms=float(i + 1))
     # an event the server will never accept (e.g. written by an older, buggy SDK)
     client._telemetry.record("crash", {"poison": True, "model": MODEL})
     client.report_inference(model, latency_ms=7.0)
     result = client.flush_telemetry()
     assert (result.sent, result.dropped, result.pending) == (8, 1, 0)
+
+
+def test_events_the_server_drops_one_by_one_are_counted(installed, origin):
+    client, model = installed
+    client.flush_telemetry()
+    client.report_inference(model, latency_ms=0)  # the server requires a positive latency
+    client.report_inference(model, latency_ms=1.5)
+    result = client.flush_telemetry()
+    assert (result.sent, result.dropped, result.pending) == (1, 1, 0)
 
 
 def test_outbox_is_capped(origin, tmp_path, tflite_models):
@@ -152,9 +161,9 @@ def test_outbox_is_capped(origin, tmp_path, tflite_models):
     client.wait_for_background(5)
     client.flush_telemetry()
     for i in range(80):
-        client.report_inference(model, latency_ms=float(i))
+        client.report_inference(model, latency_ms=float(i + 1))
     events = client.pending_telemetry()
-    assert len(events) == 50 and events[0]["latency_ms"] == 30.0  # oldest dropped
+    assert len(events) == 50 and events[0]["latency_ms"] == 31.0  # oldest dropped
 
 
 def test_a_full_batch_is_sent_in_the_background(origin, tmp_path, tflite_models):
@@ -164,7 +173,7 @@ def test_a_full_batch_is_sent_in_the_background(origin, tmp_path, tflite_models)
     client.wait_for_background(5)
     client.flush_telemetry()
     for i in range(5):
-        client.report_inference(model, latency_ms=float(i))
+        client.report_inference(model, latency_ms=float(i + 1))
     client.wait_for_background(10)
     assert client.pending_telemetry() == []
     assert sum(e["kind"] == "inference" for e in origin.telemetry_events.values()) == 5
