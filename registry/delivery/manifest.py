@@ -37,8 +37,6 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Optional
 
-from securesystemslib.formats import encode_canonical
-
 from registry.delivery.bucketing import arm_ranges, assign_arm, in_rollout, validate_install_id
 from registry.delivery.targeting import DeviceInfo, TargetingRules, meets_min_app_version
 from registry.delivery.variants import choose_variant
@@ -203,7 +201,10 @@ def manifest_etag(document: Mapping[str, Any]) -> str:
     device polling with nothing new gets 304.
     """
     stable = {k: v for k, v in document.items() if k not in _UNSIGNED_VOLATILE}
-    return "m1-" + hashlib.sha256(encode_canonical(stable).encode("utf-8")).hexdigest()[:40]
+    # Sorted compact JSON is deterministic for these documents (ints, strings, null) and
+    # several times cheaper than the canonical form the signature needs.
+    text = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "m1-" + hashlib.sha256(text.encode("ascii")).hexdigest()[:40]
 
 
 def resolve(services: Any, query: ManifestQuery) -> Optional[Offer]:

@@ -1,0 +1,47 @@
+"""gunicorn settings for the ModelDrop web process: ``gunicorn -c deploy/gunicorn.conf.py
+registry.wsgi:app``.
+
+Everything is read from the environment so one image serves every deployment:
+
+| variable | default | meaning |
+|---|---|---|
+| ``MODELDROP_BIND`` | ``0.0.0.0:8080`` | address:port (a container's published port); use ``127.0.0.1:PORT`` on a shared host |
+| ``MODELDROP_WEB_WORKERS`` | 2 x CPUs + 1 | worker processes |
+| ``MODELDROP_WEB_WORKER_CLASS`` | ``gthread`` | ``gthread`` or ``sync`` |
+| ``MODELDROP_WEB_THREADS`` | 8 | threads per ``gthread`` worker |
+| ``MODELDROP_WEB_TIMEOUT`` | 120 | seconds a worker may be silent before it is restarted |
+
+``gthread`` is the default because the same process streams artifacts: a device on a slow
+link holds its thread for the whole download, and with ``sync`` workers a few such
+downloads would stall every manifest poll behind them. ``sync`` is a little faster for
+manifests alone (bench/bench_manifest.py measures both) and fine behind a buffering proxy
+or a CDN that serves the artifacts.
+
+The database schema, the signing keys and the first admin token are created once in the
+master (``on_starting``) before workers start, so workers never race to migrate a fresh
+database; each worker then builds its own application (``registry.wsgi``), so no database
+connection or S3 client is shared across ``fork``.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("MODELDROP_BIND", "0.0.0.0:8080")
+workers = int(os.environ.get("MODELDROP_WEB_WORKERS", 2 * multiprocessing.cpu_count() + 1))
+worker_class = os.environ.get("MODELDROP_WEB_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("MODELDROP_WEB_THREADS", 8))
+timeout = int(os.environ.get("MODELDROP_WEB_TIMEOUT", 120))  # seconds
+graceful_timeout = 30  # seconds
+keepalive = 5  # seconds an idle keep-alive connection is kept (devices poll, then go quiet)
+accesslog = os.environ.get("MODELDROP_ACCESS_LOG") or None  # "-" for stdout
+proc_name = "modeldrop-web"
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """Migrate, bootstrap keys and the admin token once, in the master."""
+    from registry.app import build_services, ensure_admin_token
+    from registry.config import Settings
+
+    services = build_services(Settings.load())
+    ensure_admin_token(services)
+    services.store.engine.dispose()
