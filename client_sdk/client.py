@@ -296,6 +296,10 @@ class ModelClient:
                      else UpdateState.FAILED)
             self._set_status(name, channel, state, error=e)
             raise
+        except Exception as e:  # a bug: still leave an honest status behind
+            self._set_status(name, channel, UpdateState.FAILED, error=ModelDropError(
+                f"unexpected {type(e).__name__}: {e}"))
+            raise
 
     def _model_lock(self, name: str):  # noqa: ANN202 - a context manager
         return file_lock(self._cache / "models" / name / ".lock")
