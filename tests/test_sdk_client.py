@@ -124,10 +124,11 @@ def test_background_policy_returns_now_and_updates_for_next_time(origin, tmp_pat
     client = make_client(origin, tmp_path)
     client.get_model(MODEL, CHANNEL)
     origin.release(MODEL, CHANNEL, 2, "tflite-fp32", tflite_models["big"])
-    origin.faults["artifact"] = Fault("trickle", chunk=32 << 10, interval=0.05)
+    origin.faults["artifact"] = Fault("trickle", chunk=16 << 10, interval=0.05)  # ~0.9 s
     started = time.monotonic()
     model = client.get_model(MODEL, CHANNEL, policy=Policy.LOCAL_MODEL_UPDATE_IN_BACKGROUND)
-    assert model.version == 1 and time.monotonic() - started < 0.3
+    assert model.version == 1 and time.monotonic() - started < 0.5
+    assert client.get_local_model(MODEL, CHANNEL).version == 1  # still downloading
     assert client.wait_for_background(timeout=30)
     assert client.get_model(MODEL, CHANNEL, policy=Policy.LOCAL_MODEL).version == 2
 
