@@ -176,13 +176,18 @@ def measure_end_to_end(label: str, run_job: Callable[[Path], object], *, scratch
 
 def _print_table(report: dict) -> None:
     direct = report["modes"]["direct"]["variants"]
-    engine = report["modes"]["engine-parallel"]["variants"]
-    print(f"{'variant':<24}{'convert s':>10}{'size MiB':>10}{'p50 ms':>9}{'p90 ms':>9}")
+    serial = report["modes"]["engine-serial"]["variants"]
+    parallel = report["modes"]["engine-parallel"]["variants"]
+
+    def latency(row):
+        if row["latency_p50_ms"] is None:
+            return "-"
+        return f"{row['latency_p50_ms']:.2f}/{row['latency_p90_ms']:.2f}"
+
+    print(f"{'variant':<24}{'convert s':>10}{'size MiB':>10}{'p50/p90 ms serial':>20}{'p50/p90 ms pool':>18}")
     for name, row in direct.items():
-        p50 = engine[name]["latency_p50_ms"]
-        p90 = engine[name]["latency_p90_ms"]
         print(f"{name:<24}{row['convert_seconds']:>10.2f}{row['size_bytes'] / 2**20:>10.2f}"
-              f"{p50 if p50 is not None else '-':>9}{p90 if p90 is not None else '-':>9}")
+              f"{latency(serial[name]):>20}{latency(parallel[name]):>18}")
     for mode in MODES:
         runs = ", ".join(f"{t:.1f}" for t in report["all_totals_seconds"][mode])
         print(f"{mode:<24}total {report['modes'][mode]['total_seconds']:.1f} s  (runs: {runs})")
@@ -195,7 +200,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode; the fastest is reported")
+    parser.add_argument("--table", action="store_true", help="print the table from the saved results and exit")
     args = parser.parse_args()
+    if args.table:
+        _print_table(json.loads(RESULTS.read_text()))
+        return
     if args.mode:  # one measurement, in this fresh process
         if args.mode == "direct":
             report = run_direct(args.source, args.workdir)
