@@ -209,16 +209,19 @@ class RejectedArtifacts:
         self._path = state_dir / "rejected_artifacts.json"
         self._lock_path = state_dir / ".rejected_artifacts.lock"
 
-    def is_rejected(self, sha256: str, app_version: str) -> str | None:
+    def is_rejected(self, sha256: str, app_version: str) -> tuple[str, str] | None:
+        """(code, detail) of the failure this app version recorded for ``sha256``."""
         data = read_json(self._path)
         entry = data.get(sha256) if isinstance(data, dict) else None
         if isinstance(entry, dict) and entry.get("app_version") == app_version:
-            return str(entry.get("detail") or "failed its load check")
+            return (str(entry.get("code") or "model_load_failed"),
+                    str(entry.get("detail") or "failed its load check"))
         return None
 
-    def add(self, sha256: str, app_version: str, detail: str) -> None:
+    def add(self, sha256: str, app_version: str, detail: str,
+            code: str = "model_load_failed") -> None:
         with file_lock(self._lock_path):
             data = read_json(self._path)
             data = data if isinstance(data, dict) else {}
-            data[sha256] = {"app_version": app_version, "detail": detail[:500]}
+            data[sha256] = {"app_version": app_version, "code": code, "detail": detail[:500]}
             atomic_write_json(self._path, data)

@@ -60,6 +60,7 @@ from .errors import (
     NoModelAvailableError,
     ProtocolError,
     UpdateRejectedError,
+    error_class_for_code,
 )
 
 __all__ = ["Plan", "UpdateEngine"]
@@ -177,7 +178,10 @@ class UpdateEngine:
 
         rejected = self._rejected.is_rejected(art.sha256, self._device.app_version)
         if rejected:
-            raise ModelLoadError(f"{art.target} {rejected}; not downloaded again")
+            code, detail = rejected
+            cls = error_class_for_code(code)
+            cls = cls if cls is not None and issubclass(cls, ModelLoadError) else ModelLoadError
+            raise cls(f"{art.target}: {detail} (not downloaded again)")
         entry = {"sha256": art.sha256, "length": art.length, "target": art.target,
                  "file": art.target.rsplit("/", 1)[-1], "version": manifest.version,
                  "variant": manifest.variant, "format": manifest.format,
@@ -283,7 +287,7 @@ class UpdateEngine:
             model = self._installer.install(name, channel, source, plan.entry, plan.etag,
                                             move=move)
         except ModelLoadError as e:
-            self._rejected.add(m.artifact.sha256, self._device.app_version, e.detail)
+            self._rejected.add(m.artifact.sha256, self._device.app_version, e.detail, e.code)
             self._telemetry.record("install_failed", self._manifest_fields(m) | {
                 "error": e.code})
             raise

@@ -149,6 +149,7 @@ def test_model_that_breaks_the_apps_tensor_contract_is_refused(origin, tmp_path,
     assert excinfo.value.code == "model_contract_mismatch"
     assert "input 0 should be float32 (-1, 16)" in excinfo.value.detail
     assert client.get_model(MODEL, CHANNEL).version == 1
+    assert client.status(MODEL, CHANNEL).error.code == "model_contract_mismatch"  # remembered
     assert sha256_hex(tflite_models["big"]) not in slots(client)
     # an app without that expectation installs it
     other = make_client(origin, tmp_path / "other")
