@@ -40,6 +40,7 @@ class Settings:
     # Conversion
     accuracy_drop_threshold_pp: float = 1.0  # percentage points
     latency_runs: int = 50
+    convert_max_parallel: int = 0  # processes per conversion; 0 = automatic (min(2, CPUs))
     # Signing / TUF expiries
     timestamp_expiry: int = 86400  # seconds
     snapshot_expiry: int = 7 * 86400  # seconds

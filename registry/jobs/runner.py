@@ -92,7 +92,8 @@ def _convert(services, job_id: str, version, workdir: Path) -> list | str:  # no
     try:
         return convert_version(source, workdir / "out", variants=variants, eval_path=eval_path,
                                accuracy_drop_threshold_pp=float(threshold),
-                               latency_runs=settings.latency_runs, progress=progress)
+                               latency_runs=settings.latency_runs, progress=progress,
+                               max_parallel=settings.convert_max_parallel or None)
     except ConversionError as e:
         return str(e)
 
