@@ -363,3 +363,50 @@ def test_guardrail_check_endpoint_is_admin_only(digits, api, admin_api):
     assert_problem(api.post("/v1/guardrails/check"), 403, "forbidden")
     resp = admin_api.post("/v1/guardrails/check")
     assert resp.status_code == 200 and resp.get_json() == {"halted": []}  # no telemetry yet
+
+
+# -- both databases -------------------------------------------------------------------------
+
+def test_delivery_state_on_both_databases(tmp_path, db_url):
+    """Counters under concurrent promotes, sticky assignments and winner releases behave the
+    same on SQLite and PostgreSQL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry.app import create_app
+    from registry.delivery import experiments, releases
+    from registry.delivery.deltas import wait_for_deltas
+    from registry.delivery.manifest import parse_query, resolve
+    from tests.conftest import base_settings
+
+    app = create_app(base_settings(tmp_path, database_url=db_url))
+    services = app.extensions["modeldrop"]
+    try:
+        for _ in range(2):
+            make_ready_version(services, "digits")
+        with ThreadPoolExecutor(8) as pool:
+            made = list(pool.map(lambda i: releases.promote(
+                services, "digits", 1 + i % 2, channel="production", actor="t",
+                rollout_percent=50), range(8)))
+        assert sorted(r.counter for r in made) == list(range(1, 9))
+        releases.set_rollout(services, "digits", "production", actor="t", rollout_percent=100)
+        exp = experiments.create_experiment(
+            services, "both", model="digits", channel="production", actor="t",
+            arms=[{"name": "a", "version": 1}, {"name": "b", "version": 2}])
+        devices = [f"device-{i:04d}" for i in range(40)]
+        arms = {}
+        for install_id in devices:
+            query = parse_query({"model": "digits", "install_id": install_id,
+                                 "platform": "android"})
+            with ThreadPoolExecutor(4) as pool:  # racing first requests record one arm
+                answers = {o.arm for o in pool.map(lambda _: resolve(services, query), range(4))}
+            assert len(answers) == 1
+            arms[install_id] = answers.pop()
+        assert services.store.experiment_assignments("both") == arms
+        assert set(arms.values()) == {"a", "b"} and exp.seed
+        stopped, winner = experiments.stop_experiment(services, "both", actor="t", winner="b")
+        assert stopped.status == "stopped" and (winner.counter, winner.version) == (9, 2)
+        back = releases.rollback(services, "digits", "production", actor="t")
+        assert (back.counter, back.version) == (10, 1)
+        assert wait_for_deltas(30)
+    finally:
+        services.store.engine.dispose()

@@ -291,6 +291,9 @@ class DeliveryStore(StoreBase):
                         rollout_seed: str, targeting: dict[str, Any], guardrails: list[Any],
                         kind: str, reason: str, actor: str,
                         details: Optional[dict[str, Any]]) -> ReleaseRow:
+        # Serialise release creation per model (PostgreSQL row lock; SQLite serialises
+        # writers anyway), so max + 1 does not race; the unique constraint stays the backstop.
+        s.exec(select(ModelRow.id).where(ModelRow.id == model_row.id).with_for_update()).one()
         current = s.exec(select(func.max(ReleaseRow.counter)).where(
             ReleaseRow.model_id == model_row.id, ReleaseRow.channel == channel)).one()
         row = ReleaseRow(model_id=model_row.id, channel=channel, counter=(current or 0) + 1,
