@@ -127,8 +127,8 @@ def live(app):
 
 
 def test_sdk_sender_against_the_real_endpoint(tmp_path, db_app):
-    """The SDK's outbox flushes into the real server over HTTP; a resend after a lost response
-    changes nothing; an event the server refuses is dropped, not retried forever."""
+    """The SDK's outbox flushes into the real server over HTTP; an event the server refuses is
+    dropped and counted, not retried forever; a resend after a lost response changes nothing."""
     import requests
 
     from client_sdk._telemetry import Telemetry
@@ -145,7 +145,8 @@ def test_sdk_sender_against_the_real_endpoint(tmp_path, db_app):
         outbox.record("inference", common | {"latency_ms": -5.0})  # refused by the server
         recorded = outbox.pending_events()
         result = outbox.flush()
-        assert (result.sent, result.pending, result.error) == (46, 0, None)
+        # the SDK reads "rejected" from the 200: the bad event is dropped, not retried
+        assert (result.sent, result.dropped, result.pending, result.error) == (45, 1, 0, None)
         assert store.count_telemetry() == 45
         # the device re-sends everything (its response was lost): the server already has it
         again = requests.post(f"{url}/v1/telemetry", json={"events": recorded}, timeout=10)

@@ -31,9 +31,11 @@ def one(e):
 
 
 def test_wire_format_example_becomes_a_row():
+    from registry.store._telemetry import _INSERT_COLUMNS
+
     e = event()
     row = one(e)
-    assert set(row) == set(COLUMNS)
+    assert set(row) == set(COLUMNS) == set(_INSERT_COLUMNS)  # every column of the table
     assert row["event_id"] == e["id"] and row["kind"] == "inference"
     assert row["ts"] == datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)
     assert (row["model"], row["version"], row["variant"]) == ("digits", 4, "tflite-int8-dynamic")
@@ -100,7 +102,8 @@ def test_optional_fields_may_be_absent_or_null():
     ({"arm": "a" * 33}, "arm", "1 to 32"),
     ({"device_model": "pixel\x007"}, "device_model", "control characters"),
     ({"device_model": "pixel\ud8007"}, "device_model", "lone surrogates"),
-    ({"device_model": ""}, "device_model", "1 to 64"),
+    ({"device_model": ""}, "device_model", "1 to 128"),
+    ({"device_model": "x" * 129}, "device_model", "1 to 128"),
     ({"device_model": 7}, "device_model", "string"),
     ({"platform": "windows"}, "platform", "one of"),
     ({"latency_ms": None}, "latency_ms", "required for inference"),
