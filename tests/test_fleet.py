@@ -15,7 +15,7 @@ from collections import Counter
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securesystemslib.formats import encode_canonical
 
-from registry.delivery.bucketing import arm_ranges, hash_v2
+from registry.delivery.bucketing import hash_v2
 from registry.delivery.manifest import parse_query, resolve
 from tests.makers import fleet_ids, make_ready_version
 

@@ -1,45 +1,48 @@
-"""Releases, experiments, sticky assignments and delta patches.
+"""Releases, the manifest's reads, and delta patches; experiments via ``ExperimentStore``.
 
 The store keeps the delivery state and enforces the rules that must hold under
 concurrency: a release counter is ``max + 1`` per (model, channel) inside the inserting
-transaction (the unique constraint turns a race into a retry, never a duplicate); an
-assignment is inserted only if absent and the recorded arm is what every later request
-sees; every change is audited in the same transaction. Decisions about *who gets what*
-are not made here: they live in ``registry.delivery``.
+transaction, with the model row locked (the unique constraint is the backstop: a race is
+a retry, never a duplicate); every change is audited in the same transaction. Decisions
+about *who gets what* are not made here: they live in ``registry.delivery``.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Optional
 
-from pydantic import BaseModel
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from registry.delivery.bucketing import arm_ranges
-from registry.errors import (
-    ConflictError,
-    ExperimentNotFoundError,
-    ReleaseNotFoundError,
-    ValidationError,
-)
+from registry.errors import ReleaseNotFoundError
 from registry.models import (
-    AssignmentRow,
-    DeltaRow,
-    ExperimentRow,
-    ModelRow,
-    ReleaseRow,
-    VariantRow,
-    VersionRow,
-    utcnow,
+    DeltaRow, ExperimentRow, ModelRow, ReleaseRow, VariantRow, VersionRow, utcnow,
 )
 from registry.store._auth import _audit
-from registry.store._base import StoreBase
+from registry.store._delivery_types import (  # noqa: F401 - re-exported for the services
+    ACTIVE_EXPERIMENT,
+    ArmOut,
+    ChannelState,
+    DeltaOut,
+    ExperimentConflictError,
+    ExperimentOut,
+    InvalidChannelError,
+    InvalidExperimentError,
+    NothingToRollBackError,
+    ReleaseOut,
+    ReleasePausedError,
+    ServingArm,
+    ServingExperiment,
+    ServingRelease,
+    UnknownArmError,
+    VersionNotServableError,
+    _invalidates_cache,
+    _min_app_version,
+    _release_out,
+)
+from registry.store._experiments import ExperimentStore
 
 __all__ = [
     "ArmOut",
@@ -60,183 +63,8 @@ __all__ = [
     "VersionNotServableError",
 ]
 
-ACTIVE_EXPERIMENT = ("running", "paused")
 
-
-# -- errors (stable codes; candidates for registry/errors.py) ------------------------------
-
-class InvalidChannelError(ValidationError):
-    code, title = "invalid_channel", "Invalid channel"
-
-
-class InvalidExperimentError(ValidationError):
-    code, title = "invalid_experiment", "Invalid experiment"
-
-
-class UnknownArmError(ValidationError):
-    code, title = "unknown_arm", "Unknown experiment arm"
-
-
-class ReleasePausedError(ConflictError):
-    code, title = "release_paused", "Release is paused"
-
-
-class NothingToRollBackError(ConflictError):
-    code, title = "nothing_to_roll_back", "Nothing to roll back to"
-
-
-class VersionNotServableError(ConflictError):
-    code, title = "version_not_servable", "Version cannot be served"
-
-
-class ExperimentConflictError(ConflictError):
-    code, title = "experiment_conflict", "Experiment conflict"
-
-
-# -- API shapes ----------------------------------------------------------------------------
-
-class ReleaseOut(BaseModel):
-    id: int
-    model: str
-    channel: str
-    counter: int
-    version: int
-    variant: Optional[str]
-    rollout_bp: int
-    rollout_percent: float
-    rollout_seed: str
-    targeting: dict[str, Any]
-    guardrails: list[Any]
-    state: str  # active | paused | halted
-    paused: bool
-    halted_reason: Optional[str]
-    kind: str  # promote | rollback | winner
-    reason: str
-    current: bool = False  # the newest release of its (model, channel)
-    created_at: datetime
-    created_by: str
-    updated_at: datetime
-
-
-class ArmOut(BaseModel):
-    name: str
-    version: int
-    variant: Optional[str]
-    weight: int
-    range: list[int]  # [start, end) in basis points
-    assigned: int = 0
-
-
-class ExperimentOut(BaseModel):
-    id: int
-    name: str
-    model: str
-    channel: str
-    seed: str
-    hash_version: int = 2
-    coverage_bp: int
-    coverage_percent: float
-    arms: list[ArmOut]
-    targeting: dict[str, Any]
-    guardrails: list[Any]
-    status: str  # running | paused | stopped
-    halted_reason: Optional[str]
-    winner: Optional[str]
-    counter_at_start: int
-    created_at: datetime
-    created_by: str
-    stopped_at: Optional[datetime]
-
-
-class DeltaOut(BaseModel):
-    base_sha256: str
-    target_sha256: str
-    sha256: Optional[str]
-    size: Optional[int]
-    target_path: Optional[str]
-
-
-# -- what the manifest resolver reads (one query set per request) --------------------------
-
-@dataclass(frozen=True)
-class ServingRelease:
-    counter: int
-    version: int
-    version_id: int
-    variant: Optional[str]
-    rollout_bp: int
-    rollout_seed: str
-    targeting: dict[str, Any]
-    paused: bool
-    min_app_version: Optional[str]
-
-
-@dataclass(frozen=True)
-class ServingArm:
-    name: str
-    version: int
-    version_id: int
-    variant: Optional[str]
-    weight: int
-    min_app_version: Optional[str]
-
-
-@dataclass(frozen=True)
-class ServingExperiment:
-    id: int
-    name: str
-    seed: str
-    coverage_bp: int
-    status: str
-    targeting: dict[str, Any]
-    arms: tuple[ServingArm, ...]
-
-
-@dataclass(frozen=True)
-class ChannelState:
-    model: str
-    channel: str
-    counter: int  # the newest release counter; 0 when the channel has no release
-    releases: tuple[ServingRelease, ...] = field(default_factory=tuple)  # newest first
-    experiment: Optional[ServingExperiment] = None
-
-
-def _invalidates_cache(method):  # noqa: ANN001, ANN202
-    """Mark a write: after its transaction ends, cached manifest reads of this process reload."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._delivery_changed()
-
-    return wrapper
-
-
-def _percent(bp: int) -> float:
-    return round(bp / 100, 2)
-
-
-def _release_out(row: ReleaseRow, model: str, version: int, current: bool = False) -> ReleaseOut:
-    state = "halted" if row.halted_reason else ("paused" if row.paused else "active")
-    return ReleaseOut(id=row.id, model=model, channel=row.channel, counter=row.counter,
-                      version=version,
-                      variant=row.variant, rollout_bp=row.rollout_bp,
-                      rollout_percent=_percent(row.rollout_bp), rollout_seed=row.rollout_seed,
-                      targeting=row.targeting or {}, guardrails=row.guardrails or [],
-                      state=state, paused=row.paused, halted_reason=row.halted_reason,
-                      kind=row.kind, reason=row.reason, current=current,
-                      created_at=row.created_at, created_by=row.created_by,
-                      updated_at=row.updated_at)
-
-
-def _min_app_version(metadata: Optional[dict[str, Any]]) -> Optional[str]:
-    value = (metadata or {}).get("min_app_version")
-    return str(value) if value else None
-
-
-class DeliveryStore(StoreBase):
+class DeliveryStore(ExperimentStore):
     """Mixed into ``Store`` after ``CatalogStore``, whose ``_model``/``_version`` it uses.
 
     The manifest path may read ``channel_state`` and ``servable_variants`` through a short
@@ -541,229 +369,6 @@ class DeliveryStore(StoreBase):
                      "fidelity": (r.fidelity or {}).get("top1_agreement"),
                      "reference_latency_ms": r.reference_latency_ms, "latency_by_device": {}}
                     for r in rows]
-
-    # -- experiments ------------------------------------------------------------------------
-    @_invalidates_cache
-    def create_experiment(self, name: str, *, model: str, channel: str, seed: str,
-                          coverage_bp: int, arms: list[dict[str, Any]],
-                          targeting: dict[str, Any], guardrails: list[Any],
-                          actor: str) -> ExperimentOut:
-        """Create a running experiment; at most one is active per (model, channel).
-
-        Raises:
-            ExperimentConflictError: the name is taken or (model, channel) has an active one.
-            VersionNotFoundError: an arm names a version that does not exist.
-        """
-        try:
-            with self.session() as s:
-                model_row = self._model(s, model)
-                if s.exec(select(ExperimentRow.id).where(ExperimentRow.name == name)).first():
-                    raise ExperimentConflictError(f"an experiment named {name!r} already exists",
-                                                  experiment=name)
-                active = s.exec(select(ExperimentRow.name).where(
-                    ExperimentRow.model_id == model_row.id, ExperimentRow.channel == channel,
-                    ExperimentRow.status.in_(ACTIVE_EXPERIMENT))).first()
-                if active is not None:
-                    raise ExperimentConflictError(
-                        f"experiment {active!r} is already active on {model}/{channel}; "
-                        "stop it first", experiment=active)
-                for arm in arms:
-                    self._version(s, model, int(arm["version"]))
-                counter = s.exec(select(func.max(ReleaseRow.counter)).where(
-                    ReleaseRow.model_id == model_row.id, ReleaseRow.channel == channel)).one()
-                row = ExperimentRow(name=name, model_id=model_row.id, channel=channel, seed=seed,
-                                    coverage_bp=coverage_bp, arms=arms, targeting=targeting,
-                                    guardrails=guardrails, counter_at_start=counter or 0,
-                                    created_by=actor)
-                s.add(row)
-                s.flush()
-                _audit(s, actor, "experiment.create", f"experiment:{name}",
-                       {"model": model, "channel": channel, "seed": seed,
-                        "coverage_bp": coverage_bp, "arms": arms, "targeting": targeting,
-                        "guardrails": guardrails})
-                return self._experiment_out(s, row, model)
-        except IntegrityError as e:  # a concurrent create took the name
-            raise ExperimentConflictError(f"an experiment named {name!r} already exists",
-                                          experiment=name) from e
-
-    def _delivery_experiment(self, s: Session, name: str) -> ExperimentRow:
-        row = s.exec(select(ExperimentRow).where(ExperimentRow.name == name)).first()
-        if row is None:
-            raise ExperimentNotFoundError(f"experiment {name!r} does not exist", experiment=name)
-        return row
-
-    def _experiment_out(self, s: Session, row: ExperimentRow, model: Optional[str] = None,
-                        counts: bool = True) -> ExperimentOut:
-        if model is None:
-            model = s.get(ModelRow, row.model_id).name
-        assigned: dict[str, int] = {}
-        if counts:
-            assigned = dict(s.exec(select(AssignmentRow.arm, func.count(AssignmentRow.id))
-                                   .where(AssignmentRow.experiment_id == row.id)
-                                   .group_by(AssignmentRow.arm)).all())
-        ranges = arm_ranges([int(a["weight"]) for a in row.arms], row.coverage_bp)
-        arms = [ArmOut(name=a["name"], version=int(a["version"]), variant=a.get("variant"),
-                       weight=int(a["weight"]), range=[start, end],
-                       assigned=assigned.get(a["name"], 0))
-                for a, (start, end) in zip(row.arms, ranges)]
-        return ExperimentOut(id=row.id, name=row.name, model=model, channel=row.channel,
-                             seed=row.seed,
-                             coverage_bp=row.coverage_bp,
-                             coverage_percent=_percent(row.coverage_bp), arms=arms,
-                             targeting=row.targeting or {}, guardrails=row.guardrails or [],
-                             status=row.status, halted_reason=row.halted_reason,
-                             winner=row.winner, counter_at_start=row.counter_at_start,
-                             created_at=row.created_at, created_by=row.created_by,
-                             stopped_at=row.stopped_at)
-
-    def get_experiment(self, name: str) -> ExperimentOut:
-        with self.session() as s:
-            return self._experiment_out(s, self._delivery_experiment(s, name))
-
-    def list_experiments(self, model: Optional[str] = None,
-                         status: Optional[str] = None) -> list[ExperimentOut]:
-        """Newest first."""
-        with self.session() as s:
-            q = select(ExperimentRow)
-            if model is not None:
-                q = q.where(ExperimentRow.model_id == self._model(s, model).id)
-            if status is not None:
-                q = q.where(ExperimentRow.status == status)
-            return [self._experiment_out(s, row)
-                    for row in s.exec(q.order_by(ExperimentRow.id.desc())).all()]
-
-    @_invalidates_cache
-    def update_experiment(self, name: str, *, actor: str, coverage_bp: Optional[int] = None,
-                          paused: Optional[bool] = None, reason: str = "") -> ExperimentOut:
-        """Change coverage or pause/resume an active experiment, audited.
-
-        Raises:
-            ExperimentConflictError: the experiment is stopped.
-        """
-        with self.session() as s:
-            row = self._delivery_experiment(s, name)
-            if row.status == "stopped":
-                raise ExperimentConflictError(f"experiment {name!r} is stopped", experiment=name)
-            before = {"coverage_bp": row.coverage_bp, "status": row.status,
-                      "halted_reason": row.halted_reason}
-            if coverage_bp is not None:
-                row.coverage_bp = coverage_bp
-            if paused is not None:
-                row.status = "paused" if paused else "running"
-                if not paused:
-                    row.halted_reason = None
-            after = {"coverage_bp": row.coverage_bp, "status": row.status,
-                     "halted_reason": row.halted_reason}
-            if after != before:
-                s.add(row)
-                action = "experiment.update" if paused is None else \
-                    ("experiment.pause" if paused else "experiment.resume")
-                _audit(s, actor, action, f"experiment:{name}",
-                       {"from": before, "to": after, "reason": reason})
-            return self._experiment_out(s, row)
-
-    @_invalidates_cache
-    def halt_experiment(self, name: str, reason: str, actor: str, details: dict[str, Any]) -> bool:
-        """Pause a running experiment because a guardrail broke; False if not running."""
-        with self.session() as s:
-            row = self._delivery_experiment(s, name)
-            if row.status != "running":
-                return False
-            row.status, row.halted_reason = "paused", reason
-            s.add(row)
-            _audit(s, actor, "experiment.halt", f"experiment:{name}", {"reason": reason, **details})
-            return True
-
-    def guarded_experiments(self) -> list[ExperimentOut]:
-        with self.session() as s:
-            rows = s.exec(select(ExperimentRow).where(ExperimentRow.status == "running")
-                          .order_by(ExperimentRow.id)).all()
-            return [self._experiment_out(s, r, counts=False) for r in rows if r.guardrails]
-
-    @_invalidates_cache
-    def stop_experiment(self, name: str, *, actor: str, winner: Optional[str] = None,
-                        winner_release: Optional[dict[str, Any]] = None,
-                        reason: str = "") -> tuple[ExperimentOut, Optional[ReleaseOut]]:
-        """Stop an experiment; with ``winner_release`` also publish the winner's release in
-        the same transaction (so a stop never leaves the channel without its winner).
-
-        ``winner_release`` holds ``create_release``'s keyword arguments except model,
-        channel, version, variant, kind and actor, which come from the experiment and arm.
-
-        Raises:
-            ExperimentConflictError: already stopped.
-            UnknownArmError: ``winner`` is not an arm.
-        """
-        for attempt in range(5):
-            try:
-                return self._stop_experiment_once(name, actor, winner, winner_release, reason)
-            except IntegrityError:
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _stop_experiment_once(self, name, actor, winner, winner_release, reason):  # noqa: ANN001, ANN202
-        with self.session() as s:
-            row = self._delivery_experiment(s, name)
-            if row.status == "stopped":
-                raise ExperimentConflictError(f"experiment {name!r} is already stopped",
-                                              experiment=name)
-            arm = None
-            if winner is not None:
-                arm = next((a for a in row.arms if a["name"] == winner), None)
-                if arm is None:
-                    raise UnknownArmError(
-                        f"experiment {name!r} has no arm {winner!r}; arms: "
-                        + ", ".join(a["name"] for a in row.arms), field="winner")
-            model_row = s.get(ModelRow, row.model_id)
-            row.status, row.winner, row.stopped_at = "stopped", winner, utcnow()
-            s.add(row)
-            _audit(s, actor, "experiment.stop", f"experiment:{name}",
-                   {"winner": winner, "reason": reason})
-            release = None
-            if arm is not None and winner_release is not None:
-                _, version_row = self._version(s, model_row.name, int(arm["version"]))
-                rel = self._insert_release(
-                    s, model_row, row.channel, version_row, variant=arm.get("variant"),
-                    kind="winner", actor=actor,
-                    details={"experiment": name, "arm": winner}, **winner_release)
-                release = _release_out(rel, model_row.name, version_row.number, current=True)
-            return self._experiment_out(s, row, model_row.name), release
-
-    # -- assignments ------------------------------------------------------------------------
-    def assignment(self, experiment_id: int, install_id: str) -> Optional[str]:
-        with self.session() as s:
-            return s.exec(select(AssignmentRow.arm).where(
-                AssignmentRow.experiment_id == experiment_id,
-                AssignmentRow.install_id == install_id)).first()
-
-    def record_assignment(self, experiment_id: int, install_id: str, arm: str) -> str:
-        """Insert the assignment unless one exists; return the arm that is recorded.
-
-        Assignments are sticky and not audited one by one: the table itself is the
-        append-only record the experiment report analyses (intent-to-treat).
-        """
-        try:
-            with self.session() as s:
-                existing = s.exec(select(AssignmentRow.arm).where(
-                    AssignmentRow.experiment_id == experiment_id,
-                    AssignmentRow.install_id == install_id)).first()
-                if existing is not None:
-                    return existing
-                s.add(AssignmentRow(experiment_id=experiment_id, install_id=install_id, arm=arm))
-                return arm
-        except IntegrityError:  # a concurrent request recorded it first: theirs stands
-            recorded = self.assignment(experiment_id, install_id)
-            if recorded is None:
-                raise
-            return recorded
-
-    def experiment_assignments(self, name: str) -> dict[str, str]:
-        """install id -> arm, for reports and tests."""
-        with self.session() as s:
-            row = self._delivery_experiment(s, name)
-            return dict(s.exec(select(AssignmentRow.install_id, AssignmentRow.arm)
-                               .where(AssignmentRow.experiment_id == row.id)).all())
 
     # -- deltas ------------------------------------------------------------------------------
     def find_delta(self, base_sha256: str, target_sha256: str) -> Optional[DeltaOut]:
