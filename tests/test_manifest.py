@@ -235,3 +235,17 @@ def test_channel_defaults_to_production(services, api, anon_api):
     resp = anon_api.get("/v1/manifest", query_string={"model": "digits", "platform": "android",
                                                       "install_id": DEVICE_ID})
     assert resp.status_code == 200 and resp.get_json()["channel"] == "production"
+
+
+def test_signing_failures_are_problems_with_their_code(services, api, anon_api, monkeypatch):
+    from registry.signing import MissingSigningKeyError
+
+    make_ready_version(services, "digits")
+    promote(api, 1)
+
+    def offline(document):
+        raise MissingSigningKeyError("no private manifest key on this server")
+
+    monkeypatch.setattr(services.signing, "sign_manifest", offline)
+    body = assert_problem(get_manifest(anon_api), 503, "missing_signing_key")
+    assert "manifest key" in body["detail"]
