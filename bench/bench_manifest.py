@@ -1,6 +1,6 @@
 """Manifest throughput under gunicorn, driven by wrk with 10,000 distinct install ids.
 
-    .venv/bin/python bench/bench_manifest.py [--duration 15] [--classes sync,gthread]
+    .venv/bin/python bench/bench_manifest.py [--duration 15] [--rounds 2] [--classes sync,gthread]
 
 Builds a data dir with one model (two ready versions of three variants, version 2 at a 50%
 staged rollout for Android, so the resolver walks two releases), starts gunicorn with
@@ -11,9 +11,11 @@ bench/results/manifest.json with requests/s, p50/p90/p99 latency and the ratio t
 bare-Flask figure in FIELD-NOTES (a constant 800 B body under gunicorn sync workers on this
 machine: ~5,450 req/s, p99 ~20 ms, same wrk settings).
 
-It also measures that bare-Flask reference again, now, with the same gunicorn and wrk
-settings (``baseline_measured_now``), because this machine is shared and its load moves both
-figures; the ratio to the fresh baseline is the comparable one.
+It also measures that bare-Flask reference again with the same gunicorn and wrk settings,
+in interleaved rounds (bare, sync, gthread, bare, ...; servers stay up, idle ones cost
+nothing), because this machine is shared and its load moves every figure; the ratio to the
+same round's baseline (``ratio_vs_bare_flask_same_round``, median over rounds) is the
+comparable one. Figures are medians over the rounds.
 
 Installs wrk with apt-get when it is missing. Everything listens on 127.0.0.1 and is
 stopped at the end.
@@ -28,6 +30,7 @@ import platform
 import random
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -149,74 +152,99 @@ def healthz():
 """
 
 
-def run_scenario(wrk: str, data_dir: Path, script: Path, worker_class: str, workers: int,
-                 duration: int, connections: int, bare: bool = False) -> dict:
-    """One gunicorn run; ``bare`` serves a constant 800 B Flask route instead (baseline)."""
-    port = free_port()
-    env = dict(os.environ, MODELDROP_DATA_DIR=str(data_dir), MODELDROP_BIND=f"127.0.0.1:{port}",
-               MODELDROP_WEB_WORKERS=str(workers), MODELDROP_WEB_WORKER_CLASS=worker_class,
-               PYTHONPATH=str(ROOT))
-    if bare:
-        (data_dir / "bare_app.py").write_text(BARE_APP)
-        env["PYTHONPATH"] = str(data_dir)
-        gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "-b", f"127.0.0.1:{port}",
-                    "-w", str(workers), "-k", worker_class, "--threads",
-                    "8" if worker_class == "gthread" else "1", "bare_app:app"]
-    else:
-        gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "-c",
-                    str(ROOT / "deploy" / "gunicorn.conf.py"), "registry.wsgi:app"]
-    log = open(data_dir / f"gunicorn-{worker_class}{'-bare' if bare else ''}.log", "wb")
-    proc = subprocess.Popen(gunicorn, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+class Server:
+    """One gunicorn on 127.0.0.1 for the whole bench (its own process group)."""
+
+    def __init__(self, data_dir: Path, worker_class: str, workers: int, bare: bool) -> None:
+        self.name = "bare-" + worker_class if bare else worker_class
+        self.worker_class, self.workers, self.bare = worker_class, workers, bare
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, MODELDROP_DATA_DIR=str(data_dir),
+                   MODELDROP_BIND=f"127.0.0.1:{port}", MODELDROP_WEB_WORKERS=str(workers),
+                   MODELDROP_WEB_WORKER_CLASS=worker_class, PYTHONPATH=str(ROOT))
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        if bare:
+            (data_dir / "bare_app.py").write_text(BARE_APP)
+            env["PYTHONPATH"] = str(data_dir)
+            command = [gunicorn, "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k",
+                       worker_class, "--threads", "8" if worker_class == "gthread" else "1",
+                       "bare_app:app"]
+        else:
+            command = [gunicorn, "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                       "registry.wsgi:app"]
+        self.log = open(data_dir / f"gunicorn-{self.name}.log", "wb")
+        self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=ROOT)
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"gunicorn did not start; see {log.name}")
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn did not start; see {self.log.name}")
             time.sleep(0.3)
-        if not bare:
-            with urllib.request.urlopen(base + QUERY + "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c") as r:
-                sample = json.loads(r.read())
+        if not self.bare:
+            url = self.base + QUERY + "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c"
+            with urllib.request.urlopen(url) as resp:
+                sample = json.loads(resp.read())
                 assert sample["schema"] == 1 and sample["signatures"], sample
-        # warm every worker's caches, then measure
-        subprocess.run([wrk, "-t2", f"-c{connections}", "-d3s", "-s", str(script), base],
-                       check=True, capture_output=True)
-        load_before = os.getloadavg()
-        out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
-                              "-s", str(script), base], check=True, capture_output=True,
-                             text=True).stdout
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            proc.wait(20)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+def measure(wrk: str, server: Server, script: Path, duration: int, connections: int) -> dict:
+    """Warm up for 3 s, then one bounded wrk run; returns the figures."""
+    subprocess.run([wrk, "-t2", f"-c{connections}", "-d3s", "-s", str(script), server.base],
+                   check=True, capture_output=True)
+    load_before = os.getloadavg()
+    out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
+                          str(script), server.base], check=True, capture_output=True,
+                         text=True).stdout
     raw = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    rps = raw["requests"] / (raw["duration_us"] / 1e6)
-    return {"app": "bare Flask, constant 800 B" if bare else "ModelDrop manifest",
-            "worker_class": worker_class, "workers": workers,
-            "threads_per_worker": 8 if worker_class == "gthread" else 1,
-            "requests": raw["requests"], "requests_per_s": round(rps),
+    return {"requests_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6)),
+            "requests": raw["requests"],
             "p50_ms": round(raw["p50_us"] / 1000, 2), "p90_ms": round(raw["p90_us"] / 1000, 2),
             "p99_ms": round(raw["p99_us"] / 1000, 2), "max_ms": round(raw["max_us"] / 1000, 1),
             "non_2xx_3xx": raw["non_2xx_3xx"], "socket_errors": raw["socket_errors"],
-            "ratio_vs_bare_flask": round(rps / BARE_FLASK_REQ_S, 3),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "wrk_output": out.strip().splitlines()}
+            "load_average_before": [round(x, 2) for x in load_before]}
+
+
+def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
+    median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+    out = {"app": "bare Flask, constant 800 B" if server.bare else "ModelDrop manifest",
+           "worker_class": server.worker_class, "workers": server.workers,
+           "threads_per_worker": 8 if server.worker_class == "gthread" else 1,
+           "requests_per_s": round(median("requests_per_s")),
+           "p50_ms": round(median("p50_ms"), 2), "p90_ms": round(median("p90_ms"), 2),
+           "p99_ms": round(median("p99_ms"), 2),
+           "ratio_vs_field_notes_bare_flask": round(median("requests_per_s") / BARE_FLASK_REQ_S,
+                                                    3),
+           "rounds": runs}
+    if not server.bare and bare_runs:
+        # the same round's baseline: both ran within a minute, under the same machine load
+        out["ratio_vs_bare_flask_same_round"] = round(statistics.median(
+            r["requests_per_s"] / b["requests_per_s"] for r, b in zip(runs, bare_runs)), 3)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=15, help="seconds per scenario")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds (bare, sync, gthread, ...) per server")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--classes", default="sync,gthread", help="gunicorn worker classes")
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
@@ -236,38 +264,49 @@ def main() -> None:
         (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
         script = tmp_path / "manifest.lua"
         script.write_text(LUA % {"ids": tmp_path / "ids.txt", "query": QUERY})
-        scenarios = []
-        baseline = None
-        if not args.no_baseline:  # the bare-Flask reference, measured now on this machine
-            baseline = run_scenario(wrk, data_dir, script, "sync", args.workers, args.duration,
-                                    args.connections, bare=True)
-            print(f"{'bare':8} {baseline['requests_per_s']:>6} req/s  p50 "
-                  f"{baseline['p50_ms']} ms  p99 {baseline['p99_ms']} ms", flush=True)
-        for worker_class in args.classes.split(","):
-            result = run_scenario(wrk, data_dir, script, worker_class, args.workers,
-                                  args.duration, args.connections)
-            if baseline is not None:
-                result["ratio_vs_bare_flask_measured_now"] = round(
-                    result["requests_per_s"] / baseline["requests_per_s"], 3)
-            print(f"{worker_class:8} {result['requests_per_s']:>6} req/s  p50 "
-                  f"{result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
-                  f"({result['ratio_vs_bare_flask']:.2f}x the FIELD-NOTES bare Flask"
-                  + (f", {result['ratio_vs_bare_flask_measured_now']:.2f}x bare Flask now"
-                     if baseline else "") + ")", flush=True)
-            scenarios.append(result)
+        kinds = ([] if args.no_baseline else [("sync", True)]) + \
+            [(c, False) for c in args.classes.split(",")]
+        servers: list[Server] = []
+        try:
+            for worker_class, bare in kinds:  # one at a time: masters bootstrap in turn
+                servers.append(Server(data_dir, worker_class, args.workers, bare))
+                servers[-1].wait_ready()
+            runs: dict[str, list[dict]] = {s.name: [] for s in servers}
+            for round_no in range(args.rounds):
+                for server in servers:  # interleaved, so load drift hits every server alike
+                    result = measure(wrk, server, script, args.duration, args.connections)
+                    runs[server.name].append(result)
+                    print(f"round {round_no + 1} {server.name:10} {result['requests_per_s']:>6} "
+                          f"req/s  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+                          f"load {result['load_average_before'][0]}", flush=True)
+        finally:
+            for server in servers:
+                server.stop()
+    bare_runs = runs.get("bare-sync", [])
+    summaries = [summarise(s, runs[s.name], bare_runs) for s in servers]
+    for summary in summaries:
+        line = (f"{summary['app']:28} {summary['worker_class']:8} "
+                f"{summary['requests_per_s']:>6} req/s  p50 {summary['p50_ms']} ms  "
+                f"p99 {summary['p99_ms']} ms")
+        if "ratio_vs_bare_flask_same_round" in summary:
+            line += (f"  {summary['ratio_vs_bare_flask_same_round']:.2f}x bare Flask (same "
+                     f"rounds), {summary['ratio_vs_field_notes_bare_flask']:.2f}x the "
+                     "FIELD-NOTES figure")
+        print(line)
     report = {
         "benchmark": "GET /v1/manifest, signed, 10k distinct install ids",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "note": "shared with other sessions; see load_average_before per round"},
         "setup": {"wrk": f"-t2 -c{args.connections} -d{args.duration}s --latency",
-                  "install_ids": args.ids, "database": "sqlite", "blob_backend": "local",
+                  "rounds": args.rounds, "install_ids": args.ids, "database": "sqlite",
+                  "blob_backend": "local", "gunicorn_workers": args.workers,
                   "releases": "v1 at 100%, v2 at 50% for android (two releases walked)",
-                  "response": "200 signed manifest (no If-None-Match), ~800 B"},
+                  "response": "200 signed manifest (no If-None-Match), ~1 KB"},
         "reference": {"bare_flask_gunicorn_sync_req_s": BARE_FLASK_REQ_S,
                       "bare_flask_p99_ms": BARE_FLASK_P99_MS, "source": "FIELD-NOTES.md"},
-        "baseline_measured_now": baseline,
-        "scenarios": scenarios,
+        "results": summaries,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
