@@ -127,3 +127,33 @@ class StorageError(ModelDropError):
 
 class UnsupportedMediaTypeError(ModelDropError):
     code, status, title = "unsupported_media_type", 415, "Unsupported media type"
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+class InvalidChannelError(ValidationError):
+    code, title = "invalid_channel", "Invalid channel"
+
+
+class InvalidExperimentError(ValidationError):
+    code, title = "invalid_experiment", "Invalid experiment"
+
+
+class UnknownArmError(ValidationError):
+    code, title = "unknown_arm", "Unknown experiment arm"
+
+
+class ReleasePausedError(ConflictError):
+    code, title = "release_paused", "Release is paused"
+
+
+class NothingToRollBackError(ConflictError):
+    code, title = "nothing_to_roll_back", "Nothing to roll back to"
+
+
+class VersionNotServableError(ConflictError):
+    code, title = "version_not_servable", "Version cannot be served"
+
+
+class ExperimentConflictError(ConflictError):
+    code, title = "experiment_conflict", "Experiment conflict"

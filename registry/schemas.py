@@ -161,3 +161,66 @@ class AuditOut(BaseModel):
 class Page(BaseModel):
     items: list[Any]
     next_cursor: Optional[str] = None
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+class ReleaseOut(BaseModel):
+    id: int
+    model: str
+    channel: str
+    counter: int
+    version: int
+    variant: Optional[str]
+    rollout_bp: int
+    rollout_percent: float
+    rollout_seed: str
+    targeting: dict[str, Any]
+    guardrails: list[Any]
+    state: str  # active | paused | halted
+    paused: bool
+    halted_reason: Optional[str]
+    kind: str  # promote | rollback | winner
+    reason: str
+    current: bool = False  # the newest release of its (model, channel)
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+
+
+class ArmOut(BaseModel):
+    name: str
+    version: int
+    variant: Optional[str]
+    weight: int
+    range: list[int]  # [start, end) in basis points
+    assigned: int = 0
+
+
+class ExperimentOut(BaseModel):
+    id: int
+    name: str
+    model: str
+    channel: str
+    seed: str
+    hash_version: int = 2
+    coverage_bp: int
+    coverage_percent: float
+    arms: list[ArmOut]
+    targeting: dict[str, Any]
+    guardrails: list[Any]
+    status: str  # running | paused | stopped
+    halted_reason: Optional[str]
+    winner: Optional[str]
+    counter_at_start: int
+    created_at: datetime
+    created_by: str
+    stopped_at: Optional[datetime]
+
+
+class DeltaOut(BaseModel):
+    base_sha256: str
+    target_sha256: str
+    sha256: Optional[str]
+    size: Optional[int]
+    target_path: Optional[str]

@@ -48,23 +48,27 @@ DESCRIPTIONS: dict[str, dict] = {
                                      "targets the device"},
     "delivery.promote": {"summary": "Promote a version to a channel: a new release (version, "
                                     "channel, rollout_percent, variant, targeting, guardrails, "
-                                    "reason); 201"},
+                                    "reason); 201", "response": "ReleaseOut"},
     "delivery.list_releases": {"summary": "Release history, newest first per channel "
                                           "(?channel=): counter, version, rollout, state, who, "
-                                          "when, why"},
+                                          "when, why", "response": "ReleaseOut", "list": True},
     "delivery.update_channel": {"summary": "Change the newest release of a channel: "
-                                           "rollout_percent, paused (pause/resume), reason"},
+                                           "rollout_percent, paused (pause/resume), reason",
+                                "response": "ReleaseOut"},
     "delivery.rollback": {"summary": "Roll back: a new release (higher counter) pointing at an "
-                                     "older version (to_version, reason); 201"},
+                                     "older version (to_version, reason); 201",
+                          "response": "ReleaseOut"},
     "delivery.create_experiment": {"summary": "Start an A/B experiment (name, model, channel, "
                                               "arms, weights, coverage_percent, seed, targeting, "
-                                              "guardrails); 201"},
-    "delivery.list_experiments": {"summary": "Experiments, newest first (?model=, ?status=)"},
+                                              "guardrails); 201", "response": "ExperimentOut"},
+    "delivery.list_experiments": {"summary": "Experiments, newest first (?model=, ?status=)",
+                                  "response": "ExperimentOut", "list": True},
     "delivery.get_experiment": {"summary": "Experiment definition: seed, hash_version 2, arms "
                                            "with basis-point ranges, coverage, targeting, "
-                                           "status"},
+                                           "status", "response": "ExperimentOut"},
     "delivery.update_experiment": {"summary": "Change an experiment's coverage_percent, or "
-                                              "pause/resume enrolment (paused)"},
+                                              "pause/resume enrolment (paused)",
+                                   "response": "ExperimentOut"},
     "delivery.stop_experiment": {"summary": "Stop an experiment; with a winner, release that "
                                             "arm at 100% of the experiment's targeting"},
     "delivery.check": {"summary": "Evaluate every guardrail now; halts breached releases and "

@@ -1,7 +1,7 @@
 """Shapes, errors and small helpers shared by the delivery store mixins.
 
-The API serialises these models; table rows never leave the store. The errors carry stable
-codes (they are candidates for ``registry/errors.py``).
+The API shapes live in ``registry.schemas`` and the errors in ``registry.errors``; they are
+re-exported here for the delivery store mixins. Table rows never leave the store.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from pydantic import BaseModel
-
-from registry.errors import ConflictError, ValidationError
+from registry.errors import (  # noqa: F401 - re-exported for the delivery store and services
+    ExperimentConflictError, InvalidChannelError, InvalidExperimentError, NothingToRollBackError,
+    ReleasePausedError, UnknownArmError, VersionNotServableError,
+)
 from registry.models import ReleaseRow
+from registry.schemas import ArmOut, DeltaOut, ExperimentOut, ReleaseOut  # noqa: F401
 
 __all__ = [
     "ACTIVE_EXPERIMENT",
@@ -36,99 +38,6 @@ __all__ = [
 ]
 
 ACTIVE_EXPERIMENT = ("running", "paused")
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-class InvalidChannelError(ValidationError):
-    code, title = "invalid_channel", "Invalid channel"
-
-
-class InvalidExperimentError(ValidationError):
-    code, title = "invalid_experiment", "Invalid experiment"
-
-
-class UnknownArmError(ValidationError):
-    code, title = "unknown_arm", "Unknown experiment arm"
-
-
-class ReleasePausedError(ConflictError):
-    code, title = "release_paused", "Release is paused"
-
-
-class NothingToRollBackError(ConflictError):
-    code, title = "nothing_to_roll_back", "Nothing to roll back to"
-
-
-class VersionNotServableError(ConflictError):
-    code, title = "version_not_servable", "Version cannot be served"
-
-
-class ExperimentConflictError(ConflictError):
-    code, title = "experiment_conflict", "Experiment conflict"
-
-
-# -- API shapes ----------------------------------------------------------------------------
-
-class ReleaseOut(BaseModel):
-    id: int
-    model: str
-    channel: str
-    counter: int
-    version: int
-    variant: Optional[str]
-    rollout_bp: int
-    rollout_percent: float
-    rollout_seed: str
-    targeting: dict[str, Any]
-    guardrails: list[Any]
-    state: str  # active | paused | halted
-    paused: bool
-    halted_reason: Optional[str]
-    kind: str  # promote | rollback | winner
-    reason: str
-    current: bool = False  # the newest release of its (model, channel)
-    created_at: datetime
-    created_by: str
-    updated_at: datetime
-
-
-class ArmOut(BaseModel):
-    name: str
-    version: int
-    variant: Optional[str]
-    weight: int
-    range: list[int]  # [start, end) in basis points
-    assigned: int = 0
-
-
-class ExperimentOut(BaseModel):
-    id: int
-    name: str
-    model: str
-    channel: str
-    seed: str
-    hash_version: int = 2
-    coverage_bp: int
-    coverage_percent: float
-    arms: list[ArmOut]
-    targeting: dict[str, Any]
-    guardrails: list[Any]
-    status: str  # running | paused | stopped
-    halted_reason: Optional[str]
-    winner: Optional[str]
-    counter_at_start: int
-    created_at: datetime
-    created_by: str
-    stopped_at: Optional[datetime]
-
-
-class DeltaOut(BaseModel):
-    base_sha256: str
-    target_sha256: str
-    sha256: Optional[str]
-    size: Optional[int]
-    target_path: Optional[str]
 
 
 # -- what the manifest resolver reads (one query set per request) --------------------------
