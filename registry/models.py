@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -167,7 +167,8 @@ class AssignmentRow(SQLModel, table=True):
 class TelemetryRow(SQLModel, table=True):
     __tablename__ = "telemetry_events"
     __table_args__ = (Index("ix_telemetry_exp_install", "experiment", "install_id"),
-                      Index("ix_telemetry_model_version", "model", "version", "variant", "kind"))
+                      Index("ix_telemetry_model_version", "model", "version", "variant", "kind"),
+                      Index("ix_telemetry_received_at", "received_at"))
     id: Optional[int] = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)
     kind: str
@@ -182,7 +183,7 @@ class TelemetryRow(SQLModel, table=True):
     platform: Optional[str] = None
     latency_ms: Optional[float] = None
     correct: Optional[bool] = None
-    bytes: Optional[int] = None
+    bytes: Optional[int] = Field(default=None, sa_column=Column(BigInteger))  # downloads can pass 2 GiB
     seconds: Optional[float] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     received_at: datetime = Field(default_factory=utcnow)

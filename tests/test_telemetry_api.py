@@ -76,7 +76,7 @@ def test_extreme_but_valid_values_store_on_both_databases(db_app, client):
         event(device_model="Galaxy S23 Ultra \u2122 \u00e9\u00e8 \U0001f4f1" + "x" * 40,
               arm="a" * 32, experiment="e" * 64, model="m" * 64, version=2**31 - 1,
               latency_ms=3_600_000.0, ts="9999-12-31T23:59:59.999999999Z"),
-        event(kind="download_finished", latency_ms=None, correct=None, bytes=2**31 - 1,
+        event(kind="download_finished", latency_ms=None, correct=None, bytes=3 * 2**30,
               seconds=0.0, ts="0001-01-01T00:00:00Z"),
         event(kind="crash", latency_ms=None, correct=None,
               error="Traceback\n\t\u00fcnicode \u2603" + "y" * 980),

@@ -69,7 +69,8 @@ COLUMNS = ("event_id", "kind", "install_id", "ts", "model", "version", "variant"
            "error", "received_at")
 
 MAX_LATENCY_MS = 3_600_000.0  # one hour: anything slower is a clock bug, not an inference
-_MAX_INT32 = 2**31 - 1  # version and bytes are 32-bit INTEGER columns on PostgreSQL
+_MAX_INT32 = 2**31 - 1  # version is a 32-bit INTEGER column on PostgreSQL
+_MAX_INT64 = 2**63 - 1  # bytes is BIGINT (migration 0002)
 _MAX_LABEL = 128  # characters of a device model (the manifest query allows as many)
 _MAX_ERROR = 1000  # characters of a failure description (the SDK sends codes, crashes <= 500)
 _RFC3339 = re.compile(
@@ -167,14 +168,14 @@ def _text(event: dict, name: str, *, pattern: re.Pattern | None = None, max_len:
     return value
 
 
-def _int(event: dict, name: str, *, lo: int) -> int | None:
+def _int(event: dict, name: str, *, lo: int, hi: int = _MAX_INT32) -> int | None:
     value = event.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(name, "must be an integer")
-    if not lo <= value <= _MAX_INT32:
-        raise _Bad(name, f"must be between {lo} and {_MAX_INT32}")
+    if not lo <= value <= hi:
+        raise _Bad(name, f"must be between {lo} and {hi}")
     return value
 
 
@@ -253,7 +254,7 @@ def validate_event(event: object, received_at: datetime) -> dict[str, Any]:
         "experiment": experiment, "arm": arm,
         "device_model": _text(event, "device_model", max_len=_MAX_LABEL),
         "platform": platform, "latency_ms": latency, "correct": correct,
-        "bytes": _int(event, "bytes", lo=0),
+        "bytes": _int(event, "bytes", lo=0, hi=_MAX_INT64),
         "seconds": _float(event, "seconds", positive=False, hi=86400.0 * 30),
         "error": _text(event, "error", max_len=_MAX_ERROR, multiline=True), "received_at": received_at,
     }
