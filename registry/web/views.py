@@ -1,4 +1,5 @@
-"""Dashboard pages: experiments, one experiment's report, login and logout."""
+"""Dashboard pages: models with their variant and per-device latency tables, experiments and
+their reports, login and logout. Server-rendered, no scripts, no external resources."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from registry.auth import ROLE_RANK
 from registry.errors import ModelDropError
-from registry.telemetry.service import experiment_report_page
+from registry.telemetry.service import experiment_report_page, version_latency
 from registry.uploads import validate_name
 
 bp = Blueprint("web", __name__, url_prefix="/dashboard", template_folder="templates")
@@ -106,10 +107,40 @@ def logout():
 @bp.get("/")
 @reader_page
 def index():
-    """Dashboard: experiments with links to their reports."""
-    list_experiments = getattr(_services().store, "list_experiments", None)
-    experiments = list_experiments() if list_experiments is not None else []
-    return _page(render_template("index.html", experiments=experiments))
+    """Dashboard: models and experiments with links to their pages."""
+    store = _services().store
+    return _page(render_template("index.html", models=store.list_models(),
+                                 experiments=store.list_experiments()))
+
+
+def _error_page(e: ModelDropError) -> Response:
+    return _page(render_template("error.html", title=e.title, detail=e.detail), e.status)
+
+
+@bp.get("/models/<name>")
+@reader_page
+def model(name: str):
+    """Dashboard: a model's versions and its release history per channel."""
+    store = _services().store
+    try:
+        name = validate_name(name)
+        versions, _ = store.list_versions(name, limit=50)
+        releases = store.list_releases(name)
+    except ModelDropError as e:
+        return _error_page(e)
+    return _page(render_template("model.html", name=name, versions=versions, releases=releases))
+
+
+@bp.get("/models/<name>/versions/<int:number>")
+@reader_page
+def version(name: str, number: int):
+    """Dashboard: one version's metadata, variant table and per-device latency."""
+    try:
+        found = _services().store.get_version(validate_name(name), number)
+        latency = version_latency(_services(), name, number)["items"]
+    except ModelDropError as e:
+        return _error_page(e)
+    return _page(render_template("version.html", v=found, latency=latency))
 
 
 @bp.get("/experiments/<name>")
@@ -119,7 +150,7 @@ def experiment(name: str):
     try:
         report, page = experiment_report_page(_services(), validate_name(name, "experiment name"))
     except ModelDropError as e:
-        return _page(render_template("error.html", title=e.title, detail=e.detail), e.status)
+        return _error_page(e)
     nav = render_template("nav.html", name=name, source=report.get("source") or {})
     # The report page is a complete document; the dashboard adds its navigation on top.
     return _page(page.replace("<body>\n", "<body>\n" + nav + "\n", 1))
