@@ -84,6 +84,13 @@ class MetadataPatch(_Strict):
     extra: Optional[dict[str, Any]] = None
 
 
+class ModelPatch(_Strict):
+    """Model-wide settings; ``None`` leaves a field unchanged."""
+
+    description: Optional[str] = Field(default=None, max_length=10_000)
+    accuracy_drop_threshold_pp: Optional[float] = Field(default=None, ge=0, le=100)
+
+
 class VariantOut(BaseModel):
     name: str
     format: str
@@ -113,6 +120,7 @@ class VersionOut(BaseModel):
 class ModelOut(BaseModel):
     name: str
     description: str
+    accuracy_drop_threshold_pp: Optional[float] = None
     created_at: datetime
     latest_version: Optional[int]
     version_count: int

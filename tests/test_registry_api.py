@@ -168,3 +168,22 @@ def test_problem_json_for_unknown_route(anon_api):
     assert resp.status_code == 404
     assert resp.mimetype == "application/problem+json"
     assert json.loads(resp.get_data())["code"] == "not_found"
+
+
+def test_model_threshold_setting_and_precedence(api, admin_api, services):
+    api.upload("digits", b"v1")
+    resp = api.patch("/v1/models/digits", json={"accuracy_drop_threshold_pp": 0.5,
+                                                "description": "digits CNN"})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["accuracy_drop_threshold_pp"] == 0.5
+    assert_problem(api.patch("/v1/models/digits", json={"accuracy_drop_threshold_pp": -1}),
+                   400, "validation_error")
+    assert_problem(api.patch("/v1/models/digits", json={"owner": "me"}), 400, "validation_error")
+    assert_problem(api.patch("/v1/models/nope", json={"description": "x"}), 404, "model_not_found")
+    api.upload("digits", b"v2", metadata={"accuracy_drop_threshold_pp": 2.0})
+    v1 = services.store.version_id("digits", 1)
+    v2 = services.store.version_id("digits", 2)
+    assert services.store.model_threshold(v1) == 0.5   # the model's setting
+    assert services.store.model_threshold(v2) == 2.0   # the upload's own wins
+    entry = admin_api.get("/v1/audit?action=model.update").get_json()["items"][0]
+    assert entry["details"]["accuracy_drop_threshold_pp"] == {"from": None, "to": 0.5}

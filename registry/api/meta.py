@@ -19,6 +19,9 @@ DESCRIPTIONS: dict[str, dict] = {
     "meta.openapi": {"summary": "This document"},
     "models.list_models": {"summary": "List models", "response": "ModelOut", "list": True},
     "models.get_model": {"summary": "One model", "response": "ModelOut"},
+    "models.patch_model": {"summary": "Model-wide settings: description, "
+                                      "accuracy_drop_threshold_pp (audited)",
+                           "request": "ModelPatch", "response": "ModelOut"},
     "models.create_version": {
         "summary": "Upload a model version (multipart: file, metadata JSON, optional eval .npz, "
                    "optional version number). 201 created, 200 identical bytes already uploaded.",

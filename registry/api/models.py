@@ -8,7 +8,7 @@ from registry.api._util import artifact_url, dump, int_arg, json_body, respond, 
 from registry.auth import current_actor, require_role
 from registry.errors import ValidationError
 from registry.uploads import validate_name
-from registry.versions import publish_upload, update_metadata
+from registry.versions import publish_upload, update_metadata, update_model
 
 bp = Blueprint("models", __name__)
 
@@ -31,6 +31,12 @@ def list_models():
 @require_role("reader")
 def get_model(name: str):
     return respond(services().store.get_model(validate_name(name)))
+
+
+@bp.patch("/v1/models/<name>")
+@require_role("publisher")
+def patch_model(name: str):
+    return respond(update_model(services(), validate_name(name), json_body(), current_actor()))
 
 
 @bp.post("/v1/models/<name>/versions")

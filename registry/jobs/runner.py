@@ -78,7 +78,9 @@ def _convert(services, job_id: str, version, workdir: Path) -> list | str:  # no
     if version.source.get("eval_sha256"):
         eval_path = workdir / "eval.npz"
         services.blobs.copy_to(version.source["eval_sha256"], eval_path)
-    threshold = version.metadata.get("accuracy_drop_threshold_pp")
+    # The upload's own threshold wins, then the model's, then the server default.
+    threshold = services.store.model_threshold(services.store.version_id(version.model,
+                                                                          version.version))
     if threshold is None:
         threshold = settings.accuracy_drop_threshold_pp
 

@@ -56,6 +56,7 @@ class CatalogStore(StoreBase):
                 select(VersionRow.model_id, func.max(VersionRow.number), func.count(VersionRow.id))
                 .group_by(VersionRow.model_id)))
             return [ModelOut(name=m.name, description=m.description, created_at=m.created_at,
+                             accuracy_drop_threshold_pp=m.accuracy_drop_threshold_pp,
                              latest_version=stats.get(m.id, (None, 0))[0],
                              version_count=stats.get(m.id, (None, 0))[1])
                     for m in s.exec(select(ModelRow).order_by(ModelRow.name))]
@@ -66,7 +67,20 @@ class CatalogStore(StoreBase):
             mx, n = s.exec(select(func.max(VersionRow.number), func.count(VersionRow.id))
                            .where(VersionRow.model_id == m.id)).one()
             return ModelOut(name=m.name, description=m.description, created_at=m.created_at,
+                            accuracy_drop_threshold_pp=m.accuracy_drop_threshold_pp,
                             latest_version=mx, version_count=n)
+
+    def update_model(self, name: str, changes: dict[str, Any], actor: str) -> ModelOut:
+        """Model-wide settings (description, servability threshold); audited."""
+        with self.session() as s:
+            m = self._model(s, name)
+            before = {k: getattr(m, k) for k in changes}
+            for key, value in changes.items():
+                setattr(m, key, value)
+            s.add(m)
+            _audit(s, actor, "model.update", f"model:{name}",
+                   {k: {"from": before[k], "to": v} for k, v in changes.items()})
+        return self.get_model(name)
 
     # -- versions -------------------------------------------------------------------------
     def create_version(self, name: str, *, sha256: str, size: int, source_format: str,
@@ -181,6 +195,7 @@ class CatalogStore(StoreBase):
             s.add(row)
 
     def model_threshold(self, version_id: int) -> Optional[float]:
+        """The servability threshold for a version: its upload's, else its model's, else None."""
         with self.session() as s:
             row = s.get(VersionRow, version_id)
             meta = row.metadata_json or {}
