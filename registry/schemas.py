@@ -7,11 +7,28 @@ from datetime import datetime
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from registry.errors import ValidationError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CHANNEL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool", "string"}
 ROLES = ("reader", "publisher", "admin")
+
+
+def parse_as(model: type[BaseModel], data: Any, error: type[ValidationError] = ValidationError,
+             what: str = "field") -> BaseModel:
+    """Validate ``data`` as ``model``; the raised ``error`` names the first offending field
+    (dotted path, e.g. ``accuracy.top1``) and lists every problem under ``errors``."""
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as e:
+        problems = [{"field": ".".join(str(p) for p in err["loc"]) or what, "message": err["msg"]}
+                    for err in e.errors()]
+        first = problems[0]
+        raise error(f"{what} {first['field']!r}: {first['message']}", field=first["field"],
+                    errors=problems) from e
 
 
 class _Strict(BaseModel):

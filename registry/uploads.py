@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flask import Request, g
-from pydantic import ValidationError as PydanticValidationError
 
 from registry.errors import (
     EmptyFileError, InvalidMetadataError, InvalidNameError, MissingFileError,
     UnsupportedFormatError, UploadTooLargeError,
 )
-from registry.schemas import NAME_RE, VersionMetadata
+from registry.schemas import NAME_RE, VersionMetadata, parse_as
 
 SOURCE_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".zip": "zip"}
 
@@ -122,14 +121,8 @@ def parse_metadata(raw: Optional[str]) -> dict[str, Any]:
                                        f"column {e.colno}", field="metadata") from e
     if not isinstance(data, dict):
         raise InvalidMetadataError("metadata must be a JSON object", field="metadata")
-    try:
-        return VersionMetadata.model_validate(data).model_dump(exclude_none=False)
-    except PydanticValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "metadata"
-        raise InvalidMetadataError(f"metadata field {field!r}: {first['msg']}", field=field,
-                                   errors=[{"field": ".".join(str(p) for p in err["loc"]),
-                                            "message": err["msg"]} for err in e.errors()]) from e
+    parsed = parse_as(VersionMetadata, data, InvalidMetadataError, "metadata field")
+    return parsed.model_dump(exclude_none=False)
 
 
 def source_format(filename: str) -> str:

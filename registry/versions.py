@@ -46,31 +46,16 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: O
 
 
 def update_metadata(services, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:  # noqa: ANN001
-    from pydantic import ValidationError as PydanticValidationError
-
     from registry.errors import InvalidMetadataError
-    from registry.schemas import MetadataPatch
+    from registry.schemas import MetadataPatch, parse_as
 
-    try:
-        parsed = MetadataPatch.model_validate(patch)
-    except PydanticValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise InvalidMetadataError(f"metadata field {field!r}: {first['msg']}", field=field) from e
+    parsed = parse_as(MetadataPatch, patch, InvalidMetadataError, "metadata field")
     return services.store.update_metadata(name, number, parsed.model_dump(exclude_none=True), actor)
 
 
 def update_model(services, name: str, body: dict[str, Any], actor: str):  # noqa: ANN001, ANN201
     """Validate and apply model-wide settings (e.g. the accuracy-drop threshold for new uploads)."""
-    from pydantic import ValidationError as PydanticValidationError
+    from registry.schemas import ModelPatch, parse_as
 
-    from registry.errors import ValidationError
-    from registry.schemas import ModelPatch
-
-    try:
-        parsed = ModelPatch.model_validate(body)
-    except PydanticValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ValidationError(f"field {field!r}: {first['msg']}", field=field) from e
+    parsed = parse_as(ModelPatch, body)
     return services.store.update_model(name, parsed.model_dump(exclude_unset=True), actor)

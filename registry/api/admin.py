@@ -7,7 +7,7 @@ from flask import Blueprint, request
 from registry.api._util import int_arg, json_body, respond, services
 from registry.auth import current_actor, require_role
 from registry.errors import NotFoundError, ValidationError
-from registry.schemas import TokenCreate
+from registry.schemas import TokenCreate, parse_as
 
 bp = Blueprint("admin", __name__)
 ROTATABLE = ("root", "targets", "snapshot", "timestamp", "manifest")
@@ -16,14 +16,7 @@ ROTATABLE = ("root", "targets", "snapshot", "timestamp", "manifest")
 @bp.post("/v1/tokens")
 @require_role("admin")
 def create_token():
-    from pydantic import ValidationError as PydanticValidationError
-
-    try:
-        body = TokenCreate.model_validate(json_body())
-    except PydanticValidationError as e:
-        first = e.errors()[0]
-        raise ValidationError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
-                              field=".".join(map(str, first["loc"]))) from e
+    body = parse_as(TokenCreate, json_body())
     return respond(services().store.create_token(body.role, body.name, current_actor()), 201)
 
 
