@@ -99,7 +99,7 @@ def test_a_patch_that_is_not_smaller_is_recorded_but_not_offered(services, api, 
 
 
 def test_rollback_gets_a_delta_back_to_the_old_artifact(services, api, anon_api):
-    v1 = make_ready_version(services, "digits")
+    make_ready_version(services, "digits")
     v2 = make_ready_version(services, "digits")
     promote(api, 1)
     promote(api, 2)

@@ -3,7 +3,6 @@ RabbitMQ, job state and progress, failures, and recovery from a crashed worker."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

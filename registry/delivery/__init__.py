@@ -75,6 +75,7 @@ __all__ = [
     "in_rollout",
     "insufficient_data",
     "meets_min_app_version",
+    "validate_min_app_version",
     "new_seed",
     "parse_guardrail",
     "parse_guardrails",

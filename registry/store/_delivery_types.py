@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Optional
 
 from registry.errors import (  # noqa: F401 - re-exported for the delivery store and services
