@@ -41,8 +41,9 @@ def push(ctx, name, model_file, metadata_file, eval_file, number, wait, as_json)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=as_json) as bar:
         result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number)
     if not as_json:
-        state = "uploaded" if result.get("job") and result["status"] == "uploaded" else result["status"]
-        click.echo(f"{name} version {result['version']}: {state} (sha256 {result['source']['sha256'][:12]})")
+        job_note = f"conversion job {result['job']}" if result.get("job") else "no job"
+        click.echo(f"{name} version {result['version']}: {result['status']} "
+                   f"(sha256 {result['source']['sha256'][:12]}, {job_note})")
     if wait and result.get("job"):
         result = _wait_for_job(ctx, result["job"], quiet=as_json) or result
     if as_json:
