@@ -112,10 +112,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.config["TESTING"] = settings.testing
     app.extensions["modeldrop"] = services
     register_api(app)
-    try:
-        from registry.web import register_web
-    except ImportError:  # the dashboard is optional in a minimal install
-        register_web = None
-    if register_web is not None:
-        register_web(app)
+    from registry.web import register_web
+
+    register_web(app)
     return app

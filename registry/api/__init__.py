@@ -30,16 +30,10 @@ def _foreign(code: str, status: int, detail: str) -> ModelDropError:
 
 
 def register_api(app: Flask) -> None:
-    from registry.api import admin, artifacts, meta, models, tuf_routes
+    from registry.api import admin, artifacts, delivery, meta, models, telemetry, tuf_routes
     from registry.uploads import discard_spools
 
-    for module in (meta, models, artifacts, admin, tuf_routes):
-        app.register_blueprint(module.bp)
-    for optional in ("registry.api.delivery", "registry.api.telemetry"):
-        try:
-            module = __import__(optional, fromlist=["bp"])
-        except ImportError:
-            continue
+    for module in (meta, models, artifacts, admin, tuf_routes, delivery, telemetry):
         app.register_blueprint(module.bp)
 
     app.teardown_request(lambda exc: discard_spools())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from registry.cli import _admin, _registry, _serve
+from registry.cli import _admin, _delivery, _registry, _reports, _serve
 from registry.cli._common import pass_ctx  # noqa: F401 - re-exported for command modules
 
 __all__ = ["main"]
@@ -21,18 +21,6 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
     ctx.obj = {"url": url, "token": token}
 
 
-for module in (_serve, _registry, _admin):
+# _reports attaches `experiment report` to the group that _delivery registers, so it comes last.
+for module in (_serve, _registry, _admin, _delivery, _reports):
     module.register(main)
-
-try:  # delivery and reports commands register themselves when present
-    from registry.cli import _delivery
-
-    _delivery.register(main)
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from registry.cli import _reports
-
-    _reports.register(main)
-except ImportError:  # pragma: no cover
-    pass

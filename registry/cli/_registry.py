@@ -10,6 +10,7 @@ import click
 from tqdm import tqdm
 
 from registry.cli._common import client, echo_json, human_size, pass_ctx, table
+from registry.client import ApiError
 
 
 def register(main: click.Group) -> None:
@@ -128,10 +129,11 @@ def show(ctx, name, number, as_json) -> None:
     """Show all metadata of version NUMBER of NAME, with its variants."""
     api = client(ctx)
     v = api.get(f"/v1/models/{name}/versions/{number}")
-    latency = None
     try:
         latency = api.get(f"/v1/models/{name}/versions/{number}/latency")
-    except Exception:  # noqa: BLE001 - the telemetry route may be absent on older servers
+    except ApiError as e:
+        if e.status != 404:  # an older server without the latency route still shows the rest
+            raise
         latency = None
     if as_json:
         if latency is not None:
