@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -36,6 +38,8 @@ def serve(data_dir: Path, host: str, port: int, worker_processes: int | None) ->
     click.echo(f"ModelDrop on http://{host}:{port}  data dir: {Path(settings.data_dir).resolve()}")
     if token_file.exists():
         click.echo(f"admin token: {token_file.resolve()} (export MODELDROP_TOKEN=$(cat {token_file}))")
+    # SIGTERM (service managers, `kill`) must stop the worker processes too, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:

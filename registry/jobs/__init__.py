@@ -43,6 +43,7 @@ class InProcessQueue(JobQueue):
     def start(self) -> None:
         import atexit
         import multiprocessing
+        import os
 
         from registry.jobs.worker import worker_main
 
@@ -50,7 +51,8 @@ class InProcessQueue(JobQueue):
         for i in range(self.processes):
             # Not daemonic: a worker starts its own pool to convert variants in parallel, and
             # daemonic processes may not have children. ``stop`` (also at exit) ends them.
-            p = ctx.Process(target=worker_main, args=(self.settings,), name=f"modeldrop-worker-{i}")
+            p = ctx.Process(target=worker_main, args=(self.settings,),
+                            kwargs={"owner_pid": os.getpid()}, name=f"modeldrop-worker-{i}")
             p.start()
             self._workers.append(p)
         atexit.register(self.stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from datetime import timedelta
@@ -15,8 +16,13 @@ POLL_SECONDS = 0.5
 STALE_AFTER = timedelta(seconds=120)
 
 
-def worker_main(settings: Settings, *, once: bool = False) -> None:
-    """Entry point of a worker process (also ``modeldrop worker``)."""
+def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None = None) -> None:
+    """Entry point of a worker process (also ``modeldrop worker``).
+
+    A worker started by ``modeldrop serve`` gets the server's pid as ``owner_pid`` and stops
+    when that process is gone (even if it died before this worker finished starting), so a
+    killed server never leaves orphans polling the database.
+    """
     from registry.app import build_services
     from registry.jobs.runner import run_job
 
@@ -31,6 +37,9 @@ def worker_main(settings: Settings, *, once: bool = False) -> None:
     signal.signal(signal.SIGTERM, _stop)
     last_maintenance = 0.0
     while not stopping:
+        if owner_pid is not None and os.getppid() != owner_pid:
+            log.warning("the process that started this worker is gone; stopping")
+            return
         if time.monotonic() - last_maintenance > min(settings.refresh_interval, 60):
             maintenance(services)
             last_maintenance = time.monotonic()
