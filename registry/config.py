@@ -27,7 +27,6 @@ class Settings:
     # If set, artifact URLs in manifests point here (a CDN in front of the artifact route).
     public_base_url: str = ""
     cdn_base_url: str = ""
-    presigned_url_ttl: int = 3600  # seconds
     keys_dir: Path | None = None  # default <data_dir>/keys
     # Jobs: "inprocess" (worker processes started by the web process) or "celery".
     job_backend: str = "inprocess"
