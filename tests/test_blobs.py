@@ -40,7 +40,7 @@ from registry.errors import (
     UploadIncompleteError,
     UploadTooLargeError,
 )
-from tests.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweedfs
+from tests.seaweed import ACCESS_KEY, SECRET_KEY
 
 MiB = 1 << 20
 DATA = bytes(range(256)) * 40  # 10,240 bytes, every offset distinguishable mod 256
@@ -62,10 +62,10 @@ INVALID_DIGESTS = [
 # -- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs-blobs")) as endpoint_url:
-        yield endpoint_url
+@pytest.fixture
+def s3_endpoint(seaweedfs):
+    """The session's SeaweedFS (tests/conftest.py); each test uses its own bucket."""
+    return seaweedfs
 
 
 def raw_s3_client(endpoint_url: str):
