@@ -29,7 +29,8 @@ from registry.delivery.releases import (
 )
 from registry.delivery.targeting import TargetingRules
 from registry.errors import ReleaseNotFoundError
-from registry.store._delivery import ExperimentOut, InvalidExperimentError, ReleaseOut
+from registry.errors import InvalidExperimentError
+from registry.schemas import ExperimentOut, ReleaseOut
 
 __all__ = [
     "ARM_NAME_RE",

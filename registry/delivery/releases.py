@@ -18,7 +18,8 @@ from registry.delivery.guardrails import parse_guardrails
 from registry.delivery.targeting import TargetingRules
 from registry.errors import ValidationError
 from registry.schemas import CHANNEL_RE
-from registry.store._delivery import InvalidChannelError, ReleaseOut, VersionNotServableError
+from registry.errors import InvalidChannelError, VersionNotServableError
+from registry.schemas import ReleaseOut
 
 __all__ = [
     "canonical_guardrails",

@@ -20,48 +20,22 @@ from registry.errors import ReleaseNotFoundError
 from registry.models import (
     DeltaRow, ExperimentRow, ModelRow, ReleaseRow, VariantRow, VersionRow, utcnow,
 )
+from registry.errors import NothingToRollBackError, ReleasePausedError
+from registry.schemas import DeltaOut, ReleaseOut
 from registry.store._auth import _audit
-from registry.store._delivery_types import (  # noqa: F401 - re-exported for the services
+from registry.store._delivery_types import (
     ACTIVE_EXPERIMENT,
-    ArmOut,
     ChannelState,
-    DeltaOut,
-    ExperimentConflictError,
-    ExperimentOut,
-    InvalidChannelError,
-    InvalidExperimentError,
-    NothingToRollBackError,
-    ReleaseOut,
-    ReleasePausedError,
     ServingArm,
     ServingExperiment,
     ServingRelease,
-    UnknownArmError,
-    VersionNotServableError,
     _invalidates_cache,
     _min_app_version,
     _release_out,
 )
 from registry.store._experiments import ExperimentStore
 
-__all__ = [
-    "ArmOut",
-    "ChannelState",
-    "DeliveryStore",
-    "DeltaOut",
-    "ExperimentConflictError",
-    "ExperimentOut",
-    "InvalidChannelError",
-    "InvalidExperimentError",
-    "NothingToRollBackError",
-    "ReleaseOut",
-    "ReleasePausedError",
-    "ServingArm",
-    "ServingExperiment",
-    "ServingRelease",
-    "UnknownArmError",
-    "VersionNotServableError",
-]
+__all__ = ["DeliveryStore"]
 
 
 class DeliveryStore(ExperimentStore):

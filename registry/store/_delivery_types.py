@@ -1,7 +1,7 @@
 """Shapes, errors and small helpers shared by the delivery store mixins.
 
-The API shapes live in ``registry.schemas`` and the errors in ``registry.errors``; they are
-re-exported here for the delivery store mixins. Table rows never leave the store.
+The API shapes live in ``registry.schemas`` and the errors in ``registry.errors``. Table rows
+never leave the store.
 """
 
 from __future__ import annotations
@@ -10,30 +10,15 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from registry.errors import (  # noqa: F401 - re-exported for the delivery store and services
-    ExperimentConflictError, InvalidChannelError, InvalidExperimentError, NothingToRollBackError,
-    ReleasePausedError, UnknownArmError, VersionNotServableError,
-)
 from registry.models import ReleaseRow
-from registry.schemas import ArmOut, DeltaOut, ExperimentOut, ReleaseOut  # noqa: F401
+from registry.schemas import ReleaseOut
 
 __all__ = [
     "ACTIVE_EXPERIMENT",
-    "ArmOut",
     "ChannelState",
-    "DeltaOut",
-    "ExperimentConflictError",
-    "ExperimentOut",
-    "InvalidChannelError",
-    "InvalidExperimentError",
-    "NothingToRollBackError",
-    "ReleaseOut",
-    "ReleasePausedError",
     "ServingArm",
     "ServingExperiment",
     "ServingRelease",
-    "UnknownArmError",
-    "VersionNotServableError",
 ]
 
 ACTIVE_EXPERIMENT = ("running", "paused")

@@ -17,13 +17,10 @@ from registry.errors import ExperimentNotFoundError
 from registry.models import AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, utcnow
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
+from registry.errors import ExperimentConflictError, UnknownArmError
+from registry.schemas import ArmOut, ExperimentOut, ReleaseOut
 from registry.store._delivery_types import (
     ACTIVE_EXPERIMENT,
-    ArmOut,
-    ExperimentConflictError,
-    ExperimentOut,
-    ReleaseOut,
-    UnknownArmError,
     _invalidates_cache,
     _percent,
     _release_out,
