@@ -55,6 +55,9 @@ def build_services(settings: Settings, *, start_workers: bool = False) -> Servic
         d.mkdir(parents=True, exist_ok=True)
     services = Services(settings=settings, store=store, blobs=blobs, signing=signing, jobs=jobs,
                         staging_dir=staging, work_dir=work)
+    # Uploads a crash left half-written on this machine (each web machine stages its own).
+    for path in blobs.sweep_staging(settings.staging_max_age):
+        log.warning("removed abandoned upload %s", path.name)
     if start_workers:
         jobs.start()
     return services

@@ -36,6 +36,7 @@ class Settings:
     max_upload_bytes: int = 2 << 30  # bytes
     max_eval_bytes: int = 64 << 20  # bytes
     max_metadata_bytes: int = 256 << 10  # bytes
+    staging_max_age: int = 6 * 3600  # seconds without a write before a staged upload is swept
     # Conversion
     accuracy_drop_threshold_pp: float = 1.0  # percentage points
     latency_runs: int = 50

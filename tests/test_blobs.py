@@ -670,3 +670,45 @@ def test_unknown_backend_is_a_configuration_error(tmp_path):
     settings = Settings.load({"data_dir": tmp_path, "blob_backend": "ftp"}, environ={})
     with pytest.raises(ValueError, match="blob_backend"):
         blob_store_from_settings(settings)
+
+
+def test_sweep_staging_removes_only_abandoned_uploads(tmp_path):
+    """A crash leaves upload files behind; start-up and maintenance sweep them by age."""
+    import os
+    import time
+
+    from registry.blobs import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path / "blobs")
+    store.staging_dir.mkdir(parents=True, exist_ok=True)
+    old = store.staging_dir / "upload-crashed.part"
+    old.write_bytes(b"half an upload")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    fresh = store.staging_dir / "upload-in-progress"
+    fresh.write_bytes(b"still arriving")
+    other = store.staging_dir / "notes.txt"
+    other.write_bytes(b"not ours")
+    os.utime(other, (hour_ago, hour_ago))
+    assert store.sweep_staging(older_than=600) == [old]
+    assert not old.exists() and fresh.exists() and other.exists()
+    assert store.sweep_staging(older_than=600) == []
+
+
+def test_app_start_sweeps_abandoned_uploads(tmp_path):
+    import os
+    import time
+
+    from registry.app import create_app
+    from tests.conftest import base_settings
+
+    settings = base_settings(tmp_path)
+    staging = settings.data_dir / "blobs" / ".staging"
+    staging.mkdir(parents=True)
+    left = staging / "upload-left-by-a-crash"
+    left.write_bytes(b"x" * 100)
+    day_ago = time.time() - 86400
+    os.utime(left, (day_ago, day_ago))
+    app = create_app(settings)
+    assert app.extensions["modeldrop"].blobs.staging_dir == staging
+    assert not left.exists()

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,26 @@ class BlobStore(ABC):
         """Yield bytes ``start..end`` (inclusive, already validated) in chunks of at most ``chunk_size``."""
 
     # -- public behaviour ----------------------------------------------------------
+
+    def sweep_staging(self, older_than: float) -> list[Path]:
+        """Remove upload files nobody has written to for ``older_than`` seconds.
+
+        A crash or power loss can leave a half-written upload in the staging directory; an
+        upload in progress keeps touching its file, so age since the last write is a safe test.
+        Returns the removed paths.
+        """
+        cutoff = time.time() - older_than
+        removed = []
+        if not self.staging_dir.is_dir():
+            return removed
+        for path in self.staging_dir.glob("upload-*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+        return removed
 
     def put_stream(
         self,

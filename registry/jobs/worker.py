@@ -55,13 +55,15 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
 
 
 def maintenance(services) -> None:  # noqa: ANN001
-    """Requeue jobs of crashed workers, re-sign expiring TUF metadata, check guardrails."""
+    """Requeue jobs of crashed workers, re-sign expiring TUF metadata, sweep abandoned
+    uploads from the staging directory, check guardrails."""
     try:
         for job_id in services.store.requeue_stale_jobs(STALE_AFTER):
             log.warning("job %s requeued: its worker stopped heart-beating", job_id)
             services.jobs.enqueue(job_id)
-        if services.signing is not None:
-            services.signing.refresh()
+        services.signing.refresh()
+        for path in services.blobs.sweep_staging(services.settings.staging_max_age):
+            log.warning("removed abandoned upload %s", path.name)
     except Exception:  # noqa: BLE001 - maintenance must not kill the worker
         log.exception("maintenance failed")
     try:
