@@ -8,14 +8,15 @@ free loopback port and shuts it down after the test. Use it from a test module w
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from werkzeug.serving import make_server
 
-__all__ = ["LiveServer", "live_server"]
+__all__ = ["LiveServer", "live_server", "serve_app"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,21 @@ class LiveServer:
         return (Path(self.services.settings.data_dir) / "admin-token").read_text().strip()
 
 
-@pytest.fixture
-def live_server(app):
+@contextmanager
+def serve_app(app) -> Iterator[str]:  # noqa: ANN001 - flask.Flask
+    """Serve ``app`` on a free loopback port for the life of the block; yields the base URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     try:
-        yield LiveServer(f"http://127.0.0.1:{server.server_port}",
-                         app.extensions["modeldrop"], app)
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def live_server(app):
+    with serve_app(app) as base_url:
+        yield LiveServer(base_url, app.extensions["modeldrop"], app)

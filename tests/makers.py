@@ -85,3 +85,16 @@ def fleet_ids(n: int, prefix: str = "dev") -> list[str]:
     """``n`` distinct valid install ids (lowercase UUID4s, reproducible)."""
     rng = random.Random(f"fleet/{prefix}/{n}")
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
+
+
+EVENT_INSTALL_ID = "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c"
+
+
+def telemetry_event(**fields) -> dict:
+    """The wire-format example event (docs/wire-format.md) with overrides; None removes a field."""
+    base = {"id": str(uuid.uuid4()), "kind": "inference", "install_id": EVENT_INSTALL_ID,
+            "ts": "2026-11-27T14:00:00Z", "model": "digits", "version": 4,
+            "variant": "tflite-int8-dynamic", "experiment": "digits-v4-vs-v3", "arm": "treatment",
+            "device_model": "pixel7", "platform": "android", "latency_ms": 4.1, "correct": True}
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not None}

@@ -4,25 +4,13 @@ real SDK sender against a real server."""
 from __future__ import annotations
 
 import json
-import threading
-import uuid
-from contextlib import contextmanager
 
 import pytest
 
 from tests.conftest import assert_problem, base_settings
-
-INSTALL = "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c"
-
-
-def event(**fields):
-    base = {"id": str(uuid.uuid4()), "kind": "inference", "install_id": INSTALL,
-            "ts": "2026-11-27T14:00:00Z", "model": "digits", "version": 4,
-            "variant": "tflite-int8-dynamic", "experiment": "digits-v4-vs-v3", "arm": "treatment",
-            "device_model": "pixel7", "platform": "android", "latency_ms": 4.1, "correct": True}
-    base.update(fields)
-    return {k: v for k, v in base.items() if v is not None}
-
+from tests.live import serve_app
+from tests.makers import EVENT_INSTALL_ID as INSTALL
+from tests.makers import telemetry_event as event
 
 @pytest.fixture
 def db_app(tmp_path, db_url):
@@ -111,21 +99,6 @@ def test_wrong_media_type_and_oversized_body(app):
     assert app.extensions["modeldrop"].store.count_telemetry() == 0
 
 
-@contextmanager
-def live(app):
-    """The app on a loopback port, served by werkzeug in a thread."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
-
-
 def test_sdk_sender_against_the_real_endpoint(tmp_path, db_app):
     """The SDK's outbox flushes into the real server over HTTP; an event the server refuses is
     dropped and counted, not retried forever; a resend after a lost response changes nothing."""
@@ -135,7 +108,7 @@ def test_sdk_sender_against_the_real_endpoint(tmp_path, db_app):
     from client_sdk._types import ClientConfig
 
     store = db_app.extensions["modeldrop"].store
-    with live(db_app) as url:
+    with serve_app(db_app) as url:
         outbox = Telemetry(tmp_path / "outbox.sqlite", f"{url}/v1/telemetry", requests.Session(),
                            ClientConfig(telemetry_batch_size=10_000, telemetry_max_batch=20))
         common = {"install_id": INSTALL, "platform": "android", "device_model": "pixel7",

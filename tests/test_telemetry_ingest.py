@@ -10,19 +10,11 @@ import pytest
 from registry.errors import ValidationError
 from registry.telemetry.errors import TelemetryBatchTooLargeError
 from registry.telemetry.ingest import COLUMNS, parse_rfc3339, validate_batch
+from tests.makers import EVENT_INSTALL_ID as INSTALL
+from tests.makers import telemetry_event as event
 
 NOW = datetime(2026, 11, 27, 15, 0, tzinfo=timezone.utc)
-INSTALL = "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c"
 
-
-def event(**fields):
-    """The wire-format example (docs/wire-format.md), with overrides; None removes a field."""
-    base = {"id": str(uuid.uuid4()), "kind": "inference", "install_id": INSTALL,
-            "ts": "2026-11-27T14:00:00Z", "model": "digits", "version": 4,
-            "variant": "tflite-int8-dynamic", "experiment": "digits-v4-vs-v3", "arm": "treatment",
-            "device_model": "pixel7", "platform": "android", "latency_ms": 4.1, "correct": True}
-    base.update(fields)
-    return {k: v for k, v in base.items() if v is not None}
 
 
 def one(e):
