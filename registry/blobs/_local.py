@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from registry._fsync import fsync_dir, fsync_path
 from registry.errors import ArtifactNotFoundError, StorageError
 
 from ._base import BlobStore, check_sha256
@@ -80,12 +81,12 @@ class LocalBlobStore(BlobStore):
             # Artifacts are read by whoever serves them (nginx for X-Accel-Redirect), not
             # only by this user; mkstemp's 0600 would lock them out.
             os.chmod(temp_path, 0o644)
-            _fsync_file(temp_path)
+            fsync_path(temp_path)
             self._make_dirs(sha256)
             # Same bytes from a concurrent upload may already be there: replacing a file
             # with an identical one is harmless, and readers never see a partial file.
             os.replace(temp_path, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as e:
             raise StorageError(f"cannot store blob {sha256}") from e
 
@@ -99,7 +100,7 @@ class LocalBlobStore(BlobStore):
                 directory.mkdir()
             except FileExistsError:  # another process made it first
                 continue
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
 
     def _iter_range(self, sha256: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
         try:
@@ -115,24 +116,3 @@ class LocalBlobStore(BlobStore):
                     raise StorageError(f"blob {sha256} is shorter than expected")
                 remaining -= len(data)
                 yield data
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory entry (a rename or a new subdirectory) across a crash."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # platforms that cannot open directories (Windows) have nothing to sync
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
+from registry._fsync import fsync_dir
+
 from .errors import KeyStoreError, MissingSigningKeyError, UnknownRoleError
 
 __all__ = ["KEY_ROLES", "KeyStore"]
@@ -49,14 +51,6 @@ def _check_role(role: str) -> str:
     if role not in KEY_ROLES:
         raise UnknownRoleError(f"unknown role {role!r}; expected one of {', '.join(KEY_ROLES)}")
     return role
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class KeyStore:
@@ -168,7 +162,7 @@ class KeyStore:
                 except OSError as e:
                     raise KeyStoreError(f"cannot retire the {role} key: {e.strerror}") from e
             os.replace(pending, active)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             logger.info(
                 "activated %s key %s (retired %s)",
                 role,
@@ -223,7 +217,7 @@ class KeyStore:
                 os.link(tmp, path)
             except FileExistsError:
                 return False
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         except OSError as e:
             raise KeyStoreError(f"cannot write key file {path.name}: {e.strerror}") from e
@@ -239,7 +233,7 @@ class KeyStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _load(self, path: Path) -> CryptoSigner | None:
         try:

@@ -17,6 +17,8 @@ import secrets
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from registry._fsync import fsync_dir
+
 from .errors import InvalidMetadataNameError
 
 __all__ = ["DirMetadataStore", "MetadataStore", "is_metadata_name"]
@@ -89,8 +91,4 @@ class DirMetadataStore(MetadataStore):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self._dir)
