@@ -33,7 +33,7 @@ def run_job(services, job_id: str) -> str:  # noqa: ANN001 - registry.app.Servic
     beat.start()
     try:
         with tempfile.TemporaryDirectory(prefix=f"job-{job_id[:8]}-", dir=services.work_dir) as tmp:
-            results = _convert(services, job_id, version, Path(tmp))
+            results = _convert(services, job_id, version, version_id, Path(tmp))
             if isinstance(results, str):  # the source failed to load or convert
                 store.finish_job(job_id, "failed", {}, results)
                 store.set_version_status(version_id, "failed", results)
@@ -67,7 +67,7 @@ def _heartbeat(store, job_id: str, stop: threading.Event) -> None:  # noqa: ANN0
             log.exception("heartbeat failed")
 
 
-def _convert(services, job_id: str, version, workdir: Path) -> list | str:  # noqa: ANN001
+def _convert(services, job_id: str, version, version_id: int, workdir: Path) -> list | str:  # noqa: ANN001
     """Returns the converter's results, or the error message when the source cannot be used."""
     from registry.convert import ConversionError, convert_version
 
@@ -79,8 +79,7 @@ def _convert(services, job_id: str, version, workdir: Path) -> list | str:  # no
         eval_path = workdir / "eval.npz"
         services.blobs.copy_to(version.source["eval_sha256"], eval_path)
     # The upload's own threshold wins, then the model's, then the server default.
-    threshold = services.store.model_threshold(services.store.version_id(version.model,
-                                                                          version.version))
+    threshold = services.store.model_threshold(version_id)
     if threshold is None:
         threshold = settings.accuracy_drop_threshold_pp
 
