@@ -34,7 +34,7 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: O
     if not created:
         return version, False, services.store.latest_job_for_version(
             services.store.version_id(name, version.version))
-    from registry.jobs.runner import variant_target_path
+    from registry.jobs.publish import variant_target_path
 
     services.signing.add_targets([services.target_spec(
         variant_target_path(name, version.version, "source", fmt), source.sha256, source.size,

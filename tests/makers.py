@@ -11,7 +11,7 @@ import random
 import uuid
 from typing import Any, Mapping, Optional
 
-from registry.jobs.runner import variant_target_path
+from registry.jobs.publish import variant_target_path
 
 __all__ = ["DEFAULT_VARIANTS", "fleet_ids", "make_ready_version", "variant_bytes"]
 
