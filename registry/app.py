@@ -103,6 +103,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     settings = config if isinstance(config, Settings) else Settings.load(config)
     services = build_services(settings, start_workers=start_workers)
     ensure_admin_token(services)
+    from registry.jobs.sandbox import Sandbox
+
+    Sandbox(settings).announce()  # one line: is the converter sandbox full or degraded?
 
     from registry.api import register_api
     from registry.uploads import UploadRequest

@@ -41,6 +41,18 @@ class Settings:
     accuracy_drop_threshold_pp: float = 1.0  # percentage points
     latency_runs: int = 50
     convert_max_parallel: int = 0  # processes per conversion; 0 = automatic (min(2, CPUs))
+    # The sandboxed converter (docs/security.md). "auto": bubblewrap when it works, else run
+    # degraded (said at start and in /healthz); "required": refuse to convert without it.
+    convert_sandbox: str = "auto"
+    bwrap_path: str = "bwrap"
+    sandbox_uid: int = 65534  # the converter's uid when the worker runs as root (nobody)
+    sandbox_gid: int = 65534
+    convert_timeout: int = 30 * 60  # seconds of wall clock per conversion job
+    convert_cpu_seconds: int = 2 * 3600  # CPU seconds per converter process (RLIMIT_CPU)
+    convert_memory_bytes: int = 12 << 30  # bytes of address space per converter process (RLIMIT_AS)
+    convert_max_processes: int = 1024  # processes and threads of the converter's uid (RLIMIT_NPROC)
+    convert_work_factor: float = 4.0  # an uploaded SavedModel may expand to this many times its size
+    convert_op_check: bool = True  # refuse SavedModels with file/network/process ops before loading
     # Signing / TUF expiries
     timestamp_expiry: int = 86400  # seconds
     snapshot_expiry: int = 7 * 86400  # seconds

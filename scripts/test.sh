@@ -13,6 +13,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[convert,dev]'
 
 bash scripts/services.sh
+bash scripts/install-sandbox.sh  # the tests require the full converter sandbox
 
 mkdir -p test-artifacts
 set +e

@@ -15,7 +15,7 @@ _PARAM_RE = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 # What each endpoint takes and returns, beyond what the URL map says.
 DESCRIPTIONS: dict[str, dict] = {
-    "meta.healthz": {"summary": "Liveness and database check"},
+    "meta.healthz": {"summary": "Liveness and database check; says whether the converter sandbox is full or degraded"},
     "meta.openapi": {"summary": "This document"},
     "models.list_models": {"summary": "List models", "response": "ModelOut", "list": True},
     "models.get_model": {"summary": "One model", "response": "ModelOut"},
@@ -94,8 +94,15 @@ DESCRIPTIONS: dict[str, dict] = {
 def healthz():
     svc = services()
     svc.store.has_tokens()  # touches the database
-    return respond({"status": "ok", "version": __version__, "database": svc.store.dialect,
-                    "blob_backend": svc.settings.blob_backend, "job_backend": svc.settings.job_backend})
+    from registry.jobs.sandbox import Sandbox
+
+    sandbox = Sandbox(svc.settings).status()
+    body = {"status": "ok", "version": __version__, "database": svc.store.dialect,
+            "blob_backend": svc.settings.blob_backend, "job_backend": svc.settings.job_backend,
+            "sandbox": sandbox.state}
+    if sandbox.reason:
+        body["sandbox_reason"] = sandbox.reason
+    return respond(body)
 
 
 @bp.get("/openapi.json")

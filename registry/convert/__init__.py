@@ -42,6 +42,8 @@ def convert_version(
     latency_runs: int = 50,
     max_parallel: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    max_extract_bytes: int = 8 << 30,
+    check_ops: bool = True,
 ) -> list[VariantResult]:
     """Convert one uploaded model version into device variants and measure each.
 
@@ -64,6 +66,9 @@ def convert_version(
         max_parallel: worker processes; default min(2, cpu count). 1 converts in
             this process.
         progress: called as ``progress(k, n, variant)`` when variant k of n is done.
+        max_extract_bytes: a zipped SavedModel may not expand beyond this (bytes).
+        check_ops: refuse a SavedModel whose graph reads or writes files, opens
+            connections or runs Python before loading it (``_opcheck``).
 
     Returns:
         One VariantResult per requested variant, in catalogue order. A variant that
@@ -85,4 +90,6 @@ def convert_version(
         latency_runs=latency_runs,
         max_parallel=max_parallel,
         progress=progress,
+        max_extract_bytes=max_extract_bytes,
+        check_ops=check_ops,
     )

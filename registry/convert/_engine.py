@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _coreml, _fidelity, _tasks, _tflite
 from ._evalset import EvalSet, load_eval_set, synthetic_eval_set
-from ._source import ModelSignature, load_source
+from ._source import MAX_SAVEDMODEL_BYTES, ModelSignature, load_source
 from ._tasks import ConvertTask, TaskOutcome, describe_error, run_task
 from .catalog import VARIANTS, ConversionError, VariantResult, validate_variants
 
@@ -58,6 +58,8 @@ def convert_version(
     latency_runs: int = 50,
     max_parallel: int | None = None,
     progress: ProgressFn | None = None,
+    max_extract_bytes: int = MAX_SAVEDMODEL_BYTES,
+    check_ops: bool = True,
 ) -> list[VariantResult]:
     """See registry.convert.convert_version."""
     names = validate_variants(variants)
@@ -77,7 +79,8 @@ def convert_version(
     # Start the workers first: their imports overlap the parent's load and export.
     executor = _start_pool(workers) if workers > 1 else _InlineExecutor()
     try:
-        source = load_source(Path(source_path), workdir)
+        source = load_source(Path(source_path), workdir, max_extract_bytes=max_extract_bytes,
+                             check_ops=check_ops)
         signature = source.signature
         evalset = (
             load_eval_set(Path(eval_path), signature.input_shape)

@@ -22,6 +22,13 @@ from .catalog import SOURCE_FORMATS, ConversionError
 
 SIGNATURE_KEY = "serving_default"
 MAX_SAVEDMODEL_BYTES = 8 << 30  # bytes; uncompressed size cap for an uploaded SavedModel zip
+DISK_HEADROOM_BYTES = 256 << 20  # bytes left free on the work volume after extracting
+
+
+class UploadTooLargeError(ConversionError):
+    """The upload would expand beyond its budget or the free disk space."""
+
+    code = "upload_too_large"
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,13 @@ class SourceModel:
         return np.concatenate(outputs, axis=0)
 
 
-def load_source(source_path: Path, workdir: Path) -> SourceModel:
+def load_source(source_path: Path, workdir: Path, *, max_extract_bytes: int = MAX_SAVEDMODEL_BYTES,
+                check_ops: bool = True) -> SourceModel:
     """Load the upload and make sure a SavedModel for the converters exists in workdir.
+
+    A zipped SavedModel is extracted within ``max_extract_bytes`` and, with ``check_ops``,
+    its graph is checked for file, network and process operations before TensorFlow
+    loads it (``_opcheck``).
 
     Raises:
         ConversionError: unsupported extension, unsafe or broken zip, the loader's
@@ -66,7 +78,11 @@ def load_source(source_path: Path, workdir: Path) -> SourceModel:
     if not source_path.is_file():
         raise ConversionError(f"source model {source_path} does not exist")
     if suffix == ".zip":
-        saved_model_dir = _extract_saved_model_zip(source_path, workdir / "source")
+        saved_model_dir = _extract_saved_model_zip(source_path, workdir / "source", max_extract_bytes)
+        if check_ops:
+            from ._opcheck import check_saved_model
+
+            check_saved_model(saved_model_dir)
         return _load_saved_model_source(saved_model_dir)
     return _load_keras_source(source_path, workdir / "saved_model")
 
@@ -155,11 +171,13 @@ def _describe_saved_model(saved_model_dir: Path):
     return signature, loaded, serving
 
 
-def _extract_saved_model_zip(zip_path: Path, dest: Path) -> Path:
+def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SAVEDMODEL_BYTES) -> Path:
     """Extract a zipped SavedModel safely and return the directory holding saved_model.pb.
 
     Member names that are absolute, climb out with ``..``, carry a drive letter or are
-    symlinks are refused before anything is written; the byte total is capped while
+    symlinks are refused before anything is written. The declared uncompressed total is
+    checked against ``max_bytes`` and the free disk space first (a zip bomb fails here,
+    with a clear reason, before it fills the disk); the byte total is capped again while
     streaming, since header sizes can lie.
     """
     if dest.exists():
@@ -174,7 +192,18 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path) -> Path:
         for info in archive.infolist():
             relative = _safe_member_path(info)
             members.append((info, relative))
-        budget = MAX_SAVEDMODEL_BYTES
+        declared = sum(info.file_size for info, _ in members)
+        if declared > max_bytes:
+            raise UploadTooLargeError(
+                f"upload_too_large: {zip_path.name} declares {declared} bytes uncompressed; "
+                f"the limit for this upload is {max_bytes} bytes (MODELDROP_CONVERT_WORK_FACTOR "
+                f"times its size)")
+        free = shutil.disk_usage(dest).free
+        if declared + DISK_HEADROOM_BYTES > free:
+            raise UploadTooLargeError(
+                f"upload_too_large: {zip_path.name} needs {declared} bytes to extract but the "
+                f"conversion volume has {free} bytes free")
+        budget = max_bytes
         for info, relative in members:
             target = dest.joinpath(*relative.parts)
             if info.is_dir():
@@ -186,8 +215,8 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path) -> Path:
                     while chunk := src.read(1 << 20):
                         budget -= len(chunk)
                         if budget < 0:
-                            raise ConversionError(
-                                f"{zip_path.name} expands beyond {MAX_SAVEDMODEL_BYTES} bytes"
+                            raise UploadTooLargeError(
+                                f"upload_too_large: {zip_path.name} expands beyond {max_bytes} bytes"
                             )
                         dst.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:

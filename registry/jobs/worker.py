@@ -28,6 +28,9 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     services = build_services(settings, start_workers=False)
+    from registry.jobs.sandbox import Sandbox
+
+    Sandbox(settings).announce()
     stopping = False
 
     def _stop(*_):  # noqa: ANN002
