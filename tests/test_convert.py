@@ -1,5 +1,10 @@
 """Conversion engine: real models in, real TFLite interpreter and Core ML packages out.
 
+Every conversion here goes through the job's sandboxed path (``registry.jobs.conversion``:
+bubblewrap, the converter process, the worker's re-hash and result checks), so what is
+asserted is what a job publishes. Only the test that patches the engine's converters runs
+the engine in this process, since a patch cannot cross into the sandbox.
+
 Every recorded number is checked against a computation made here, independently of
 registry.convert: the test runs the interpreter itself (one sample at a time, its own
 quantization arithmetic), computes agreement/accuracy/errors with numpy against the
@@ -19,13 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from registry.config import Settings
 from registry.convert import (
     VARIANT_NAMES,
     VARIANTS,
     ConversionError,
-    convert_version,
     validate_variants,
 )
+from registry.convert import convert_version as convert_in_this_process
+from registry.jobs.conversion import convert_file
+from registry.jobs.results import scrub
 from tests import makers_keras
 
 pytestmark = pytest.mark.slow
@@ -35,6 +43,18 @@ COREML = [n for n in VARIANT_NAMES if VARIANTS[n].format == "coreml"]
 H5_VARIANTS = ["tflite-fp16", "coreml-int8"]
 ZIP_VARIANTS = ["tflite-int8-dynamic", "tflite-int8-full", "coreml-palettized-4bit"]
 LATENCY_RUNS = 20
+
+
+def convert_version(source, workdir, *, variants=None, eval_path=None, accuracy_drop_threshold_pp=1.0,
+                    latency_runs=50, max_parallel=None, progress=None):
+    """registry.convert.convert_version's contract, through the sandboxed job path."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = Settings.load({"data_dir": workdir / "data", "latency_runs": latency_runs,
+                              "convert_max_parallel": max_parallel or 0, "convert_sandbox": "required"},
+                             environ={})
+    return convert_file(settings, source, workdir / "job", eval_path=eval_path, variants=variants,
+                        threshold_pp=accuracy_drop_threshold_pp, progress=progress)
 
 
 # -- fixtures: train once, convert each upload format once ------------------------------
@@ -426,7 +446,9 @@ def test_bad_source_raises_conversion_error_with_loader_message(tmp_path):
         keras.models.load_model(bad)
     with pytest.raises(ConversionError) as raised:
         convert_version(bad, tmp_path / "work", variants=["tflite-fp32"])
-    assert str(loader.value) in str(raised.value)
+    # The loader's own words reach the user, with paths scrubbed (they name server dirs).
+    assert scrub(str(loader.value)) in str(raised.value)
+    assert str(tmp_path) not in str(raised.value) and "/tmp" not in str(raised.value)
 
 
 def test_unsafe_saved_model_zip_is_refused(tmp_path):
@@ -472,7 +494,7 @@ def test_failed_variant_keeps_its_message_and_others_still_convert(digits, tmp_p
 
     monkeypatch.setattr(_tflite, "convert_tflite", tflite)
     monkeypatch.setattr(_coreml, "convert_coreml", coreml)
-    results = convert_version(digits["paths"].keras_path, tmp_path / "work",
+    results = convert_in_this_process(digits["paths"].keras_path, tmp_path / "work",
                               variants=["tflite-fp32", "tflite-fp16", "coreml-int8", "coreml-palettized-4bit"],
                               eval_path=digits["paths"].eval_npz, latency_runs=3, max_parallel=1)
     by_name = {r.name: r for r in results}

@@ -30,6 +30,7 @@ log = logging.getLogger("modeldrop.jobs")
 
 MAX_RESULT_BYTES = 1 << 20  # bytes of result.json
 MAX_TEXT = 400  # characters of an error or reason shown to clients
+MAX_JOB_TEXT = 1000  # characters of a job's error, which may join several variants' errors
 MAX_FIELDS = 32  # keys in a fidelity or latency table
 MAX_FIELD_TEXT = 200  # characters of a string value in those tables
 _SHA256 = re.compile(r"[0-9a-f]{64}")
