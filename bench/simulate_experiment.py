@@ -146,9 +146,10 @@ def serve(app: Any) -> Iterator[str]:
 
 # -- the registry side ----------------------------------------------------------------------
 def publish_version(services: Any, number: int) -> None:
-    """A ready version with servable variants, published as the job runner does (bytes, then
-    TUF targets, then rows), without running a converter."""
-    from registry.jobs.runner import variant_target_path
+    """A ready version with servable variants, recorded as the job runner does (bytes, then
+    rows), without running a converter. Its variants stay confidential until the release or
+    experiment that delivers them publishes them as TUF targets."""
+    from registry.jobs.publish import variant_target_path
 
     source = services.blobs.put_bytes(f"{MODEL} source {number} {uuid.uuid4()}".encode())
     version, _ = services.store.create_version(
@@ -161,10 +162,6 @@ def publish_version(services: Any, number: int) -> None:
         data = np.random.default_rng([number, size]).bytes(size)
         info = services.blobs.put_bytes(data)
         stored.append((name, fmt, info, variant_target_path(MODEL, number, name, _EXT[fmt])))
-    services.signing.add_targets([
-        services.target_spec(path, info.sha256, info.size, model=MODEL, version=number,
-                             variant=name, format=fmt, kind="variant")
-        for name, fmt, info, path in stored])
     for name, fmt, info, path in stored:
         services.store.record_variant(
             version_id, name=name, format=fmt, sha256=info.sha256, size=info.size,

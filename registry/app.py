@@ -55,6 +55,10 @@ def build_services(settings: Settings, *, start_workers: bool = False) -> Servic
         d.mkdir(parents=True, exist_ok=True)
     services = Services(settings=settings, store=store, blobs=blobs, signing=signing, jobs=jobs,
                         staging_dir=staging, work_dir=work)
+    from registry.versions import unlist_sources
+
+    for path in unlist_sources(services):  # sources are confidential (docs/security.md)
+        log.warning("removed source %s from TUF targets", path)
     # Uploads a crash left half-written on this machine (each web machine stages its own).
     for path in blobs.sweep_staging(settings.staging_max_age):
         log.warning("removed abandoned upload %s", path.name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -59,6 +59,10 @@ class VariantRow(SQLModel, table=True):
     fidelity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     reference_latency_ms: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
     servable: bool = False
+    # Listed in TUF targets and downloadable without a token: set (never cleared) when a
+    # release or experiment arm first makes the variant deliverable. Until then
+    # ``target_path`` is only the planned path. See registry.delivery.publication.
+    public: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     reason: Optional[str] = Field(default=None, sa_column=Column(Text))
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
@@ -195,7 +199,9 @@ class DeltaRow(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     base_sha256: str = Field(max_length=64, index=True)
     target_sha256: str = Field(max_length=64, index=True)
-    sha256: Optional[str] = None  # None: computed but not smaller than the full artifact
+    # None: computed but not smaller than the full artifact. A kept patch is recorded only
+    # after its TUF target is published, so a row with a sha256 is a public artifact.
+    sha256: Optional[str] = None
     size: Optional[int] = None
     target_path: Optional[str] = None
     created_at: datetime = Field(default_factory=utcnow)

@@ -117,6 +117,7 @@ class VariantOut(BaseModel):
     fidelity: dict[str, Any]
     reference_latency_ms: Optional[dict[str, Any]]
     servable: bool
+    public: bool = False  # in TUF targets, tokenless download: a release made it deliverable
     reason: Optional[str]
     url: Optional[str] = None
 

@@ -1,4 +1,9 @@
-"""Upload service: a streamed upload becomes a version, a signed source target and a job."""
+"""Upload service: a streamed upload becomes a version and a conversion job.
+
+The source is a team's IP: it is stored and recorded but never a TUF target, and the
+artifact route serves it only with a reader token (docs/security.md, "Confidential
+sources and unreleased variants").
+"""
 
 from __future__ import annotations
 
@@ -34,15 +39,23 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: O
     if not created:
         return version, False, services.store.latest_job_for_version(
             services.store.version_id(name, version.version))
-    from registry.jobs.publish import variant_target_path
-
-    services.signing.add_targets([services.target_spec(
-        variant_target_path(name, version.version, "source", fmt), source.sha256, source.size,
-        model=name, version=version.version, variant="source", format=fmt, kind="source")])
     version_id = services.store.version_id(name, version.version)
     job_id = services.store.create_job(version_id)
     services.jobs.enqueue(job_id)
     return services.store.get_version(name, version.version), True, job_id
+
+
+def unlist_sources(services) -> list[str]:  # noqa: ANN001
+    """Remove sources from TUF targets that earlier releases of ModelDrop listed there.
+
+    Run at start (idempotent: it signs nothing when none is listed). Older targets versions
+    still name them, but no route serves their bytes without a token any more.
+    """
+    listed = services.signing.target_paths()
+    paths = [p for p in services.store.source_target_paths() if p in listed]
+    if paths:
+        services.signing.remove_targets(paths, missing_ok=True)
+    return paths
 
 
 def update_metadata(services, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:  # noqa: ANN001

@@ -1,8 +1,10 @@
 """Makers for delivery tests: ready versions with real, servable variant artifacts.
 
-``make_ready_version`` publishes variants exactly as the job runner does — bytes in the
-blob store, then TUF targets, then the variant rows — without running a converter, so
-delivery tests stay fast and still serve real, verifiable artifacts.
+``make_ready_version`` records variants exactly as the job runner does — bytes in the
+blob store, then the variant rows with their planned target paths — without running a
+converter, so delivery tests stay fast and still serve real, verifiable artifacts. Like a
+converted version, its variants are confidential until a release or experiment publishes
+them (``registry.delivery.publication``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def make_ready_version(services: Any, name: str, *,
                        variants: Optional[Mapping[str, Mapping[str, Any]]] = None,
                        min_app_version: Optional[str] = None, number: Optional[int] = None,
                        actor: str = "tests"):  # noqa: ANN201 - registry.schemas.VersionOut
-    """Create a ``ready`` version of ``name`` whose variants are stored, signed and recorded.
+    """Create a ``ready`` version of ``name`` whose variants are stored and recorded (not yet
+    public: promoting the version publishes them).
 
     Args:
         variants: name -> {"format": "tflite"|"coreml", "size": int, "data": bytes,
@@ -65,12 +68,6 @@ def make_ready_version(services: Any, name: str, *,
         path = variant_target_path(name, number, variant, EXTENSIONS[fmt])
         stored.append((variant, fmt, info, path, bool(spec.get("servable", True)),
                        spec.get("agreement", 0.99)))
-    servable = [s for s in stored if s[4]]
-    if servable:  # bytes first, then TUF targets, then the rows: as the job runner does
-        services.signing.add_targets([
-            services.target_spec(path, info.sha256, info.size, model=name, version=number,
-                                 variant=variant, format=fmt, kind="variant")
-            for variant, fmt, info, path, _, _ in servable])
     for variant, fmt, info, path, ok, agreement in stored:
         services.store.record_variant(
             version_id, name=variant, format=fmt, sha256=info.sha256, size=info.size,

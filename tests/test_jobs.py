@@ -66,15 +66,26 @@ def test_inprocess_worker_converts_and_publishes(tmp_path, digits):
         assert fp32["fidelity"]["top1_agreement"] > 0.99
         assert fp32["reference_latency_ms"]["device_class"] == "server-x86_64"
         assert by_name["coreml-fp16"]["fidelity"].get("weight_rel_error") is not None
-        # Every servable variant is downloadable and is a signed TUF target.
-        for v in version["variants"]:
-            if not v["servable"]:
-                continue
+        # Every servable variant is stored and downloadable with a token, but confidential
+        # (not a TUF target, no tokenless download) until a release makes it deliverable.
+        anon = ApiClient(app.test_client(), None)
+        servable = [v for v in version["variants"] if v["servable"]]
+        assert servable
+        for v in servable:
             data = api.get(f"/v1/artifacts/{v['sha256']}").data
             assert len(data) == v["size"]
+            assert v["public"] is False and v["target_path"]
+            assert svc.signing.target_info(v["target_path"]) is None
+            assert anon.get(f"/v1/artifacts/{v['sha256']}").status_code == 401
+        assert api.post("/v1/models/digits/releases",
+                        json={"version": 1, "channel": "production"}).status_code == 201
+        # The release published them: signed TUF targets, downloadable without a token.
+        for v in servable:
             info = svc.signing.target_info(v["target_path"])
             assert info["hashes"]["sha256"] == v["sha256"] and info["length"] == v["size"]
-            assert info["custom"]["variant"] == v["name"]
+            assert info["custom"] == {"model": "digits", "version": 1, "variant": v["name"],
+                                      "format": v["format"], "kind": "variant"}
+            assert len(anon.get(f"/v1/artifacts/{v['sha256']}").data) == v["size"]
     finally:
         svc.jobs.stop()
 

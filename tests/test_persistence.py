@@ -41,21 +41,37 @@ def test_registry_round_trip_on_every_backend(backend_app):
     listing = api.get("/v1/models/digits/versions").get_json()["items"]
     assert [v["version"] for v in listing] == [2, 1]
 
-    # The source is a TUF target, served under its consistent-snapshot name.
+    # The source is confidential: never a TUF target, no tokenless download.
+    from tests.makers import make_ready_version
+
+    anon = ApiClient(backend_app.test_client(), None)
+    assert_problem(anon.get(f"/v1/artifacts/{sha}"), 401, "unauthenticated")
+    assert "digits/1/source.keras" not in _current_targets(api)
+    assert api.get(f"/tuf/targets/digits/1/{sha}.source.keras").status_code == 404
+
+    # A promoted variant is a TUF target, served under its consistent-snapshot name.
+    variant = make_ready_version(svc, "digits").variants[0]
+    assert anon.get(f"/v1/artifacts/{variant.sha256}").status_code == 401
+    assert api.post("/v1/models/digits/releases",
+                    json={"version": 3, "channel": "production"}).status_code == 201
+    entry = _current_targets(api)[variant.target_path]
+    assert entry["hashes"]["sha256"] == variant.sha256 and entry["length"] == variant.size
+    assert entry["custom"]["kind"] == "variant"
+    directory, _, filename = variant.target_path.rpartition("/")
+    served = anon.get(f"/tuf/targets/{directory}/{variant.sha256}.{filename}")
+    assert served.status_code == 200 and hashlib.sha256(served.data).hexdigest() == variant.sha256
+    assert anon.get(f"/v1/artifacts/{variant.sha256}").status_code == 200
+    assert anon.get(f"/tuf/targets/{directory}/{'0' * 64}.{filename}").status_code == 404
+
+
+def _current_targets(api) -> dict:
     import json
 
-    targets_name = None
     ts = json.loads(api.get("/tuf/metadata/timestamp.json").data)
     snap_version = ts["signed"]["meta"]["snapshot.json"]["version"]
     snap = json.loads(api.get(f"/tuf/metadata/{snap_version}.snapshot.json").data)
     targets_name = f"{snap['signed']['meta']['targets.json']['version']}.targets.json"
-    targets = json.loads(api.get(f"/tuf/metadata/{targets_name}").data)["signed"]["targets"]
-    entry = targets["digits/1/source.keras"]
-    assert entry["hashes"]["sha256"] == sha and entry["length"] == len(data)
-    assert entry["custom"]["kind"] == "source"
-    served = api.get(f"/tuf/targets/digits/1/{sha}.source.keras")
-    assert served.status_code == 200 and served.data == data
-    assert api.get(f"/tuf/targets/digits/1/{'0' * 64}.source.keras").status_code == 404
+    return json.loads(api.get(f"/tuf/metadata/{targets_name}").data)["signed"]["targets"]
 
 
 def test_restart_keeps_everything(tmp_path, db_url):

@@ -31,21 +31,39 @@ def _push(base: str, token: str, name: str, data: bytes) -> dict:
     return resp.json()
 
 
-def test_uploaded_model_verifies_with_python_tuf(live_server, tmp_path):  # noqa: F811
+def _release(live, name: str, data: bytes) -> tuple[str, dict]:
+    """A ready version whose one variant is ``data``, promoted over HTTP: (target path, version)."""
+    from tests.makers import make_ready_version
+
+    version = make_ready_version(live.services, name,
+                                 variants={"tflite-fp32": {"format": "tflite", "data": data}})
+    resp = requests.post(f"{live.base_url}/v1/models/{name}/releases",
+                         json={"version": version.version, "channel": "production"},
+                         headers={"Authorization": f"Bearer {live.admin_token}"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    return version.variants[0].target_path, version
+
+
+def test_released_model_verifies_with_python_tuf(live_server, tmp_path):  # noqa: F811
     base, token = live_server.base_url, live_server.admin_token
     root = requests.get(f"{base}/v1/trusted-root", timeout=10).content
     assert requests.get(f"{base}/tuf/metadata/1.root.json", timeout=10).content == root
+    source = os.urandom(50_000)
+    _push(base, token, "digits", source)
     data = os.urandom(50_000)
-    _push(base, token, "digits", data)
+    path, version = _release(live_server, "digits", data)
 
     updater = _updater(base, root, tmp_path / "client")
     updater.refresh()
-    info = updater.get_targetinfo("digits/1/source.keras")
+    # The upload is confidential: its source is no target at all.
+    assert updater.get_targetinfo("digits/1/source.keras") is None
+    info = updater.get_targetinfo(path)
     assert info is not None and info.length == len(data)
-    assert info.custom == {"model": "digits", "version": 1, "variant": "source",
-                           "format": "keras", "kind": "source"}
-    path = updater.download_target(info)
-    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert info.custom == {"model": "digits", "version": version.version,
+                           "variant": "tflite-fp32", "format": "tflite", "kind": "variant"}
+    downloaded = updater.download_target(info)
+    assert hashlib.sha256(Path(downloaded).read_bytes()).hexdigest() == \
+        hashlib.sha256(data).hexdigest()
     # A missing root version is a plain 404 so the client's root walk stops cleanly.
     assert requests.get(f"{base}/tuf/metadata/99.root.json", timeout=10).status_code == 404
 
@@ -54,7 +72,7 @@ def test_uploaded_model_verifies_with_python_tuf(live_server, tmp_path):  # noqa
 def test_client_follows_key_rotation(live_server, tmp_path, role):  # noqa: F811
     base, token = live_server.base_url, live_server.admin_token
     old_root = requests.get(f"{base}/v1/trusted-root", timeout=10).content
-    _push(base, token, "digits", b"before rotation")
+    _release(live_server, "digits", b"before rotation")
     first = _updater(base, old_root, tmp_path / "client")
     first.refresh()
     old_manifest_keys = json.loads(old_root)["signed"]["x-modeldrop-manifest"]["keyids"]
@@ -62,12 +80,12 @@ def test_client_follows_key_rotation(live_server, tmp_path, role):  # noqa: F811
     resp = requests.post(f"{base}/v1/keys/rotate", json={"role": role},
                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert resp.status_code == 200, resp.text
-    _push(base, token, "digits", b"after rotation")
+    path, _ = _release(live_server, "digits", b"after rotation")
 
     # A client that trusted the old root follows the rotation and verifies the new target.
     later = _updater(base, old_root, tmp_path / "client")
     later.refresh()
-    info = later.get_targetinfo("digits/2/source.keras")
+    info = later.get_targetinfo(path)
     assert info is not None
     assert Path(later.download_target(info)).read_bytes() == b"after rotation"
     trusted = json.loads((tmp_path / "client" / "metadata" / "root.json").read_bytes())

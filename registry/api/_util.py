@@ -51,8 +51,11 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def artifact_url(sha256: str) -> str:
-    base = services().settings.cdn_base_url or services().settings.public_base_url
+def artifact_url(sha256: str, public: bool = True) -> str:
+    """Download URL of an artifact; a confidential one (``public`` false) never names the CDN:
+    it needs the reader's token, which a shared cache must not see or answer for."""
+    settings = services().settings
+    base = (settings.cdn_base_url if public else None) or settings.public_base_url
     if base:
         return f"{base.rstrip('/')}/v1/artifacts/{sha256}"
     return url_for("artifacts.get_artifact", sha256=sha256, _external=True)

@@ -2,6 +2,11 @@
 
 The bytes are streamed from the blob store in chunks; the file is never loaded into memory.
 Only artifacts the registry recorded are served, so the route is not a window onto the bucket.
+
+Public artifacts (released variants and their delta patches) need no token. Sources, eval
+sets and variants no release has made deliverable yet are confidential: they need a
+reader token (any role), an anonymous request gets 401, and they are cached privately
+only, so a shared cache (a CDN) never hands them to someone else.
 """
 
 from __future__ import annotations
@@ -11,21 +16,24 @@ import re
 from flask import Blueprint, Response, request
 
 from registry.api._util import services
+from registry.auth import authenticate
 from registry.errors import ArtifactNotFoundError, InvalidRangeError
 
 bp = Blueprint("artifacts", __name__)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMMUTABLE = "public, max-age=31536000, immutable"
+PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"  # confidential: no shared caches
 
 
-def stream_blob(sha256: str, *, content_type: str = "application/octet-stream") -> Response:
+def stream_blob(sha256: str, *, content_type: str = "application/octet-stream",
+                cache_control: str = IMMUTABLE) -> Response:
     """A 200/206/304/416 response for a blob, honouring Range, If-Range and If-None-Match."""
     blobs = services().blobs
     if not SHA256_RE.fullmatch(sha256):
         raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")
     size = blobs.size(sha256)  # ArtifactNotFoundError when missing: one HEAD on S3, not two
     etag = f'"{sha256}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE}
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": cache_control}
     if request.if_none_match and request.if_none_match.contains(sha256):
         return Response(status=304, headers=headers)
     rng = request.range
@@ -50,6 +58,11 @@ def stream_blob(sha256: str, *, content_type: str = "application/octet-stream") 
 
 @bp.route("/v1/artifacts/<sha256>", methods=["GET", "HEAD"])
 def get_artifact(sha256: str):
-    if not SHA256_RE.fullmatch(sha256) or not services().store.artifact_known(sha256):
+    visibility = services().store.artifact_visibility(sha256) \
+        if SHA256_RE.fullmatch(sha256) else None
+    if visibility is None:
         raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")
-    return stream_blob(sha256)
+    if visibility == "public":
+        return stream_blob(sha256)
+    authenticate("reader")  # 401 before anything (even a 304) says more about the bytes
+    return stream_blob(sha256, cache_control=PRIVATE_IMMUTABLE)

@@ -33,7 +33,7 @@ DESCRIPTIONS: dict[str, dict] = {
                              "response": "VersionOut"},
     "models.get_job": {"summary": "Conversion job state and progress", "response": "JobOut"},
     "artifacts.get_artifact": {"summary": "Download an artifact by sha256 (Range, If-Range, "
-                                          "If-None-Match; immutable)", "binary": True},
+                                          "If-None-Match; immutable); reader token unless released", "binary": True},
     "admin.create_token": {"summary": "Create an API token", "request": "TokenCreate",
                            "response": "TokenOut"},
     "admin.list_tokens": {"summary": "List API tokens", "response": "TokenOut", "list": True},

@@ -16,8 +16,8 @@ bp = Blueprint("models", __name__)
 def _version_json(version) -> dict:  # noqa: ANN001
     body = dump(version)
     for v in body["variants"]:
-        v["url"] = artifact_url(v["sha256"]) if v.get("sha256") else None
-    body["source"]["url"] = artifact_url(version.source["sha256"])
+        v["url"] = artifact_url(v["sha256"], public=v["public"]) if v.get("sha256") else None
+    body["source"]["url"] = artifact_url(version.source["sha256"], public=False)
     return body
 
 

@@ -9,6 +9,11 @@ and recorded, and the manifest offers one when the device's ``installed_sha256``
 base. A pair is computed once: a patch that was not smaller is recorded too (``sha256``
 null), so it is not tried again.
 
+A patch is derived from both of its ends, so it is computed (and published) only when
+both are public (``registry.delivery.publication``); a pair with a confidential end is
+skipped, not recorded, and tried again by a later release. Public never reverts, so the
+check cannot go stale, and a recorded patch with a sha256 is always a public artifact.
+
 Where it runs: a daemon thread in the process that published the release — the web
 process in the embedded default. bsdiff4 holds both files and a suffix array in memory
 (roughly 17x the base size at peak), so artifacts above ``DELTA_MAX_BYTES`` are skipped.
@@ -54,11 +59,14 @@ def compute_release_deltas(services: Any, model: str, channel: str, counter: int
     found = store.get_version(model, version)
     targets = [v for v in found.variants if v.servable and v.sha256 and v.size]
     bases = store.release_artifacts(model, channel, counter)
+    public = store.public_artifacts([t.sha256 for t in targets] + [b[2] for b in bases])
     done = []
     for target in targets:
         for base_version, base_variant, base_sha, base_size in bases:
             if base_variant != target.name or base_sha == target.sha256:
                 continue
+            if target.sha256 not in public or base_sha not in public:
+                continue  # a confidential end: the patch would leak it (see module doc)
             if store.find_delta(base_sha, target.sha256) is not None:
                 continue
             if max(base_size or 0, target.size) > DELTA_MAX_BYTES:

@@ -18,6 +18,7 @@ import re
 from typing import Any, Optional
 
 from registry.delivery.bucketing import BASIS_POINTS, arm_ranges, new_seed
+from registry.delivery.publication import publish_deliverable
 from registry.delivery.releases import (
     _reason,
     _validate_model,
@@ -51,6 +52,10 @@ def create_experiment(services: Any, name: object, *, model: object, channel: ob
                       coverage_percent: object = 100, seed: object = None,
                       targeting: Any = None, guardrails: Any = None) -> ExperimentOut:
     """Validate and start an experiment.
+
+    Each arm's variants (its pinned one, else every servable one of its version) are
+    published — TUF targets, then public — before the experiment is written
+    (``registry.delivery.publication``); a refused experiment publishes nothing.
 
     Args:
         arms: ``[{"name": "control", "version": 3}, {"name": "int8", "version": 4,
@@ -89,6 +94,10 @@ def create_experiment(services: Any, name: object, *, model: object, channel: ob
         raise ReleaseNotFoundError(
             f"{model}/{channel} has no release: an experiment splits the devices a release "
             "serves, so promote a version to the channel first", model=model, channel=channel)
+    # Refuse a taken name or a busy channel before publishing anything: the arms' variants
+    # become public (TUF targets first) before the experiment can reach a manifest.
+    services.store.check_experiment_free(name, model, channel)
+    publish_deliverable(services, model, [(a["version"], a["variant"]) for a in parsed], actor)
     return services.store.create_experiment(
         name, model=model, channel=channel, seed=seed, coverage_bp=coverage_bp, arms=parsed,
         targeting=rules, guardrails=checks, actor=actor)
@@ -179,6 +188,9 @@ def stop_experiment(services: Any, name: str, *, actor: str, winner: Optional[st
         arm = next((a for a in experiment.arms if a.name == winner), None)
         if arm is not None:  # an unknown arm is reported by the store, in the transaction
             check_servable(services, experiment.model, arm.version, arm.variant)
+            if experiment.status != "stopped":  # public since the experiment started: a repair
+                publish_deliverable(services, experiment.model, [(arm.version, arm.variant)],
+                                    actor)
             why = f"winner of experiment {name}: arm {winner}" + (f" ({reason})" if reason else "")
             winner_release = {"rollout_bp": BASIS_POINTS, "rollout_seed": new_seed(),
                               "targeting": experiment.targeting, "guardrails": [],

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from registry.delivery.bucketing import BASIS_POINTS, new_seed
 from registry.delivery.guardrails import parse_guardrails
+from registry.delivery.publication import publish_deliverable
 from registry.delivery.targeting import TargetingRules
 from registry.errors import ValidationError
 from registry.schemas import CHANNEL_RE
@@ -106,8 +107,10 @@ def promote(services: Any, model: str, version: object, *, channel: object, acto
     """Publish ``version`` on ``channel`` as a new release (the next counter).
 
     Devices the release targets and whose rollout bucket is below the percentage get it;
-    everyone else keeps resolving to the earlier releases. Deltas from the artifacts of
-    earlier releases are computed in the background.
+    everyone else keeps resolving to the earlier releases. The variants it can deliver (the
+    pinned one, else every servable one) are published first — TUF targets, then public —
+    even at 0% rollout: once the release exists, widening it needs no new publication.
+    Deltas from the artifacts of earlier releases are computed in the background.
     """
     model = _validate_model(model)
     channel = validate_channel(channel)
@@ -119,6 +122,7 @@ def promote(services: Any, model: str, version: object, *, channel: object, acto
     checks = canonical_guardrails(guardrails)
     reason = _reason(reason)
     check_servable(services, model, version, variant)
+    publish_deliverable(services, model, [(version, variant)], actor)
     release = services.store.create_release(
         model, channel, version=version, variant=variant, rollout_bp=rollout_bp,
         rollout_seed=new_seed(), targeting=rules, guardrails=checks, kind="promote",
@@ -169,6 +173,8 @@ def rollback(services: Any, model: str, channel: object, *, actor: str,
         to_version = _version_number(to_version, "to_version")
     current, source = services.store.rollback_source(model, channel, to_version)
     check_servable(services, model, source.version, source.variant)
+    # Already public since its first release; this only repairs a publication a crash cut short.
+    publish_deliverable(services, model, [(source.version, source.variant)], actor)
     release = services.store.create_release(
         model, channel, version=source.version, variant=source.variant,
         rollout_bp=BASIS_POINTS, rollout_seed=new_seed(), targeting=current.targeting,

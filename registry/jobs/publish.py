@@ -1,7 +1,11 @@
-"""Publishing a conversion's accepted variants: blobs, then TUF targets, then rows.
+"""Recording a conversion's accepted variants: blobs, then rows.
 
 Only trusted code runs here: the results were produced by the sandboxed converter and
 validated (re-hashed, schema-checked) by ``registry.jobs.sandbox`` before they arrive.
+
+Variants are not published here: a converted variant is confidential (reader token) until
+a release or experiment arm first makes it deliverable. Each servable row records its
+planned TUF target path, which ``registry.delivery.publication`` lists at that moment.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 
 
 def variant_target_path(model: str, version: int, variant: str, extension: str) -> str:
+    """The TUF target path a variant is listed under once it is published."""
     return f"{model}/{version}/{variant}.{extension}"
 
 
@@ -23,12 +28,6 @@ def publish_variants(services, model: str, number: int, version_id: int, results
             info = services.blobs.put_file(Path(r.path))
             ext = VARIANTS[r.name].extension
             stored.append((r, info, variant_target_path(model, number, r.name, ext)))
-    servable = [(r, info, path) for r, info, path in stored if r.servable]
-    if services.signing is not None and servable:
-        services.signing.add_targets([
-            services.target_spec(path, info.sha256, info.size, model=model, version=number,
-                                 variant=r.name, format=r.format, kind="variant")
-            for r, info, path in servable])
     by_name = {r.name: (info, path) for r, info, path in stored}
     summary: dict[str, Any] = {}
     for r in results:

@@ -122,6 +122,10 @@ class ImageRepository:
             "custom": copy.deepcopy(target.unrecognized_fields.get("custom", {})),
         }
 
+    def target_paths(self) -> set[str]:
+        """The paths currently listed in targets metadata."""
+        return set(self._chain.load_chain().targets.signed.targets)
+
     def manifest_public_keys(self) -> dict[str, Any]:
         """The ``x-modeldrop-manifest`` field of the newest root (keyids, threshold, keys)."""
         loaded = self._chain.load_root()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -13,13 +13,14 @@ from registry.models import ModelRow, VariantRow, VersionRow, utcnow
 from registry.schemas import ModelOut, VariantOut, VersionOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
+from registry.store._delivery_types import _invalidates_cache
 
 
 def variant_out(row: VariantRow) -> VariantOut:
     return VariantOut(name=row.name, format=row.format, size=row.size, sha256=row.sha256,
                       target_path=row.target_path, fidelity=row.fidelity or {},
                       reference_latency_ms=row.reference_latency_ms, servable=row.servable,
-                      reason=row.reason or row.error)
+                      public=row.public, reason=row.reason or row.error)
 
 
 def _version_out(s: Session, model: ModelRow, row: VersionRow) -> VersionOut:
@@ -208,23 +209,84 @@ class CatalogStore(StoreBase):
                        size: Optional[int], target_path: Optional[str], fidelity: dict[str, Any],
                        reference_latency_ms: Optional[dict[str, Any]], servable: bool,
                        reason: Optional[str], error: Optional[str]) -> None:
-        """Upsert one variant; called only after its file is stored, so it is never half-published."""
+        """Upsert one variant; called only after its file is stored, so it is never half-published.
+
+        A new variant is confidential (``public`` false); ``target_path`` is the path it will
+        be listed under when a release makes it deliverable. Re-recording different bytes
+        makes the row confidential again: the new bytes were never published.
+        """
         with self.session() as s:
             row = s.exec(select(VariantRow).where(VariantRow.version_id == version_id,
                                                   VariantRow.name == name)).first() or \
                 VariantRow(version_id=version_id, name=name, format=format)
+            if row.sha256 != sha256 or row.target_path != target_path:
+                row.public = False
             row.format, row.sha256, row.size, row.target_path = format, sha256, size, target_path
             row.fidelity, row.reference_latency_ms = fidelity, reference_latency_ms
             row.servable, row.reason, row.error = servable, reason, error
             s.add(row)
 
-    def artifact_known(self, sha256: str) -> bool:
-        """True when the sha256 is a source, variant or delta the registry has recorded."""
+    def source_target_paths(self) -> list[str]:
+        """``<model>/<version>/source.<format>`` of every version: where releases before
+        sources became confidential listed them in TUF targets."""
+        with self.session() as s:
+            return [f"{name}/{number}/source.{fmt}" for name, number, fmt in s.exec(
+                select(ModelRow.name, VersionRow.number, VersionRow.source_format)
+                .join(ModelRow, ModelRow.id == VersionRow.model_id)
+                .order_by(VersionRow.id)).all()]
+
+    @_invalidates_cache
+    def publish_variants(self, version_id: int, names: list[str], actor: str) -> list[str]:
+        """Mark servable variants of a version public (audited); returns the names newly marked.
+
+        Call only after their TUF targets are listed: ``public`` is what lets the artifact
+        route and the manifest hand them out without a token. Never cleared.
+        """
+        if not names:
+            return []
+        with self.session() as s:
+            rows = s.exec(select(VariantRow).where(
+                VariantRow.version_id == version_id, VariantRow.name.in_(names),
+                VariantRow.servable == True, VariantRow.sha256.is_not(None),  # noqa: E712
+                VariantRow.target_path.is_not(None), VariantRow.public == False)  # noqa: E712
+                .order_by(VariantRow.id)).all()
+            if not rows:
+                return []
+            version = s.get(VersionRow, version_id)
+            model = s.get(ModelRow, version.model_id)
+            for row in rows:
+                row.public = True
+                s.add(row)
+            _audit(s, actor, "variant.publish", f"model:{model.name}/version:{version.number}",
+                   {"variants": [r.name for r in rows],
+                    "targets": {r.target_path: r.sha256 for r in rows}})
+            return [r.name for r in rows]
+
+    def public_artifacts(self, shas: Iterable[str]) -> set[str]:
+        """The given sha256s that are public: some public variant or kept delta has them.
+
+        One blob may back several variants (identical bytes in two versions); it is public
+        as soon as any of them is, since the bytes are then in TUF targets anyway.
+        """
         from registry.models import DeltaRow
 
+        wanted = sorted(set(shas))
+        if not wanted:
+            return set()
         with self.session() as s:
-            return any(s.exec(q).first() is not None for q in (
+            found = set(s.exec(select(VariantRow.sha256).where(
+                VariantRow.sha256.in_(wanted), VariantRow.public == True)).all())  # noqa: E712
+            found |= set(s.exec(select(DeltaRow.sha256).where(DeltaRow.sha256.in_(wanted))).all())
+            return found
+
+    def artifact_visibility(self, sha256: str) -> Optional[str]:
+        """``"public"``, ``"confidential"`` (a source, eval set or unreleased variant: a
+        reader token is needed), or None when the registry recorded no such artifact."""
+        if self.public_artifacts([sha256]):
+            return "public"
+        with self.session() as s:
+            known = any(s.exec(q).first() is not None for q in (
                 select(VersionRow.id).where(VersionRow.source_sha256 == sha256).limit(1),
                 select(VariantRow.id).where(VariantRow.sha256 == sha256).limit(1),
-                select(VersionRow.id).where(VersionRow.eval_sha256 == sha256).limit(1),
-                select(DeltaRow.id).where(DeltaRow.sha256 == sha256).limit(1)))
+                select(VersionRow.id).where(VersionRow.eval_sha256 == sha256).limit(1)))
+            return "confidential" if known else None

@@ -323,7 +323,11 @@ class DeliveryStore(ExperimentStore):
                                 releases=releases, experiment=experiment)
 
     def servable_variants(self, version_id: int, max_age: float = 0.0) -> list[dict[str, Any]]:
-        """The servable variants of a version as ``choose_variant`` takes them.
+        """The servable, public variants of a version as ``choose_variant`` takes them.
+
+        Only public variants (listed in TUF targets) are returned, so a manifest can never
+        name a target a device cannot verify; releases publish their variants before they
+        become visible (``registry.delivery.publication``).
 
         ``latency_by_device`` is empty here; the manifest service fills it from telemetry
         when that is available (see ``registry.delivery.manifest``). Callers must not
@@ -336,6 +340,7 @@ class DeliveryStore(ExperimentStore):
         with self.session() as s:
             rows = s.exec(select(VariantRow).where(VariantRow.version_id == version_id,
                                                    VariantRow.servable == True,  # noqa: E712
+                                                   VariantRow.public == True,  # noqa: E712
                                                    VariantRow.sha256.is_not(None))
                           .order_by(VariantRow.id)).all()
             return [{"name": r.name, "format": r.format, "size": r.size or 0, "sha256": r.sha256,

@@ -47,16 +47,7 @@ class ExperimentStore(StoreBase):
         try:
             with self.session() as s:
                 model_row = self._model(s, model)
-                if s.exec(select(ExperimentRow.id).where(ExperimentRow.name == name)).first():
-                    raise ExperimentConflictError(f"an experiment named {name!r} already exists",
-                                                  experiment=name)
-                active = s.exec(select(ExperimentRow.name).where(
-                    ExperimentRow.model_id == model_row.id, ExperimentRow.channel == channel,
-                    ExperimentRow.status.in_(ACTIVE_EXPERIMENT))).first()
-                if active is not None:
-                    raise ExperimentConflictError(
-                        f"experiment {active!r} is already active on {model}/{channel}; "
-                        "stop it first", experiment=active)
+                self._check_experiment_free(s, name, model_row, channel)
                 for arm in arms:
                     self._version(s, model, int(arm["version"]))
                 counter = s.exec(select(func.max(ReleaseRow.counter)).where(
@@ -75,6 +66,28 @@ class ExperimentStore(StoreBase):
         except IntegrityError as e:  # a concurrent create took the name
             raise ExperimentConflictError(f"an experiment named {name!r} already exists",
                                           experiment=name) from e
+
+    def check_experiment_free(self, name: str, model: str, channel: str) -> None:
+        """Raise what ``create_experiment`` would for a taken name or an active experiment.
+
+        Lets the service refuse before it publishes the arms' variants; the transaction in
+        ``create_experiment`` checks again (a concurrent create is still refused there).
+        """
+        with self.session() as s:
+            self._check_experiment_free(s, name, self._model(s, model), channel)
+
+    def _check_experiment_free(self, s: Session, name: str, model_row: ModelRow,
+                               channel: str) -> None:
+        if s.exec(select(ExperimentRow.id).where(ExperimentRow.name == name)).first():
+            raise ExperimentConflictError(f"an experiment named {name!r} already exists",
+                                          experiment=name)
+        active = s.exec(select(ExperimentRow.name).where(
+            ExperimentRow.model_id == model_row.id, ExperimentRow.channel == channel,
+            ExperimentRow.status.in_(ACTIVE_EXPERIMENT))).first()
+        if active is not None:
+            raise ExperimentConflictError(
+                f"experiment {active!r} is already active on {model_row.name}/{channel}; "
+                "stop it first", experiment=active)
 
     def _delivery_experiment(self, s: Session, name: str) -> ExperimentRow:
         row = s.exec(select(ExperimentRow).where(ExperimentRow.name == name)).first()
