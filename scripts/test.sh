@@ -11,6 +11,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[convert,dev]'
+# The server's install brings the SDK (client_sdk/, distribution modeldrop-sdk) as a copy;
+# make it editable so the tests, and any server process they start, run the checkout's SDK.
+.venv/bin/python -m pip install -q --no-deps -e ./client_sdk
 
 bash scripts/services.sh
 bash scripts/install-sandbox.sh  # the tests require the full converter sandbox
