@@ -28,6 +28,9 @@ from .errors import (
     ManifestInvalidError,
     ManifestKeyMissingError,
     ManifestSignatureError,
+    ReleaseRollbackError,
+    TargetMismatchError,
+    TargetNotFoundError,
     UnsafeTargetPathError,
 )
 
@@ -39,10 +42,13 @@ __all__ = [
     "ManifestKeys",
     "canonical_bytes",
     "check_binding",
+    "check_counter",
     "check_freshness",
+    "check_target_entry",
     "parse_manifest",
     "parse_manifest_keys",
     "validate_target_path",
+    "verify_manifest",
     "verify_signatures",
 ]
 
@@ -347,3 +353,74 @@ def check_binding(manifest: Manifest, install_id: str) -> None:
     """
     if manifest.install_id != install_id:
         raise InstallIdMismatchError("manifest was issued for another install id")
+
+
+def check_counter(counter: int, highest_seen: int | None) -> None:
+    """Refuse a release counter below the highest this device has accepted.
+
+    Equal is fine: the same release is re-fetched on every cycle.
+
+    Raises:
+        ReleaseRollbackError: ``counter < highest_seen`` (a replayed manifest).
+    """
+    if highest_seen is not None and counter < highest_seen:
+        raise ReleaseRollbackError(
+            f"release counter {counter} is lower than {highest_seen}, already seen (a "
+            "replayed manifest; real rollbacks get higher counters)")
+
+
+def check_target_entry(path: str, length: int, sha256: str, entry: Mapping[str, Any] | None,
+                       expect_custom: Mapping[str, Any] | None = None) -> None:
+    """Require the verified TUF targets entry for ``path`` to agree with the manifest.
+
+    Args:
+        entry: The TUF ``targets`` entry as data (``length``, ``hashes``, ``custom``), or
+            None when the verified targets metadata does not list ``path``.
+        expect_custom: Fields (model, version, variant, format, kind) compared only when
+            the entry's ``custom`` carries them: ``custom`` is signed by the targets role
+            but python-tuf does not interpret it, so this is where it earns its keep.
+
+    Raises:
+        TargetNotFoundError: no entry.
+        TargetMismatchError: length, sha256 or a custom field differ.
+    """
+    if entry is None:
+        raise TargetNotFoundError(f"{path!r} is not a target in the verified TUF targets")
+    if entry.get("length") != length:
+        raise TargetMismatchError(
+            f"{path}: manifest says {length} bytes, TUF targets say {entry.get('length')}")
+    tuf_sha = (entry.get("hashes") or {}).get("sha256")
+    if not isinstance(tuf_sha, str) or tuf_sha.lower() != sha256:
+        raise TargetMismatchError(f"{path}: manifest sha256 differs from TUF targets")
+    custom = entry.get("custom")
+    custom = custom if isinstance(custom, Mapping) else {}
+    for key, expected in (expect_custom or {}).items():
+        if key in custom and custom[key] != expected:
+            raise TargetMismatchError(
+                f"{path}: TUF custom {key}={custom[key]!r}, manifest says {expected!r}")
+
+
+def verify_manifest(body: bytes, *, model: str, channel: str, keys: ManifestKeys,
+                    install_id: str, now: datetime, skew: timedelta = timedelta(0),
+                    highest_counter: int | None = None,
+                    tuf_entry: Mapping[str, Any] | None = None) -> Manifest:
+    """Every check a device makes on a manifest before it downloads, in the device's order.
+
+    The update cycle runs these same steps with the network in between (the keys come
+    from the freshly verified TUF root, the entry from verified TUF targets); this pure
+    composition is what ``conformance/manifests.json`` exercises: parse and path checks,
+    signatures, freshness, device binding, release counter, then the TUF entry.
+
+    Raises:
+        UpdateRejectedError: the subclass of the first check that fails.
+    """
+    manifest = parse_manifest(body, model=model, channel=channel)
+    verify_signatures(manifest, keys)
+    check_freshness(manifest, now, skew)
+    check_binding(manifest, install_id)
+    check_counter(manifest.release_counter, highest_counter)
+    art = manifest.artifact
+    check_target_entry(art.target, art.length, art.sha256, tuf_entry, {
+        "model": model, "version": manifest.version, "variant": manifest.variant,
+        "format": manifest.format, "kind": "variant"})
+    return manifest

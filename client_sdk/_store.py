@@ -24,6 +24,7 @@ try:  # POSIX; on other systems the in-process lock still serialises threads
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+from ._manifest import check_counter
 from .errors import ReleaseRollbackError
 
 __all__ = [
@@ -183,10 +184,10 @@ class ReleaseCounters:
             ReleaseRollbackError: the manifest is older than one already accepted.
         """
         seen = max(x for x in (self.highest(model, channel), floor, -1) if x is not None)
-        if counter < seen:
-            raise ReleaseRollbackError(
-                f"{model}/{channel}: release counter {counter} is lower than {seen}, "
-                "already seen (a replayed manifest; real rollbacks get higher counters)")
+        try:
+            check_counter(counter, seen)
+        except ReleaseRollbackError as e:
+            raise ReleaseRollbackError(f"{model}/{channel}: {e.detail}") from None
 
     def record(self, model: str, channel: str, counter: int) -> None:
         with file_lock(self._lock_path):

@@ -28,7 +28,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from ._http import body_chunks, request
-from ._manifest import ManifestKeys, parse_manifest_keys, validate_target_path
+from ._manifest import ManifestKeys, check_target_entry, parse_manifest_keys, validate_target_path
 from ._types import ClientConfig
 from .errors import (
     DeadlineExceededError,
@@ -37,7 +37,6 @@ from .errors import (
     NetworkError,
     ProtocolError,
     ServerError,
-    TargetMismatchError,
     TargetNotFoundError,
     TufMetadataExpiredError,
     TufRollbackError,
@@ -161,15 +160,7 @@ class TrustCycle:
             TargetNotFoundError, TargetMismatchError, UnsafeTargetPathError.
         """
         info = self.verified_target(path)
-        if info.length != length:
-            raise TargetMismatchError(
-                f"{path}: manifest says {length} bytes, TUF targets say {info.length}")
-        tuf_sha = info.hashes.get("sha256")
-        if tuf_sha is None or tuf_sha.lower() != sha256:
-            raise TargetMismatchError(f"{path}: manifest sha256 differs from TUF targets")
-        custom = info.custom if isinstance(info.custom, Mapping) else {}
-        for key, expected in expect_custom.items():
-            if key in custom and custom[key] != expected:
-                raise TargetMismatchError(
-                    f"{path}: TUF custom {key}={custom[key]!r}, manifest says {expected!r}")
+        check_target_entry(path, length, sha256, {
+            "length": info.length, "hashes": info.hashes,
+            "custom": info.custom if isinstance(info.custom, Mapping) else {}}, expect_custom)
         return info

@@ -7,7 +7,6 @@ Kotlin data classes).
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,8 +34,6 @@ __all__ = [
 #: ``on_progress(done_bytes, total_bytes)``; called from the downloading thread.
 ProgressCallback = Callable[[int, int], None]
 
-# Model and channel names become directory names on the device: keep them boring.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class Policy(enum.Enum):

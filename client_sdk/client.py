@@ -30,8 +30,8 @@ from ._store import (
     load_or_create_install_id,
 )
 from ._telemetry import FlushResult, Telemetry
+from ._names import validate_channel, validate_model_name
 from ._types import (
-    NAME_RE,
     ClientConfig,
     DeviceInfo,
     DeviceStateProvider,
@@ -46,7 +46,7 @@ from ._types import (
     UpdateStatus,
 )
 from ._updater import UpdateEngine
-from .errors import InvalidNameError, ModelDropError
+from .errors import ModelDropError
 
 __all__ = ["ModelClient"]
 
@@ -343,9 +343,5 @@ class ModelClient:
 
 
 def _check_names(name: str, channel: str) -> None:
-    for what, value in (("model name", name), ("channel", channel)):
-        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-            raise InvalidNameError(
-                f"{what} {value!r} is invalid: use 1-128 characters from [A-Za-z0-9._-], "
-                "starting with a letter or digit")
-
+    validate_model_name(name)
+    validate_channel(channel)

@@ -287,15 +287,40 @@ class ValidationError(RemoteError, ValueError):
 
 
 class InvalidNameError(ValidationError):
-    """A model or channel name is empty or has characters outside ``[A-Za-z0-9._-]``."""
+    """A model name is not ``[a-z0-9][a-z0-9._-]{0,63}`` (or, checked locally, a channel
+    is not ``[a-z0-9-]{1,32}``)."""
 
     code = "invalid_name"
 
 
+class InvalidChannelError(ValidationError):
+    """The server refused the channel (it must match ``[a-z0-9-]{1,32}``)."""
+
+    code = "invalid_channel"
+
+
 class InvalidInstallIdError(ValidationError):
-    """The server refused the install id (it must match ``[a-z0-9][a-z0-9-]{7,63}``)."""
+    """The install id is not ``[a-z0-9][a-z0-9-]{7,63}`` (checked locally and by the server)."""
 
     code = "invalid_install_id"
+
+
+class InvalidDeviceError(ValidationError):
+    """The device description is unusable (e.g. a platform other than ios, android, linux)."""
+
+    code = "invalid_device"
+
+
+class InvalidBucketingError(ValidationError):
+    """Experiment weights, coverage or a rollout percentage are out of range."""
+
+    code = "invalid_bucketing"
+
+
+class InvalidTargetingError(ValidationError):
+    """A targeting rule or a ``min_app_version`` does not parse."""
+
+    code = "invalid_targeting"
 
 
 NotFoundError = _remote("NotFoundError", "not_found", "Not found.")
@@ -317,8 +342,9 @@ RateLimitedError = _remote("RateLimitedError", "rate_limited", "Too many request
                            retryable=True)
 
 __all__ += [
-    "ArtifactNotFoundError", "AuthenticationError", "InternalServerError", "InvalidInstallIdError",
-    "InvalidNameError",
+    "ArtifactNotFoundError", "AuthenticationError", "InternalServerError", "InvalidBucketingError",
+    "InvalidChannelError", "InvalidDeviceError", "InvalidInstallIdError", "InvalidNameError",
+    "InvalidTargetingError",
     "ModelNotFoundError", "NotFoundError", "PermissionDeniedError", "RangeNotSatisfiableError",
     "RateLimitedError", "ReleaseNotFoundError", "StorageUnavailableError", "ValidationError",
 ]

@@ -1,0 +1,50 @@
+"""The pure rules every ModelDrop SDK must reproduce exactly, in any language.
+
+Names, bucketing, the rollout gate, targeting, the ``min_app_version`` comparison and
+variant choice are pure functions of (rules, device): no I/O, no clock, no randomness
+(except :func:`new_seed`, which makes seeds, never decisions). They live in the SDK
+distribution, which the server depends on; ``conformance/`` at the repository root pins
+each one with JSON vectors and a prose specification, and CI runs every vector against
+this module and against the server's delivery code, so a Kotlin, Swift or JS SDK that
+passes the vectors decides like the server.
+"""
+
+from ._bucketing import (
+    BASIS_POINTS,
+    MAX_TOTAL_WEIGHT,
+    arm_ranges,
+    assign_arm,
+    bucket,
+    fnv1a32,
+    hash_v2,
+    in_rollout,
+    new_seed,
+    validate_install_id,
+)
+from ._names import CHANNEL_RE, MODEL_NAME_RE, validate_channel, validate_model_name
+from ._targeting import PLATFORMS, TargetingRules, meets_min_app_version, validate_min_app_version
+from ._variants import FORMAT_BY_PLATFORM, choose_variant, platform_format
+
+__all__ = [
+    "BASIS_POINTS",
+    "CHANNEL_RE",
+    "FORMAT_BY_PLATFORM",
+    "MAX_TOTAL_WEIGHT",
+    "MODEL_NAME_RE",
+    "PLATFORMS",
+    "TargetingRules",
+    "arm_ranges",
+    "assign_arm",
+    "bucket",
+    "choose_variant",
+    "fnv1a32",
+    "hash_v2",
+    "in_rollout",
+    "meets_min_app_version",
+    "new_seed",
+    "platform_format",
+    "validate_channel",
+    "validate_install_id",
+    "validate_min_app_version",
+    "validate_model_name",
+]
