@@ -43,6 +43,7 @@ def build_services(settings: Settings, *, start_workers: bool = False) -> Servic
 
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # keys, admin token, database: the converter's uid must not read them
     engine = db.make_engine(settings.sqlalchemy_url)
     db.upgrade(engine)
     store = Store(engine, lock_dir=data_dir)

@@ -55,6 +55,13 @@ def test_sandbox_is_full_here(server):
     assert "no-network" in status.layers and "hidden-data-dir" in status.layers
 
 
+def test_data_and_keys_dirs_are_private(server):
+    data = Path(server.settings.data_dir)
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert server.settings.resolved_keys_dir.stat().st_mode & 0o777 == 0o700
+    assert (data / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
 def test_limits_uid_and_privileges(server):
     outcome, messages, _ = _run(server, "limits", {})
     assert outcome.returncode == 0
