@@ -46,8 +46,11 @@ def _celery_for(broker_url: str, refresh_interval: int) -> Celery:
 @lru_cache(maxsize=1)
 def _services():  # noqa: ANN202
     from registry.app import build_services
+    from registry.jobs.sandbox import Sandbox
 
-    return build_services(Settings.load(), start_workers=False)
+    services = build_services(Settings.load(), start_workers=False)
+    Sandbox(services.settings).announce()  # one line: is the converter sandbox full or degraded?
+    return services
 
 
 app = make_celery(Settings.load()) if Settings.load().broker_url else Celery("modeldrop")
