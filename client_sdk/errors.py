@@ -338,15 +338,13 @@ InternalServerError = _remote("InternalServerError", "internal_error",
                               "Internal server error.", retryable=True)
 StorageUnavailableError = _remote("StorageUnavailableError", "storage_error",
                                   "Server storage unavailable.", retryable=True)
-RateLimitedError = _remote("RateLimitedError", "rate_limited", "Too many requests.",
-                           retryable=True)
 
 __all__ += [
     "ArtifactNotFoundError", "AuthenticationError", "InternalServerError", "InvalidBucketingError",
     "InvalidChannelError", "InvalidDeviceError", "InvalidInstallIdError", "InvalidNameError",
     "InvalidTargetingError",
     "ModelNotFoundError", "NotFoundError", "PermissionDeniedError", "RangeNotSatisfiableError",
-    "RateLimitedError", "ReleaseNotFoundError", "StorageUnavailableError", "ValidationError",
+    "ReleaseNotFoundError", "StorageUnavailableError", "ValidationError",
 ]
 
 
