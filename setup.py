@@ -14,7 +14,8 @@ from pathlib import Path
 from setuptools import setup
 
 SDK_DIR = Path(__file__).resolve().parent / "client_sdk"
-SDK_REQUIREMENT = os.environ.get("MODELDROP_SDK_REQUIREMENT") or f"modeldrop-sdk @ {SDK_DIR.as_uri()}"
+SDK_REQUIREMENT = (os.environ.get("MODELDROP_SDK_REQUIREMENT")
+                   or f"modeldrop-sdk @ {SDK_DIR.as_uri()}")
 
 setup(
     install_requires=[

@@ -79,7 +79,8 @@ class TargetingRules:
         unknown = sorted(set(data) - _FIELDS)
         if unknown:
             raise InvalidTargetingError(
-                f"unknown targeting field {unknown[0]!r}; known fields: {', '.join(sorted(_FIELDS))}")
+                f"unknown targeting field {unknown[0]!r}; "
+                f"known fields: {', '.join(sorted(_FIELDS))}")
         values: dict[str, Any] = {}
         for name in _LIST_FIELDS:
             if data.get(name) is not None:

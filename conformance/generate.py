@@ -309,7 +309,8 @@ def targeting() -> None:
             ("10.0", "9.9", True), ("3.12.0.post1", "3.12", True), ("3.12.0+build7", "3.12", True),
             ("v3.12.0", "3.12", True), (None, "3.12", False), ("", "3.12", False),
             ("banana", "1.0", False), ("3.12", None, True), (None, None, True),
-            ("1!1.0", "2.0", True), ("2.0", "2.0rc1", True), ("2.0rc1", "2.0rc1", True), ("2.0rc1", "2.0.1", False)]:
+            ("1!1.0", "2.0", True), ("2.0", "2.0rc1", True), ("2.0rc1", "2.0rc1", True),
+            ("2.0rc1", "2.0.1", False)]:
         versions.append({"app_version": app, "min_app_version": minimum, "meets": meets})
     for minimum in ["three", "", "3.x"]:
         versions.append({"app_version": "3.12", "min_app_version": minimum,
@@ -394,7 +395,8 @@ def load_or_make_key(name: str) -> CryptoSigner:
                                      serialization.NoEncryption())
         signer = CryptoSigner(private)
         path.write_text(json.dumps({
-            "warning": "TEST KEY for conformance vectors only; it is public, trust nothing it signs",
+            "warning": "TEST KEY for conformance vectors only; it is public: trust nothing "
+                       "it signs",
             "keyid": signer.public_key.keyid,
             "public_key": signer.public_key.to_dict(),
             "private_seed_hex": seed.hex(),

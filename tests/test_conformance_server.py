@@ -24,7 +24,6 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from registry import delivery
 from registry.delivery.releases import validate_channel
-from registry.errors import ModelDropError
 from registry.signing import verify_manifest
 from registry.signing._manifest import sign_document
 from registry.uploads import validate_name

@@ -184,7 +184,8 @@ def test_the_sdk_suite_passes_from_the_fresh_venv_against_a_real_server(dist, li
                          headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=10)
     assert resp.status_code == 201, resp.text
 
-    site = _run(str(dist["python"]), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+    site = _run(str(dist["python"]), "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                 env=_offline_env(), cwd=dist["work"]).stdout.strip()
     env = _offline_env() | {"MODELDROP_SDK_TEST_URL": server.base_url,
                             "MODELDROP_SDK_TEST_MODEL": "digits",
