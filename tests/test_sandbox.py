@@ -127,11 +127,12 @@ def test_no_network_and_no_service_sockets(server):
 
 
 def test_fork_bomb_stops_at_the_process_limit(server):
-    outcome, messages, _ = _run(server, "fork_bomb", {"attempts": 5000}, timeout=60)
+    tag = uuid.uuid4().hex
+    outcome, messages, _ = _run(server, "fork_bomb", {"attempts": 5000, "tag": tag}, timeout=60)
     assert messages and messages[0]["forked"] < 64
     assert messages[0]["stopped_by"] is not None
     # The PID namespace dies with the sandbox: none of the sleeping children is left.
-    left = subprocess.run(["pgrep", "-f", "tests.hostile_payload"], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True)
     assert left.stdout.strip() == ""
 
 
@@ -141,10 +142,11 @@ def test_memory_is_capped(server):
 
 
 def test_deadline_kills_a_hang(server):
-    outcome, messages, _ = _run(server, "sleep", {"seconds": 3600}, timeout=3)
+    tag = uuid.uuid4().hex
+    outcome, messages, _ = _run(server, "sleep", {"seconds": 3600, "tag": tag}, timeout=3)
     assert outcome.timed_out
     assert messages == [{"sleeping": True}]
-    left = subprocess.run(["pgrep", "-f", "tests.hostile_payload"], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True)
     assert left.stdout.strip() == ""
 
 
