@@ -5,7 +5,10 @@ SQLite is the embedded default; PostgreSQL is selected by ``MODELDROP_DATABASE_U
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -43,6 +46,23 @@ def alembic_config(url: str) -> Config:
 def upgrade(engine: Engine) -> None:
     """Apply every pending migration on ``engine`` (idempotent)."""
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
-    with engine.begin() as connection:
+    with engine.begin() as connection, _quiet_alembic():
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Hold Alembic's INFO lines ("Context impl SQLiteImpl.") back while migrating.
+
+    Every process that builds services migrates, including the workers `modeldrop serve`
+    starts after its banner, so these lines would land under the URL a newcomer reads.
+    Warnings and errors still show.
+    """
+    logger = logging.getLogger("alembic")
+    previous = logger.level
+    logger.setLevel(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

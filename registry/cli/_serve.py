@@ -29,21 +29,40 @@ def serve(data_dir: Path, host: str, port: int, worker_processes: int | None) ->
     from registry.app import create_app
     from registry.config import Settings
 
-    overrides = {"data_dir": data_dir}
+    # Absolute from here on: the converter sandbox and the workers run in other directories.
+    overrides = {"data_dir": data_dir.resolve()}
     if worker_processes is not None:
         overrides["worker_processes"] = worker_processes
     settings = Settings.load(overrides)
-    app = create_app(settings, start_workers=settings.job_backend == "inprocess")
+    # The banner comes before the app starts, so these are the first lines a newcomer reads
+    # (the first start then confirms the token file it creates).
     token_file = Path(settings.data_dir) / "admin-token"
-    click.echo(f"ModelDrop on http://{host}:{port}  data dir: {Path(settings.data_dir).resolve()}")
-    if token_file.exists():
-        click.echo(f"admin token: {token_file.resolve()} (export MODELDROP_TOKEN=$(cat {token_file}))")
+    for line in _banner(host, port, Path(settings.data_dir), token_file,
+                        settings.bootstrap_admin_token):
+        click.echo(line)
+    app = create_app(settings, start_workers=settings.job_backend == "inprocess")
+    if settings.bootstrap_admin_token and not token_file.exists():
+        click.echo(f"note: {token_file} is missing and tokens already exist, so none was "
+                   "created; ask an admin for a token", err=True)
     # SIGTERM (service managers, `kill`) must stop the worker processes too, like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
         app.extensions["modeldrop"].jobs.stop()
+
+
+def _banner(host: str, port: int, data_dir: Path, token_file: Path, bootstrap: bool) -> list[str]:
+    url = f"http://{host}:{port}"
+    if bootstrap or token_file.exists():
+        token = f"{token_file}  (export MODELDROP_TOKEN=$(cat {token_file}))"
+    else:
+        token = "none written (MODELDROP_BOOTSTRAP_ADMIN_TOKEN is off)"
+    return [f"ModelDrop on {url}",
+            f"  data dir     {data_dir}",
+            f"  admin token  {token}",
+            f"  dashboard    {url}/dashboard/  (sign in by pasting a token: the admin token, or "
+            f"one from `modeldrop token create --role reader`)"]
 
 
 @click.command()
@@ -54,4 +73,4 @@ def worker(data_dir: Path) -> None:
     from registry.config import Settings
     from registry.jobs.worker import worker_main
 
-    worker_main(Settings.load({"data_dir": data_dir}))
+    worker_main(Settings.load({"data_dir": data_dir.resolve()}))
