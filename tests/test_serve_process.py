@@ -17,7 +17,10 @@ import requests
 def _children(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended since the listing: it has no children
+            continue
         found.update(int(c) for c in text)
     return found
 
