@@ -100,7 +100,7 @@ def free_port() -> int:
 
 def prepare(data_dir: Path) -> None:
     """A model with two ready versions, published as the job runner does, and releases."""
-    from registry.app import build_services
+    from registry.services import build_services
     from registry.config import Settings
     from registry.delivery import releases
     from registry.jobs.runner import variant_target_path

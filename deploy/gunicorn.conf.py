@@ -39,7 +39,7 @@ proc_name = "modeldrop-web"
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """Migrate, bootstrap keys and the admin token once, in the master."""
-    from registry.app import build_services, ensure_admin_token
+    from registry.services import build_services, ensure_admin_token
     from registry.config import Settings
 
     services = build_services(Settings.load())

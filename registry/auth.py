@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import wraps
 from typing import Callable, TypeVar
 
-from flask import current_app, g, request
+from flask import g, request
 
 from registry.errors import AuthenticationError, PermissionDeniedError
+from registry.services import current_services
 
 ROLE_RANK = {"reader": 1, "publisher": 2, "admin": 3}
 F = TypeVar("F", bound=Callable)
@@ -17,13 +18,20 @@ def current_actor() -> str:
     return getattr(g, "actor", "anonymous")
 
 
+def bearer_token() -> str | None:
+    """The token of the request's ``Authorization: Bearer <token>`` header, if it sent one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 def authenticate(required: str) -> str:
     """Checks the request's bearer token has at least ``required``; returns the actor."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token()
+    if token is None:
         raise AuthenticationError("send an API token: 'Authorization: Bearer <token>'")
-    found = current_app.extensions["modeldrop"].store.token_role(token.strip())
+    found = current_services().store.token_role(token)
     if found is None:
         raise AuthenticationError("the API token is unknown or revoked")
     actor, role = found

@@ -21,6 +21,7 @@ from registry.errors import (
     UnsupportedFormatError, UploadTooLargeError,
 )
 from registry.schemas import NAME_RE, VersionMetadata, parse_as
+from registry.services import current_services
 
 SOURCE_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".zip": "zip"}
 
@@ -81,18 +82,12 @@ class UploadRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):  # noqa: ANN001 - werkzeug's signature
-        services = self._modeldrop_services
+        services = current_services()
         limit = services.settings.max_upload_bytes
         spool = HashingSpool(services.blobs.staging_dir, limit)
         spools = g.setdefault("upload_spools", [])
         spools.append(spool)
         return spool
-
-    @property
-    def _modeldrop_services(self):  # noqa: ANN202
-        from flask import current_app
-
-        return current_app.extensions["modeldrop"]
 
 
 def discard_spools() -> None:

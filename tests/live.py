@@ -11,10 +11,13 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
+from flask import Flask
 from werkzeug.serving import make_server
+
+from registry.services import Services
 
 __all__ = ["LiveServer", "live_server", "serve_app"]
 
@@ -22,8 +25,8 @@ __all__ = ["LiveServer", "live_server", "serve_app"]
 @dataclass(frozen=True)
 class LiveServer:
     base_url: str
-    services: Any  # registry.app.Services
-    app: Any  # flask.Flask
+    services: Services
+    app: Flask
 
     @property
     def admin_token(self) -> str:

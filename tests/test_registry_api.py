@@ -90,7 +90,7 @@ def test_malformed_metadata_names_the_field(api, services, metadata, field):
     body = assert_problem(api.upload("digits", b"model", metadata=metadata), 400, "invalid_metadata")
     assert body["field"] == field, body
     assert services.store.list_models() == []
-    assert list(services.staging_dir.iterdir()) == []
+    assert list(services.blobs.staging_dir.iterdir()) == []
 
 
 def test_oversize_upload_413_and_nothing_left(tmp_path):
@@ -102,7 +102,7 @@ def test_oversize_upload_413_and_nothing_left(tmp_path):
     api = ApiClient(app.test_client(), svc.store.create_token("publisher").token)
     assert_problem(api.upload("digits", b"x" * 5000), 413, "upload_too_large")
     assert svc.store.list_models() == []
-    assert list(svc.staging_dir.iterdir()) == []
+    assert list(svc.blobs.staging_dir.iterdir()) == []
     assert api.upload("digits", b"x" * 999).status_code == 201
 
 

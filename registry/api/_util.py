@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, jsonify, request, url_for
+from flask import jsonify, request, url_for
 from pydantic import BaseModel
 
 from registry.errors import ValidationError
-
-
-def services():  # noqa: ANN201 - registry.app.Services
-    return current_app.extensions["modeldrop"]
+from registry.services import current_services
 
 
 def json_body() -> dict[str, Any]:
@@ -54,7 +51,7 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
 def artifact_url(sha256: str, public: bool = True) -> str:
     """Download URL of an artifact; a confidential one (``public`` false) never names the CDN:
     it needs the reader's token, which a shared cache must not see or answer for."""
-    settings = services().settings
+    settings = current_services().settings
     base = (settings.cdn_base_url if public else None) or settings.public_base_url
     if base:
         return f"{base.rstrip('/')}/v1/artifacts/{sha256}"

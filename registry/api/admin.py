@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from registry.api._util import int_arg, json_body, respond, services
+from registry.api._util import int_arg, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.errors import NotFoundError, ValidationError
 from registry.schemas import TokenCreate, parse_as
+from registry.services import current_services
 
 bp = Blueprint("admin", __name__)
 ROTATABLE = ("root", "targets", "snapshot", "timestamp", "manifest")
@@ -17,19 +18,19 @@ ROTATABLE = ("root", "targets", "snapshot", "timestamp", "manifest")
 @require_role("admin")
 def create_token():
     body = parse_as(TokenCreate, json_body())
-    return respond(services().store.create_token(body.role, body.name, current_actor()), 201)
+    return respond(current_services().store.create_token(body.role, body.name, current_actor()), 201)
 
 
 @bp.get("/v1/tokens")
 @require_role("admin")
 def list_tokens():
-    return respond({"items": services().store.list_tokens()})
+    return respond({"items": current_services().store.list_tokens()})
 
 
 @bp.delete("/v1/tokens/<int:token_id>")
 @require_role("admin")
 def revoke_token(token_id: int):
-    if not services().store.revoke_token(token_id, current_actor()):
+    if not current_services().store.revoke_token(token_id, current_actor()):
         raise NotFoundError(f"token {token_id} does not exist")
     return respond({"revoked": token_id})
 
@@ -38,7 +39,7 @@ def revoke_token(token_id: int):
 @require_role("admin")
 def audit_log():
     limit = int_arg("limit", 100, 1, 1000)
-    return respond({"items": services().store.audit_log(limit, request.args.get("action"))})
+    return respond({"items": current_services().store.audit_log(limit, request.args.get("action"))})
 
 
 @bp.post("/v1/keys/rotate")
@@ -47,7 +48,7 @@ def rotate_key():
     role = json_body().get("role")
     if role not in ROTATABLE:
         raise ValidationError(f"role must be one of {', '.join(ROTATABLE)}", field="role")
-    svc = services()
+    svc = current_services()
     result = svc.signing.rotate_key(role)
     svc.store.audit(current_actor(), "keys.rotate", f"role:{role}", {"result": str(result)})
     return respond({"role": role, "result": result if isinstance(result, (dict, str)) else str(result)})

@@ -15,9 +15,9 @@ import re
 
 from flask import Blueprint, Response, request
 
-from registry.api._util import services
 from registry.auth import authenticate
 from registry.errors import ArtifactNotFoundError, InvalidRangeError
+from registry.services import current_services
 
 bp = Blueprint("artifacts", __name__)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -28,7 +28,7 @@ PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"  # confidential: no s
 def stream_blob(sha256: str, *, content_type: str = "application/octet-stream",
                 cache_control: str = IMMUTABLE) -> Response:
     """A 200/206/304/416 response for a blob, honouring Range, If-Range and If-None-Match."""
-    blobs = services().blobs
+    blobs = current_services().blobs
     if not SHA256_RE.fullmatch(sha256):
         raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")
     size = blobs.size(sha256)  # ArtifactNotFoundError when missing: one HEAD on S3, not two
@@ -58,7 +58,7 @@ def stream_blob(sha256: str, *, content_type: str = "application/octet-stream",
 
 @bp.route("/v1/artifacts/<sha256>", methods=["GET", "HEAD"])
 def get_artifact(sha256: str):
-    visibility = services().store.artifact_visibility(sha256) \
+    visibility = current_services().store.artifact_visibility(sha256) \
         if SHA256_RE.fullmatch(sha256) else None
     if visibility is None:
         raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")

@@ -7,12 +7,13 @@ from typing import Any, Iterable
 
 from flask import Blueprint, Response, request, url_for
 
-from registry.api._util import artifact_url, json_body, respond, services
+from registry.api._util import artifact_url, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.delivery import experiments, releases
 from registry.delivery.guardrail_check import check_guardrails
 from registry.delivery.manifest import manifest_answer
 from registry.errors import ValidationError
+from registry.services import current_services
 
 bp = Blueprint("delivery", __name__)
 
@@ -34,9 +35,9 @@ def _body(allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, Any
 @bp.get("/v1/manifest")
 def manifest():
     """Signed manifest for one device (public)."""
-    answer = manifest_answer(services(), request.args, artifact_url=artifact_url,
+    answer = manifest_answer(current_services(), request.args, artifact_url=artifact_url,
                              etag_matches=request.if_none_match.contains_weak)
-    headers = {"Cache-Control": f"private, max-age={services().settings.manifest_max_age}"}
+    headers = {"Cache-Control": f"private, max-age={current_services().settings.manifest_max_age}"}
     if answer.status == 204:
         return Response(status=204, headers=headers)
     if answer.status == 304:
@@ -56,7 +57,7 @@ def promote(name: str):
     body = _body(("version", "channel", "rollout_percent", "variant", "targeting", "guardrails",
                   "reason"), required=("version", "channel"))
     release = releases.promote(
-        services(), name, body["version"], channel=body["channel"], actor=current_actor(),
+        current_services(), name, body["version"], channel=body["channel"], actor=current_actor(),
         rollout_percent=body.get("rollout_percent", 100), variant=body.get("variant"),
         targeting=body.get("targeting"), guardrails=body.get("guardrails"),
         reason=body.get("reason") or "")
@@ -67,7 +68,7 @@ def promote(name: str):
 @bp.get("/v1/models/<name>/releases")
 @require_role("reader")
 def list_releases(name: str):
-    return respond({"items": releases.history(services(), name, request.args.get("channel"))})
+    return respond({"items": releases.history(current_services(), name, request.args.get("channel"))})
 
 
 @bp.patch("/v1/models/<name>/channels/<channel>")
@@ -75,7 +76,7 @@ def list_releases(name: str):
 def update_channel(name: str, channel: str):
     body = _body(("rollout_percent", "paused", "reason"))
     return respond(releases.set_rollout(
-        services(), name, channel, actor=current_actor(),
+        current_services(), name, channel, actor=current_actor(),
         rollout_percent=body.get("rollout_percent"), paused=body.get("paused"),
         reason=body.get("reason") or ""))
 
@@ -84,7 +85,7 @@ def update_channel(name: str, channel: str):
 @require_role("publisher")
 def rollback(name: str, channel: str):
     body = _body(("to_version", "reason")) if request.get_data() else {}
-    release = releases.rollback(services(), name, channel, actor=current_actor(),
+    release = releases.rollback(current_services(), name, channel, actor=current_actor(),
                                 to_version=body.get("to_version"),
                                 reason=body.get("reason") or "")
     return respond(release, 201)
@@ -98,7 +99,7 @@ def create_experiment():
     body = _body(("name", "model", "channel", "arms", "weights", "coverage_percent", "seed",
                   "targeting", "guardrails"), required=("name", "model", "channel", "arms"))
     experiment = experiments.create_experiment(
-        services(), body["name"], model=body["model"], channel=body["channel"],
+        current_services(), body["name"], model=body["model"], channel=body["channel"],
         arms=body["arms"], actor=current_actor(), weights=body.get("weights"),
         coverage_percent=body.get("coverage_percent", 100), seed=body.get("seed"),
         targeting=body.get("targeting"), guardrails=body.get("guardrails"))
@@ -110,13 +111,13 @@ def create_experiment():
 @require_role("reader")
 def list_experiments():
     return respond({"items": experiments.list_experiments(
-        services(), request.args.get("model"), request.args.get("status"))})
+        current_services(), request.args.get("model"), request.args.get("status"))})
 
 
 @bp.get("/v1/experiments/<name>")
 @require_role("reader")
 def get_experiment(name: str):
-    return respond(experiments.get_experiment(services(), name))
+    return respond(experiments.get_experiment(current_services(), name))
 
 
 @bp.patch("/v1/experiments/<name>")
@@ -124,7 +125,7 @@ def get_experiment(name: str):
 def update_experiment(name: str):
     body = _body(("coverage_percent", "paused", "reason"))
     return respond(experiments.update_experiment(
-        services(), name, actor=current_actor(), coverage_percent=body.get("coverage_percent"),
+        current_services(), name, actor=current_actor(), coverage_percent=body.get("coverage_percent"),
         paused=body.get("paused"), reason=body.get("reason") or ""))
 
 
@@ -133,7 +134,7 @@ def update_experiment(name: str):
 def stop_experiment(name: str):
     body = _body(("winner", "reason")) if request.get_data() else {}
     stopped, release = experiments.stop_experiment(
-        services(), name, actor=current_actor(), winner=body.get("winner"),
+        current_services(), name, actor=current_actor(), winner=body.get("winner"),
         reason=body.get("reason") or "")
     return respond({"experiment": stopped, "release": release})
 
@@ -143,4 +144,4 @@ def stop_experiment(name: str):
 @bp.post("/v1/guardrails/check")
 @require_role("admin")
 def check():
-    return respond({"halted": [h.to_dict() for h in check_guardrails(services())]})
+    return respond({"halted": [h.to_dict() for h in check_guardrails(current_services())]})

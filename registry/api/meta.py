@@ -8,7 +8,8 @@ import re
 from flask import Blueprint, current_app
 
 from registry import __version__
-from registry.api._util import respond, services
+from registry.api._util import respond
+from registry.services import current_services
 
 bp = Blueprint("meta", __name__)
 _PARAM_RE = re.compile(r"<(?:(\w+):)?(\w+)>")
@@ -92,7 +93,7 @@ DESCRIPTIONS: dict[str, dict] = {
 
 @bp.get("/healthz")
 def healthz():
-    svc = services()
+    svc = current_services()
     svc.store.has_tokens()  # touches the database
     from registry.jobs.sandbox import Sandbox
 

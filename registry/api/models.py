@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, request, url_for
 
-from registry.api._util import artifact_url, dump, int_arg, json_body, respond, services
+from registry.api._util import artifact_url, dump, int_arg, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.errors import ValidationError
 from registry.uploads import validate_name
 from registry.versions import publish_upload, update_metadata, update_model
+from registry.services import current_services
 
 bp = Blueprint("models", __name__)
 
@@ -24,19 +25,19 @@ def _version_json(version) -> dict:  # noqa: ANN001
 @bp.get("/v1/models")
 @require_role("reader")
 def list_models():
-    return respond({"items": services().store.list_models()})
+    return respond({"items": current_services().store.list_models()})
 
 
 @bp.get("/v1/models/<name>")
 @require_role("reader")
 def get_model(name: str):
-    return respond(services().store.get_model(validate_name(name)))
+    return respond(current_services().store.get_model(validate_name(name)))
 
 
 @bp.patch("/v1/models/<name>")
 @require_role("publisher")
 def patch_model(name: str):
-    return respond(update_model(services(), validate_name(name), json_body(), current_actor()))
+    return respond(update_model(current_services(), validate_name(name), json_body(), current_actor()))
 
 
 @bp.post("/v1/models/<name>/versions")
@@ -52,7 +53,7 @@ def create_version(name: str):
             raise ValidationError("'version' must be a positive integer", field="version")
         number = int(number)
     version, created, job_id = publish_upload(
-        services(), name, file_part=request.files.get("file"), eval_part=request.files.get("eval"),
+        current_services(), name, file_part=request.files.get("file"), eval_part=request.files.get("eval"),
         metadata_raw=request.form.get("metadata"), number=number, actor=current_actor())
     body = _version_json(version)
     body["job"] = job_id
@@ -70,7 +71,7 @@ def list_versions(name: str):
         if not cursor.isdigit():
             raise ValidationError("'cursor' must be the value of next_cursor", field="cursor")
         before = int(cursor)
-    page, nxt = services().store.list_versions(validate_name(name), limit=limit, before=before)
+    page, nxt = current_services().store.list_versions(validate_name(name), limit=limit, before=before)
     return respond({"items": [_version_json(v) for v in page],
                     "next_cursor": str(nxt) if nxt is not None else None})
 
@@ -78,17 +79,17 @@ def list_versions(name: str):
 @bp.get("/v1/models/<name>/versions/<int:number>")
 @require_role("reader")
 def get_version(name: str, number: int):
-    return respond(_version_json(services().store.get_version(validate_name(name), number)))
+    return respond(_version_json(current_services().store.get_version(validate_name(name), number)))
 
 
 @bp.patch("/v1/models/<name>/versions/<int:number>")
 @require_role("publisher")
 def patch_version(name: str, number: int):
-    version = update_metadata(services(), validate_name(name), number, json_body(), current_actor())
+    version = update_metadata(current_services(), validate_name(name), number, json_body(), current_actor())
     return respond(_version_json(version))
 
 
 @bp.get("/v1/jobs/<job_id>")
 @require_role("reader")
 def get_job(job_id: str):
-    return respond(services().store.get_job(job_id))
+    return respond(current_services().store.get_job(job_id))

@@ -10,7 +10,7 @@ import json
 
 from flask import Blueprint, Response, request
 
-from registry.api._util import respond, services
+from registry.api._util import respond
 from registry.auth import require_role
 from registry.errors import UnsupportedMediaTypeError, ValidationError
 from registry.telemetry.errors import TelemetryBatchTooLargeError
@@ -18,6 +18,7 @@ from registry.telemetry.service import (
     experiment_report, experiment_report_html, record_batch, version_latency,
 )
 from registry.uploads import validate_name
+from registry.services import current_services
 
 bp = Blueprint("telemetry", __name__)
 
@@ -29,7 +30,7 @@ BYTES_PER_EVENT = 8192
 def _telemetry_body() -> object:
     if request.mimetype != "application/json":
         raise UnsupportedMediaTypeError("send telemetry as application/json")
-    limit = services().settings.max_telemetry_batch * BYTES_PER_EVENT
+    limit = current_services().settings.max_telemetry_batch * BYTES_PER_EVENT
     if request.content_length is not None and request.content_length > limit:
         raise TelemetryBatchTooLargeError(f"the body is larger than {limit} bytes", limit=limit)
     raw = request.stream.read(limit + 1)
@@ -44,28 +45,28 @@ def _telemetry_body() -> object:
 @bp.post("/v1/telemetry")
 def ingest():
     """Store a batch of device telemetry events (public)."""
-    return respond(record_batch(services(), _telemetry_body()))
+    return respond(record_batch(current_services(), _telemetry_body()))
 
 
 @bp.get("/v1/models/<name>/versions/<int:number>/latency")
 @require_role("reader")
 def version_latency_table(name: str, number: int):
     """Per (variant, device model) latency percentiles of one version."""
-    return respond(version_latency(services(), validate_name(name), number))
+    return respond(version_latency(current_services(), validate_name(name), number))
 
 
 @bp.get("/v1/experiments/<name>/report")
 @require_role("reader")
 def report(name: str):
     """The experiment report as JSON."""
-    return respond(experiment_report(services(), validate_name(name)))
+    return respond(experiment_report(current_services(), validate_name(name)))
 
 
 @bp.get("/v1/experiments/<name>/report.html")
 @require_role("reader")
 def report_html(name: str):
     """The experiment report as a self-contained HTML page."""
-    page = experiment_report_html(services(), validate_name(name))
+    page = experiment_report_html(current_services(), validate_name(name))
     return Response(page, mimetype="text/html",
                     headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                              "Content-Security-Policy": "default-src 'none'; "

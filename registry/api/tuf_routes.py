@@ -7,7 +7,8 @@ import re
 
 from flask import Blueprint, Response, abort
 
-from registry.api._util import respond, services
+from registry.api._util import respond
+from registry.services import current_services
 
 bp = Blueprint("tuf", __name__)
 METADATA_RE = re.compile(r"^(\d+\.)?(root|targets|snapshot|timestamp)\.json$")
@@ -18,7 +19,7 @@ TARGET_FILE_RE = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9._-]+$")
 def metadata(name: str):
     if not METADATA_RE.fullmatch(name):
         abort(404)
-    data = services().signing.get_metadata(name)
+    data = current_services().signing.get_metadata(name)
     if data is None:
         abort(404)
     cache = "no-cache" if name in ("timestamp.json", "root.json") else "public, max-age=60"
@@ -34,7 +35,7 @@ def target(target: str):
     if not match or ".." in target.split("/"):
         abort(404)
     sha256 = match.group(1)
-    info = services().signing.target_info(f"{directory}/{filename[65:]}" if directory else filename[65:])
+    info = current_services().signing.target_info(f"{directory}/{filename[65:]}" if directory else filename[65:])
     if info is None or info.get("hashes", {}).get("sha256") != sha256:
         abort(404)
     return stream_blob(sha256)
@@ -43,9 +44,9 @@ def target(target: str):
 @bp.get("/v1/trusted-root")
 def trusted_root():
     """The current root, for bootstrapping a client (pin it out of band in production)."""
-    return Response(services().signing.trusted_root(), mimetype="application/json")
+    return Response(current_services().signing.trusted_root(), mimetype="application/json")
 
 
 @bp.get("/v1/keys")
 def public_keys():
-    return respond({"manifest": services().signing.manifest_public_keys()})
+    return respond({"manifest": current_services().signing.manifest_public_keys()})

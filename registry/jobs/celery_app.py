@@ -6,10 +6,14 @@ Settings come from ``MODELDROP_*`` variables, exactly as for the web process.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
 from registry.config import Settings
+
+if TYPE_CHECKING:  # registry.services imports this package: a type only, no import cycle
+    from registry.services import Services
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,9 +48,9 @@ def _celery_for(broker_url: str, refresh_interval: int) -> Celery:
 
 
 @lru_cache(maxsize=1)
-def _services():  # noqa: ANN202
-    from registry.app import build_services
+def _services() -> Services:
     from registry.jobs.sandbox import Sandbox
+    from registry.services import build_services
 
     services = build_services(Settings.load(), start_workers=False)
     Sandbox(services.settings).announce()  # one line: is the converter sandbox full or degraded?

@@ -11,16 +11,19 @@ import logging
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.jobs.publish import publish_variants
 from registry.jobs.results import MAX_JOB_TEXT, scrub
+
+if TYPE_CHECKING:  # registry.services imports this package: a type only, no import cycle
+    from registry.services import Services
 
 log = logging.getLogger("modeldrop.jobs")
 HEARTBEAT_SECONDS = 10.0
 
 
-def run_job(services, job_id: str) -> str:  # noqa: ANN001 - registry.app.Services
+def run_job(services: Services, job_id: str) -> str:
     """Run a claimed job to its end; returns the final job state."""
     store = services.store
     job = store.get_job(job_id)

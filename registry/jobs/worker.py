@@ -23,8 +23,8 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
     when that process is gone (even if it died before this worker finished starting), so a
     killed server never leaves orphans polling the database.
     """
-    from registry.app import build_services
     from registry.jobs.runner import run_job
+    from registry.services import build_services
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     services = build_services(settings, start_workers=False)

@@ -36,7 +36,7 @@ def experiment_arm_metrics(services: Any, experiment: Any) -> dict[str, dict[str
     """Per-arm guardrail metrics of an experiment: ``{arm: {metric: (value, samples)}}``.
 
     Args:
-        services: ``registry.app.Services``.
+        services: ``registry.services.Services``.
         experiment: The experiment's name, its id, or an object with ``name`` (such as the
             ``ExperimentOut`` the delivery store returns).
 
@@ -55,7 +55,7 @@ def release_metrics(services: Any, release: Any) -> dict[str, Observed]:
     """Guardrail metrics of one release: ``{metric: (value, samples)}``.
 
     Args:
-        services: ``registry.app.Services``.
+        services: ``registry.services.Services``.
         release: The release's database id, or an object (or dict) with an integer ``id``
             (such as the ``ReleaseOut`` the delivery store returns).
 

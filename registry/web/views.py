@@ -7,10 +7,11 @@ from functools import wraps
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Response, redirect, render_template, request, url_for
 
-from registry.auth import ROLE_RANK
+from registry.auth import ROLE_RANK, bearer_token
 from registry.errors import ModelDropError
+from registry.services import current_services
 from registry.telemetry.service import experiment_report_page, version_latency
 from registry.uploads import validate_name
 
@@ -22,22 +23,15 @@ _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
-def _services():  # noqa: ANN202 - registry.app.Services
-    return current_app.extensions["modeldrop"]
-
-
 def _token() -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(COOKIE) or None
+    return bearer_token() or request.cookies.get(COOKIE) or None
 
 
 def _reader(token: str | None) -> str | None:
     """The actor behind a token with at least the reader role, else None."""
     if not token:
         return None
-    found = _services().store.token_role(token)
+    found = current_services().store.token_role(token)
     if found is None or ROLE_RANK[found[1]] < ROLE_RANK["reader"]:
         return None
     return found[0]
@@ -108,7 +102,7 @@ def logout():
 @reader_page
 def index():
     """Dashboard: models and experiments with links to their pages."""
-    store = _services().store
+    store = current_services().store
     return _page(render_template("index.html", models=store.list_models(),
                                  experiments=store.list_experiments()))
 
@@ -121,7 +115,7 @@ def _error_page(e: ModelDropError) -> Response:
 @reader_page
 def model(name: str):
     """Dashboard: a model's versions and its release history per channel."""
-    store = _services().store
+    store = current_services().store
     try:
         name = validate_name(name)
         versions, _ = store.list_versions(name, limit=50)
@@ -136,8 +130,8 @@ def model(name: str):
 def version(name: str, number: int):
     """Dashboard: one version's metadata, variant table and per-device latency."""
     try:
-        found = _services().store.get_version(validate_name(name), number)
-        latency = version_latency(_services(), name, number)["items"]
+        found = current_services().store.get_version(validate_name(name), number)
+        latency = version_latency(current_services(), name, number)["items"]
     except ModelDropError as e:
         return _error_page(e)
     return _page(render_template("version.html", v=found, latency=latency))
@@ -148,7 +142,7 @@ def version(name: str, number: int):
 def experiment(name: str):
     """Dashboard: one experiment's report with charts."""
     try:
-        report, page = experiment_report_page(_services(), validate_name(name, "experiment name"))
+        report, page = experiment_report_page(current_services(), validate_name(name, "experiment name"))
     except ModelDropError as e:
         return _error_page(e)
     nav = render_template("nav.html", name=name, source=report.get("source") or {})
