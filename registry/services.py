@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry import db
 from registry.blobs import BlobStore, blob_store_from_settings
@@ -21,7 +21,10 @@ from registry.jobs import JobQueue, job_queue_from_settings
 from registry.signing import ExpiryPolicy, ImageRepository, KeyStore, MetadataStore, TargetSpec
 from registry.store import Store
 
-__all__ = ["Services", "build_services", "current_services", "ensure_admin_token"]
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["Services", "build_services", "current_services", "ensure_admin_token", "services_of"]
 
 log = logging.getLogger("modeldrop")
 
@@ -106,8 +109,13 @@ def ensure_admin_token(services: Services) -> Path | None:
 EXTENSION = "modeldrop"  # the key of a Flask app's ``extensions`` that holds its Services
 
 
+def services_of(app: Flask) -> Services:
+    """The services ``registry.app.create_app`` built for ``app``."""
+    return app.extensions[EXTENSION]
+
+
 def current_services() -> Services:
     """The services of the Flask app handling the current request."""
     from flask import current_app
 
-    return current_app.extensions[EXTENSION]
+    return services_of(current_app)

@@ -49,7 +49,7 @@ def serve(data_dir: Path, host: str, port: int, worker_processes: int | None) ->
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
-        app.extensions["modeldrop"].jobs.stop()
+        services_of(app).jobs.stop()
 
 
 def _banner(host: str, port: int, data_dir: Path, token_file: Path, bootstrap: bool) -> list[str]:
