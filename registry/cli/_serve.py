@@ -28,6 +28,7 @@ def serve(data_dir: Path, host: str, port: int, worker_processes: int | None) ->
 
     from registry.app import create_app
     from registry.config import Settings
+    from registry.services import services_of
 
     # Absolute from here on: the converter sandbox and the workers run in other directories.
     overrides = {"data_dir": data_dir.resolve()}
