@@ -5,10 +5,11 @@ Start a server first (README, first command), then:
     .venv/bin/python examples/quickstart.py --data-dir ./modeldrop-data
 
 It trains two small digit classifiers (scikit-learn's bundled digits, a few seconds each),
-pushes version 1, waits for conversion, promotes it, fetches it with the client SDK (with a
-progress bar), runs it in the TFLite interpreter, pushes and promotes version 2, rolls the
-channel back on the server, and shows the SDK moving to the older version under a HIGHER
-release counter ("rollback is a new release").
+pushes version 1 of "quickstart-digits" (its own model, so the README's "digits" first steps on
+the same server change nothing here), waits for conversion, promotes it, fetches it with the
+client SDK (with a progress bar), runs it in the TFLite interpreter, pushes and promotes
+version 2, rolls the channel back on the server, and shows the SDK moving to the older version
+under a HIGHER release counter ("rollback is a new release").
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-MODEL, CHANNEL = "digits", "production"
+# Its own model name: the README's first steps use "digits", and an experiment or release made
+# there would otherwise decide what this script's device gets on the same server.
+MODEL, CHANNEL = "quickstart-digits", "production"
 
 
 def train(seed: int, epochs: int, out: Path) -> tuple[Path, Path]:
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     registry = Registry(args.url, token)
     v1_path, eval_npz = train(seed=1, epochs=10, out=args.workdir)
     v1 = registry.push_and_wait(v1_path, eval_npz)
-    print("promoted:", registry.promote(v1)["counter"])
+    release = registry.promote(v1)
+    print(f"promoted: v{release['version']} to {CHANNEL} (release counter {release['counter']})")
 
     root = requests.get(f"{args.url}/tuf/metadata/1.root.json", timeout=10).content
     device = DeviceInfo(platform="android", os_version="14", device_model="pixel7",
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
 
     v2_path, _ = train(seed=2, epochs=1, out=args.workdir)
     v2 = registry.push_and_wait(v2_path, eval_npz)
-    registry.promote(v2)
+    release = registry.promote(v2)
+    print(f"promoted: v{release['version']} to {CHANNEL} (release counter {release['counter']})")
     model = client.get_model(MODEL, CHANNEL)
     print(f"device updated to v{model.version}, release counter {model.release_counter}")
 

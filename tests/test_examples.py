@@ -31,6 +31,8 @@ def test_quickstart_example(live_server, tmp_path, capsys):  # noqa: F811
     quickstart.main(["--url", live_server.base_url, "--token", live_server.admin_token,
                      "--workdir", str(tmp_path / "work")])
     out = capsys.readouterr().out
+    assert "promoted: v1 to production (release counter 1)" in out, out
+    assert "promoted: v2 to production (release counter 2)" in out, out
     assert "device runs v1 (tflite-int8-dynamic), release counter 1" in out \
         or "device runs v1 (tflite-fp32), release counter 1" in out, out
     assert "device updated to v2, release counter 2" in out, out

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import click
 
 from registry.cli._common import client, echo_json, pass_ctx, table
+from registry.client import ApiError
 
 __all__ = ["experiment", "register"]
 
@@ -160,9 +161,48 @@ def releases(ctx, name, channel, as_json) -> None:
           r["variant"] or "auto", f"{r['rollout_percent']:g}%", r["state"], r["kind"],
           r["created_by"], r["created_at"][:19].replace("T", " "), r["reason"])
          for r in items]))
-    for r in items:
+    for line in _stop_reasons(ctx, name, items):
+        click.echo(line)
+
+
+def _stop_reasons(ctx: click.Context, name: str, items: list[dict[str, Any]]) -> list[str]:
+    """Why each paused release is paused: a guardrail's halt reason, else the pause's audit entry.
+
+    The release carries only a guardrail's reason; a manual pause's reason lives in the audit
+    log, which only an admin may read, so other roles are told where to look.
+    """
+    paused = [r for r in items if r.get("paused") or r["state"] in ("paused", "halted")]
+    if not paused:
+        return []
+    manual: dict[tuple[str, int], dict[str, Any]] = {}
+    audit_error = None
+    if any(not r.get("halted_reason") for r in paused):
+        try:
+            entries = client(ctx).get("/v1/audit", action="release.pause", limit=1000)["items"]
+        except ApiError as e:
+            entries, audit_error = [], e
+        for entry in entries:  # newest first: keep the latest pause of each release
+            details = entry.get("details") or {}
+            key = (entry.get("target", ""), details.get("counter"))
+            manual.setdefault(key, entry)
+    lines = []
+    for r in paused:
+        label = f"release {r['channel']}#{r['counter']}"
         if r.get("halted_reason"):
-            click.echo(f"release {r['channel']}#{r['counter']} halted: {r['halted_reason']}")
+            lines.append(f"{label} halted by a guardrail: {r['halted_reason']} "
+                         f"(resume: modeldrop rollout {name} --channel {r['channel']} --resume)")
+            continue
+        entry = manual.get((f"model:{name}/channel:{r['channel']}", r["counter"]))
+        if entry is not None:
+            why = (entry.get("details") or {}).get("reason") or "no reason given"
+            lines.append(f"{label} paused by {entry['actor']} at {entry['ts'][:19].replace('T', ' ')}"
+                         f": {why}")
+        elif audit_error is not None:
+            lines.append(f"{label} paused; the reason is in the audit log (admin token: "
+                         f"modeldrop audit --action release.pause)")
+        else:
+            lines.append(f"{label} paused (no reason recorded)")
+    return lines
 
 
 # -- experiments ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -41,14 +42,41 @@ def push(ctx, name, model_file, metadata_file, eval_file, number, wait, as_json)
     total = model_file.stat().st_size + (eval_file.stat().st_size if eval_file else 0)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=as_json) as bar:
         result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number)
+    if result["status"] == "failed":
+        # A new version starts as "uploaded", so "failed" means these bytes already were a
+        # version, and the server kept it as it was: say so instead of exiting 0.
+        raise click.ClickException(_failed_again(name, result))
     if not as_json:
         job_note = f"conversion job {result['job']}" if result.get("job") else "no job"
         click.echo(f"{name} version {result['version']}: {result['status']} "
                    f"(sha256 {result['source']['sha256'][:12]}, {job_note})")
+        if eval_file is not None and result["source"].get("eval_sha256") != _sha256(eval_file):
+            click.echo(f"note: these bytes already were version {result['version']}, which keeps "
+                       f"its own eval set and metadata; the ones sent now were not applied",
+                       err=True)
     if wait and result.get("job"):
         result = _wait_for_job(ctx, result["job"], quiet=as_json) or result
     if as_json:
         echo_json(result)
+
+
+def _failed_again(name: str, version: dict) -> str:
+    number = version["version"]
+    return (f"{name} version {number} already holds these bytes, and its conversion failed: "
+            f"{version.get('error') or 'no reason recorded'}\n"
+            f"The same file always maps to the same version and a failed version stays failed, "
+            f"so this push changed nothing (its --metadata and --eval were not applied).\n"
+            f"Fix the cause, then push a changed model file (train again, or save the model "
+            f"again: every Keras save writes new bytes); it becomes the next version. "
+            f"Details: modeldrop show {name} {number}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _wait_for_job(ctx, job_id: str, quiet: bool = False):  # noqa: ANN001, ANN202
@@ -174,10 +202,40 @@ def models(ctx, as_json) -> None:
 @click.command()
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Wait with a progress bar until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @pass_ctx
-def job(ctx, job_id, wait) -> None:
-    """Show a conversion job."""
+def job(ctx, job_id, wait, as_json) -> None:
+    """Show a conversion job: state, progress, timing and each variant's outcome."""
     if wait:
-        _wait_for_job(ctx, job_id)
-        return
-    echo_json(client(ctx).get(f"/v1/jobs/{job_id}"))
+        _wait_for_job(ctx, job_id, quiet=as_json)
+    data = client(ctx).get(f"/v1/jobs/{job_id}")
+    if as_json:
+        return echo_json(data)
+    if not wait:
+        click.echo(_job_summary(data))
+
+
+def _when(ts: str | None) -> str:
+    return ts[:19].replace("T", " ") if ts else "-"
+
+
+def _job_summary(data: dict) -> str:
+    progress = data.get("progress") or {}
+    lines = [f"job {data['id']} ({data.get('kind', 'convert')}): {data['model']} version "
+             f"{data['version']}, {data['state']}, {progress.get('done', 0)} of "
+             f"{progress.get('total', 0)} variants"]
+    timing = f"  created {_when(data.get('created_at'))}, started {_when(data.get('started_at'))}"
+    if data.get("finished_at"):
+        timing += f", finished {_when(data['finished_at'])}"
+    lines.append(timing + f", attempt {data.get('attempts', 1)}")
+    if progress.get("note"):
+        lines.append(f"  progress: {progress['note']}")
+    if data.get("error"):
+        lines.append(f"  error: {data['error']}")
+    results = data.get("results") or {}
+    if results:
+        lines.append("")
+        lines.append(table(["VARIANT", "STATE", "SERVABLE", "ERROR"],
+                           [(name, r.get("state"), "yes" if r.get("servable") else "no",
+                             r.get("error") or "") for name, r in sorted(results.items())]))
+    return "\n".join(lines)
