@@ -41,6 +41,7 @@ def serve(data_dir: Path, host: str, port: int, worker_processes: int | None) ->
     for line in _banner(host, port, Path(settings.data_dir), token_file,
                         settings.bootstrap_admin_token):
         click.echo(line)
+    sys.stdout.flush()  # before any log line on stderr, also when both go to one file
     app = create_app(settings, start_workers=settings.job_backend == "inprocess")
     if settings.bootstrap_admin_token and not token_file.exists():
         click.echo(f"note: {token_file} is missing and tokens already exist, so none was "
