@@ -1,0 +1,86 @@
+"""The CLI a newcomer meets first: sticky failed versions, job summaries, why a release stopped,
+`example`, `device fetch`, `doctor` (against a real server on loopback, click's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from registry.cli import main
+from tests.live import live_server  # noqa: F401
+from tests.makers import make_ready_version
+
+
+@pytest.fixture
+def cli(live_server):  # noqa: F811
+    runner = CliRunner()
+
+    def run(*args, token=None, ok=True):
+        env = {"MODELDROP_URL": live_server.base_url,
+               "MODELDROP_TOKEN": token or live_server.admin_token}
+        result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    run.server = live_server
+    return run
+
+
+def test_pushing_the_bytes_of_a_failed_version_again_says_so_and_fails(cli, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"k" * 5000)
+    first = json.loads(cli("push", "digits", str(model), "--json").output)
+    store = cli.server.services.store
+    store.set_version_status(store.version_id("digits", first["version"]), "failed",
+                             "evaluation set x has shape (5, 3), expected (N, 8, 8, 1)")
+    fixed_eval = tmp_path / "eval.npz"
+    fixed_eval.write_bytes(b"not really npz, never read")
+    again = cli("push", "digits", str(model), "--eval", str(fixed_eval), ok=False)
+    assert again.exit_code == 1, again.output
+    assert "digits version 1 already holds these bytes" in again.output
+    assert "expected (N, 8, 8, 1)" in again.output  # the version's own error
+    assert "push a changed model file" in again.output and "modeldrop show digits 1" in again.output
+    assert cli("push", "digits", str(model), "--json", ok=False).exit_code == 1
+
+
+def test_pushing_identical_bytes_with_another_eval_set_says_it_was_not_applied(cli, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"m" * 5000)
+    cli("push", "digits", str(model))
+    other = tmp_path / "eval.npz"
+    other.write_bytes(b"another eval set")
+    again = cli("push", "digits", str(model), "--eval", str(other))
+    assert "digits version 1: uploaded" in again.output
+    assert "were not applied" in again.output
+
+
+def test_job_prints_a_summary_and_json_on_request(cli, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"j" * 5000)
+    job_id = json.loads(cli("push", "digits", str(model), "--json").output)["job"]
+    out = cli("job", job_id).output
+    assert out.startswith(f"job {job_id} (convert): digits version 1, queued"), out
+    assert "{" not in out
+    assert json.loads(cli("job", job_id, "--json").output)["id"] == job_id
+
+
+def test_releases_say_why_a_release_is_paused_or_halted(cli):
+    services = cli.server.services
+    make_ready_version(services, "digits")
+    make_ready_version(services, "digits")
+    cli("promote", "digits", "1", "--channel", "production")
+    cli("promote", "digits", "2", "--channel", "beta")
+    cli("rollout", "digits", "--channel", "production", "--pause", "--reason",
+        "checking crash reports")
+    services.store.halt_release("digits", "beta", 1, "load_failure_rate 0.2 >= 0.02",
+                                actor="system", details={})
+    out = cli("releases", "digits").output
+    assert "release production#1 paused by token:1(bootstrap-admin)" in out, out
+    assert out.rstrip().count("checking crash reports") == 1, out
+    assert "release beta#1 halted by a guardrail: load_failure_rate 0.2 >= 0.02" in out, out
+    reader = cli("token", "create", "--role", "reader").stdout.strip().splitlines()[0]
+    as_reader = cli("releases", "digits", token=reader).output
+    assert "paused; the reason is in the audit log" in as_reader, as_reader
