@@ -1,7 +1,12 @@
 """One error hierarchy for the server, each with a stable code and HTTP status.
 
-Clients (the CLI and the SDK) rebuild the same error from the problem+json body by its
-``code``; the codes are a public contract and never change meaning.
+Every error the server reports is a ``ModelDropError``: the ones here, and those of the
+packages with their own errors module (``registry.delivery.errors``, ``registry.signing.errors``,
+``registry.telemetry.errors``, ``registry.convert.catalog.ConversionError``), which subclass it.
+Each class states its ``code``, ``status`` and ``title`` in one line; the API turns any of them
+into problem+json with one handler. Clients (the CLI and the SDK) rebuild the same error from
+the problem+json body by its ``code``; the codes are a public contract and never change meaning.
+This module imports only the standard library: the converter process imports it too.
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ class ModelDropError(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return body
+
+
+class HTTPProblem(ModelDropError):
+    """An HTTP error werkzeug raised (404 route, 405 method): its status, its name as the code."""
+
+    def __init__(self, status: int, name: str | None, detail: str | None) -> None:
+        super().__init__(detail)
+        self.status, self.title = status, name or self.title
+        self.code = (name or "error").lower().replace(" ", "_")
 
 
 class ValidationError(ModelDropError):

@@ -86,7 +86,7 @@ def test_invalid_expressions_name_the_expression(text):
         parse_guardrail(text)
     assert info.value.code == "invalid_guardrail"
     assert info.value.status == 400
-    assert repr(text) in info.value.message
+    assert repr(text) in info.value.detail
 
 
 @pytest.mark.parametrize("min_samples", [0, -5, 2.5, True])

@@ -268,7 +268,7 @@ def test_bad_target_paths_are_refused_and_change_nothing(repo, path):
     before = repo.get_metadata("timestamp.json")
     with pytest.raises(InvalidTargetPathError) as err:
         repo.add_targets([TargetSpec("digits/1/ok.tflite", 1, "a" * 64), TargetSpec(path, 1, "a" * 64)])
-    assert err.value.code == "invalid_target_path" and err.value.http_status == 400
+    assert err.value.code == "invalid_target_path" and err.value.status == 400
     assert repo.get_metadata("timestamp.json") == before
     assert repo.target_info("digits/1/ok.tflite") is None
 

@@ -200,7 +200,7 @@ def test_invalid_definitions_name_the_field(data, field):
         TargetingRules.from_dict(data)
     assert info.value.code == "invalid_targeting"
     assert info.value.status == 400
-    assert field in info.value.message
+    assert field in info.value.detail
 
 
 def test_rules_must_be_an_object():

@@ -8,9 +8,7 @@ from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import ClientDisconnected
 
-from registry.delivery.errors import DeliveryError
-from registry.errors import ModelDropError, UploadIncompleteError, UploadTooLargeError
-from registry.signing.errors import SigningError
+from registry.errors import HTTPProblem, ModelDropError, UploadIncompleteError, UploadTooLargeError
 
 log = logging.getLogger("modeldrop.api")
 PROBLEM = "application/problem+json"
@@ -19,14 +17,6 @@ PROBLEM = "application/problem+json"
 def problem_response(error: ModelDropError) -> Response:
     body = error.to_problem(instance=request.path)
     return Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
-
-
-def _foreign(code: str, status: int, detail: str) -> ModelDropError:
-    """A problem for an error of a package with its own hierarchy (code + status)."""
-    error = ModelDropError(detail)
-    error.code, error.status = code, status
-    error.title = code.replace("_", " ").capitalize()
-    return error
 
 
 def register_api(app: Flask) -> None:
@@ -40,17 +30,9 @@ def register_api(app: Flask) -> None:
 
     @app.errorhandler(ModelDropError)
     def _modeldrop_error(e: ModelDropError) -> Response:
+        if e.status >= 500:  # a server fault (signing, storage): the operator needs the line
+            log.error("%s on %s %s: %s", e.code, request.method, request.path, e)
         return problem_response(e)
-
-    @app.errorhandler(DeliveryError)
-    def _delivery_error(e: DeliveryError) -> Response:
-        return problem_response(_foreign(e.code, e.status, e.message))
-
-    @app.errorhandler(SigningError)
-    def _signing_error(e: SigningError) -> Response:
-        if e.http_status >= 500:
-            log.error("signing failed on %s %s: %s", request.method, request.path, e)
-        return problem_response(_foreign(e.code, e.http_status, str(e)))
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
@@ -58,14 +40,9 @@ def register_api(app: Flask) -> None:
             return problem_response(UploadTooLargeError("the request body is larger than the upload limit"))
         if isinstance(e, ClientDisconnected):
             return problem_response(UploadIncompleteError("the client disconnected before the upload ended"))
-        err = ModelDropError(e.description)
-        err.status, err.title = e.code or 500, e.name
-        err.code = (e.name or "error").lower().replace(" ", "_")
-        return problem_response(err)
+        return problem_response(HTTPProblem(e.code or 500, e.name, e.description))
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:
-        if isinstance(e, ModelDropError):
-            return problem_response(e)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(ModelDropError("an internal error occurred; see the server log"))

@@ -25,7 +25,7 @@ MAX_SAVEDMODEL_BYTES = 8 << 30  # bytes; uncompressed size cap for an uploaded S
 DISK_HEADROOM_BYTES = 256 << 20  # bytes left free on the work volume after extracting
 
 
-class UploadTooLargeError(ConversionError):
+class SourceTooLargeError(ConversionError):
     """The upload would expand beyond its budget or the free disk space."""
 
     code = "upload_too_large"
@@ -194,13 +194,13 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SA
             members.append((info, relative))
         declared = sum(info.file_size for info, _ in members)
         if declared > max_bytes:
-            raise UploadTooLargeError(
+            raise SourceTooLargeError(
                 f"upload_too_large: {zip_path.name} declares {declared} bytes uncompressed; "
                 f"the limit for this upload is {max_bytes} bytes (MODELDROP_CONVERT_WORK_FACTOR "
                 f"times its size)")
         free = shutil.disk_usage(dest).free
         if declared + DISK_HEADROOM_BYTES > free:
-            raise UploadTooLargeError(
+            raise SourceTooLargeError(
                 f"upload_too_large: {zip_path.name} needs {declared} bytes to extract but the "
                 f"conversion volume has {free} bytes free")
         budget = max_bytes
@@ -215,7 +215,7 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SA
                     while chunk := src.read(1 << 20):
                         budget -= len(chunk)
                         if budget < 0:
-                            raise UploadTooLargeError(
+                            raise SourceTooLargeError(
                                 f"upload_too_large: {zip_path.name} expands beyond {max_bytes} bytes"
                             )
                         dst.write(chunk)

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.errors import ModelDropError  # standard library only, like this module
+
 __all__ = [
     "ConversionError",
     "SOURCE_FORMATS",
@@ -22,16 +24,17 @@ __all__ = [
 ]
 
 
-class ConversionError(Exception):
+class ConversionError(ModelDropError):
     """The uploaded inputs cannot be converted at all.
 
     Raised when the source model does not load (the message carries the loader's
     own message) or when the evaluation set does not fit the model. A failure of
     one variant is not a ConversionError: it is recorded on that variant's
-    VariantResult and the other variants still convert.
+    VariantResult and the other variants still convert. It ends the job (its ``code``
+    and scrubbed message are the job's error), not a request, so its status is nominal.
     """
 
-    code = "conversion_failed"
+    code, status, title = "conversion_failed", 422, "Conversion failed"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
-"""Errors raised by the signing package.
+"""Errors raised by the signing package, in the server's one hierarchy (``registry.errors``).
 
-Every error carries a stable ``code`` (what API clients and the SDK match on) and the
-HTTP status the API layer should answer with, so the integrator can turn any of them
-into an RFC 9457 problem+json response from one table instead of guessing.
+Each has the stable ``code`` and HTTP ``status`` the API layer answers with.
 Messages never contain key material.
 """
 
 from __future__ import annotations
+
+from registry.errors import ModelDropError
 
 __all__ = [
     "InvalidManifestError",
@@ -24,74 +24,64 @@ __all__ = [
 ]
 
 
-class SigningError(Exception):
+class SigningError(ModelDropError):
     """Base of every error raised by :mod:`registry.signing`."""
 
-    code: str = "signing_error"
-    http_status: int = 500
+    code, status, title = "signing_error", 500, "Signing error"
 
 
 class InvalidTargetPathError(SigningError):
     """A TUF target path is not a clean relative POSIX path."""
 
-    code = "invalid_target_path"
-    http_status = 400
+    code, status, title = "invalid_target_path", 400, "Invalid target path"
 
 
 class InvalidTargetError(SigningError):
     """A target's length, sha256 or custom field is malformed."""
 
-    code = "invalid_target"
-    http_status = 400
+    code, status, title = "invalid_target", 400, "Invalid target"
 
 
 class TargetNotFoundError(SigningError):
     """A target to remove is not in the current targets metadata."""
 
-    code = "target_not_found"
-    http_status = 404
+    code, status, title = "target_not_found", 404, "Target not found"
 
 
 class UnknownRoleError(SigningError):
     """A role name is not one this repository knows (or cannot rotate)."""
 
-    code = "unknown_role"
-    http_status = 400
+    code, status, title = "unknown_role", 400, "Unknown role"
 
 
 class InvalidManifestError(SigningError):
     """A manifest document cannot be canonicalised (e.g. it holds floats)."""
 
-    code = "invalid_manifest"
-    http_status = 500
+    code, status, title = "invalid_manifest", 500, "Invalid manifest"
 
 
 class ManifestSignatureError(SigningError):
     """A signed manifest does not carry enough valid signatures from the manifest keys."""
 
-    code = "manifest_signature_invalid"
-    http_status = 400
+    code, status, title = "manifest_signature_invalid", 400, "Manifest signature invalid"
 
 
 class InvalidMetadataNameError(SigningError):
     """A metadata file name is not one of the names TUF clients ask for."""
 
-    code = "invalid_metadata_name"
-    http_status = 404
+    code, status, title = "invalid_metadata_name", 404, "Invalid metadata name"
 
 
 class NotBootstrappedError(SigningError):
     """The repository has no root yet: call ``bootstrap()`` first."""
 
-    code = "repository_not_initialized"
-    http_status = 503
+    code, status, title = "repository_not_initialized", 503, "Repository not initialized"
 
 
 class MetadataInconsistentError(SigningError):
     """Stored metadata is missing or does not parse where the chain says it should."""
 
-    code = "metadata_inconsistent"
-    http_status = 500
+    code, status, title = "metadata_inconsistent", 500, "Metadata inconsistent"
 
 
 class MissingSigningKeyError(SigningError):
@@ -100,12 +90,10 @@ class MissingSigningKeyError(SigningError):
     Expected when a role's key is kept offline; the operation needs that key.
     """
 
-    code = "missing_signing_key"
-    http_status = 503
+    code, status, title = "missing_signing_key", 503, "Missing signing key"
 
 
 class KeyStoreError(SigningError):
     """The key directory cannot be read or written, or a key file is unusable."""
 
-    code = "key_store_error"
-    http_status = 500
+    code, status, title = "key_store_error", 500, "Key store error"

@@ -227,7 +227,7 @@ def validate_event(event: object, received_at: datetime) -> dict[str, Any]:
     try:
         install_id = validate_install_id(event.get("install_id"))
     except InvalidInstallIdError as e:
-        raise _Bad("install_id", e.message) from None
+        raise _Bad("install_id", e.detail) from None
     try:
         ts = parse_rfc3339(event.get("ts"))
     except ValueError as e:
