@@ -84,3 +84,42 @@ def test_releases_say_why_a_release_is_paused_or_halted(cli):
     reader = cli("token", "create", "--role", "reader").stdout.strip().splitlines()[0]
     as_reader = cli("releases", "digits", token=reader).output
     assert "paused; the reason is in the audit log" in as_reader, as_reader
+
+
+def test_doctor_passes_on_a_running_server_and_names_the_fix(cli):
+    data_dir = str(cli.server.services.settings.data_dir)
+    out = cli("doctor", "--data-dir", data_dir).output
+    for name in ("database", "blobs", "keys", "disk", "server", "tuf"):
+        assert any(line.startswith("OK") and f" {name} " in line for line in out.splitlines()), out
+    assert "migrated (revision" in out and "private (0700/0600)" in out, out
+    checks = {c["name"]: c for c in json.loads(cli("doctor", "--data-dir", data_dir,
+                                                   "--json").output)}
+    assert checks["sandbox"]["status"] in ("ok", "warn")
+
+    key = cli.server.services.settings.resolved_keys_dir / "timestamp.pem"
+    key.chmod(0o644)
+    try:
+        bad = cli("doctor", "--data-dir", data_dir, ok=False)
+    finally:
+        key.chmod(0o600)
+    assert bad.exit_code == 1
+    assert "readable by other users" in bad.output and "-> fix: chmod -R go-rwx" in bad.output
+
+
+def test_doctor_reports_a_missing_data_dir_without_creating_it(cli, tmp_path):
+    missing = tmp_path / "nowhere"
+    out = cli("--url", "http://127.0.0.1:9", "doctor", "--data-dir", str(missing), ok=False)
+    assert out.exit_code == 1
+    assert "no database at" in out.output and "start the server once" in out.output
+    assert "not checked: the server did not answer" in out.output
+    assert not missing.exists()
+
+
+def test_doctor_flags_an_expired_timestamp(live_server):  # noqa: F811
+    from datetime import datetime, timezone
+
+    from registry.cli._doctor import _timestamp
+
+    assert _timestamp(live_server.base_url).status == "ok"
+    later = _timestamp(live_server.base_url, now=datetime(2100, 1, 1, tzinfo=timezone.utc))
+    assert later.status == "fail" and "expired" in later.detail

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from registry.cli import _admin, _delivery, _device, _example, _registry, _reports, _serve
+from registry.cli import (
+    _admin,
+    _delivery,
+    _device,
+    _doctor,
+    _example,
+    _registry,
+    _reports,
+    _serve,
+)
 from registry.cli._common import pass_ctx  # noqa: F401 - re-exported for command modules
 
 __all__ = ["main"]
@@ -22,5 +31,5 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
 
 
 # _reports attaches `experiment report` to the group that _delivery registers, so it comes last.
-for module in (_serve, _registry, _admin, _delivery, _reports, _example, _device):
+for module in (_serve, _registry, _admin, _delivery, _reports, _example, _device, _doctor):
     module.register(main)
