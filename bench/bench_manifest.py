@@ -8,8 +8,8 @@ deploy/gunicorn.conf.py on 127.0.0.1, and runs ``wrk -t2 -c64 --latency`` for a 
 time with a Lua script that cycles through the install ids (every request is a different
 device: a real resolution, signature and ETag each time). Writes
 bench/results/manifest.json with requests/s, p50/p90/p99 latency and the ratio to the
-bare-Flask figure in FIELD-NOTES (a constant 800 B body under gunicorn sync workers on this
-machine: ~5,450 req/s, p99 ~20 ms, same wrk settings).
+bare-Flask reference measured earlier on the development machine (a constant 800 B body under
+gunicorn sync workers, 2 cores: ~5,450 req/s, p99 ~20 ms, same wrk settings).
 
 It also measures that bare-Flask reference again with the same gunicorn and wrk settings,
 in interleaved rounds (bare, sync, gthread, bare, ...; servers stay up, idle ones cost
@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BARE_FLASK_REQ_S = 5450  # FIELD-NOTES: bare Flask, gunicorn sync, 2 cores, wrk -t2 -c64
+BARE_FLASK_REQ_S = 5450  # earlier run: bare Flask, gunicorn sync, 2 cores, wrk -t2 -c64
 BARE_FLASK_P99_MS = 20
 QUERY = ("/v1/manifest?model=digits&channel=production&platform=android&os_version=14"
          "&device_model=pixel7&app_version=3.2.0&region=DE&install_id=")
@@ -291,7 +291,7 @@ def main() -> None:
         if "ratio_vs_bare_flask_same_round" in summary:
             line += (f"  {summary['ratio_vs_bare_flask_same_round']:.2f}x bare Flask (same "
                      f"rounds), {summary['ratio_vs_field_notes_bare_flask']:.2f}x the "
-                     "FIELD-NOTES figure")
+                     "earlier bare-Flask reference")
         print(line)
     report = {
         "benchmark": "GET /v1/manifest, signed, 10k distinct install ids",
@@ -305,7 +305,7 @@ def main() -> None:
                   "releases": "v1 at 100%, v2 at 50% for android (two releases walked)",
                   "response": "200 signed manifest (no If-None-Match), ~1 KB"},
         "reference": {"bare_flask_gunicorn_sync_req_s": BARE_FLASK_REQ_S,
-                      "bare_flask_p99_ms": BARE_FLASK_P99_MS, "source": "FIELD-NOTES.md"},
+                      "bare_flask_p99_ms": BARE_FLASK_P99_MS, "source": "earlier bare-Flask run on the development machine"},
         "results": summaries,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

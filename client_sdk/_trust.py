@@ -51,8 +51,10 @@ _METADATA_CAP = 8 << 20  # bytes; python-tuf applies the per-role caps on top of
 class _SessionFetcher(FetcherInterface):
     """python-tuf fetcher over the SDK's session, with an overall deadline per file.
 
-    python-tuf's own fetchers time out only between bytes (see FIELD-NOTES), so a
-    trickling mirror could stall a refresh forever.
+    python-tuf's own ``RequestsFetcher`` hands its timeout to requests, which applies it
+    between bytes, not to the whole download ("timeout is not a time limit on the entire
+    response download", https://requests.readthedocs.io/en/latest/user/quickstart/#timeouts),
+    so a trickling mirror could stall a refresh forever.
     """
 
     def __init__(self, session: requests.Session, config: ClientConfig) -> None:
