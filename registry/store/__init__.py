@@ -22,6 +22,9 @@ __all__ = ["Store", "hash_token"]
 
 class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin, TelemetryStore,
             DeliveryStore):
+    """The one store: each part needs only ``StoreBase`` (sessions, ``_model``/``_version``,
+    the delivery cache), so the order of the bases does not matter."""
+
     def __init__(self, engine: Engine, lock_dir: Optional[Path] = None) -> None:
         super().__init__(engine)
         self.lock_dir = lock_dir

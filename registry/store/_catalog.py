@@ -8,7 +8,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from registry.errors import ModelNotFoundError, VersionConflictError, VersionNotFoundError
+from registry.errors import VersionConflictError, VersionNotFoundError
 from registry.models import ModelRow, VariantRow, VersionRow, utcnow
 from registry.schemas import ModelOut, VariantOut, VersionOut
 from registry.store._auth import _audit
@@ -36,21 +36,6 @@ def _version_out(s: Session, model: ModelRow, row: VersionRow) -> VersionOut:
 
 class CatalogStore(StoreBase):
     # -- models ---------------------------------------------------------------------------
-    def _model(self, s: Session, name: str) -> ModelRow:
-        row = s.exec(select(ModelRow).where(ModelRow.name == name)).first()
-        if row is None:
-            raise ModelNotFoundError(f"model {name!r} does not exist", model=name)
-        return row
-
-    def _version(self, s: Session, name: str, number: int) -> tuple[ModelRow, VersionRow]:
-        model = self._model(s, name)
-        row = s.exec(select(VersionRow).where(VersionRow.model_id == model.id,
-                                              VersionRow.number == number)).first()
-        if row is None:
-            raise VersionNotFoundError(f"model {name!r} has no version {number}",
-                                       model=name, version=number)
-        return model, row
-
     def list_models(self) -> list[ModelOut]:
         with self.session() as s:
             stats = dict((mid, (mx, n)) for mid, mx, n in s.exec(

@@ -9,7 +9,6 @@ about *who gets what* are not made here: they live in ``registry.delivery``.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 from sqlalchemy import func
@@ -30,6 +29,7 @@ from registry.store._delivery_types import (
     ServingExperiment,
     ServingRelease,
     _invalidates_cache,
+    insert_release,
     _min_app_version,
     _release_out,
 )
@@ -39,32 +39,12 @@ __all__ = ["DeliveryStore"]
 
 
 class DeliveryStore(ExperimentStore):
-    """Mixed into ``Store`` after ``CatalogStore``, whose ``_model``/``_version`` it uses.
+    """Releases and the reads of the manifest path.
 
     The manifest path may read ``channel_state`` and ``servable_variants`` through a short
     per-process cache (``max_age``): every delivery write of this process invalidates it at
     once, writes of other processes are seen within ``max_age``.
     """
-
-    _CACHE_LIMIT = 1024  # entries per cache; a full cache is cleared, not grown
-
-    def _delivery_changed(self) -> None:
-        self._delivery_generation = getattr(self, "_delivery_generation", 0) + 1
-
-    def _cached(self, cache_name: str, key: Any, max_age: float, load):  # noqa: ANN001, ANN202
-        if max_age <= 0:
-            return load()
-        cache = self.__dict__.setdefault(cache_name, {})
-        generation = getattr(self, "_delivery_generation", 0)
-        hit = cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] == generation and hit[1] > now:
-            return hit[2]
-        value = load()
-        if len(cache) >= self._CACHE_LIMIT:
-            cache.clear()
-        cache[key] = (generation, now + max_age, value)
-        return value
 
     # -- releases ---------------------------------------------------------------------------
     @_invalidates_cache
@@ -77,7 +57,7 @@ class DeliveryStore(ExperimentStore):
             try:
                 with self.session() as s:
                     model_row, version_row = self._version(s, model, version)
-                    row = self._insert_release(
+                    row = insert_release(
                         s, model_row, channel, version_row, variant=variant,
                         rollout_bp=rollout_bp, rollout_seed=rollout_seed, targeting=targeting,
                         guardrails=guardrails, kind=kind, reason=reason, actor=actor,
@@ -87,28 +67,6 @@ class DeliveryStore(ExperimentStore):
                 if attempt == 4:  # a concurrent release took the counter five times running
                     raise
         raise AssertionError("unreachable")
-
-    def _insert_release(self, s: Session, model_row: ModelRow, channel: str,
-                        version_row: VersionRow, *, variant: Optional[str], rollout_bp: int,
-                        rollout_seed: str, targeting: dict[str, Any], guardrails: list[Any],
-                        kind: str, reason: str, actor: str,
-                        details: Optional[dict[str, Any]]) -> ReleaseRow:
-        # Serialise release creation per model (PostgreSQL row lock; SQLite serialises
-        # writers anyway), so max + 1 does not race; the unique constraint stays the backstop.
-        s.exec(select(ModelRow.id).where(ModelRow.id == model_row.id).with_for_update()).one()
-        current = s.exec(select(func.max(ReleaseRow.counter)).where(
-            ReleaseRow.model_id == model_row.id, ReleaseRow.channel == channel)).one()
-        row = ReleaseRow(model_id=model_row.id, channel=channel, counter=(current or 0) + 1,
-                         version_id=version_row.id, variant=variant, rollout_bp=rollout_bp,
-                         rollout_seed=rollout_seed, targeting=targeting, guardrails=guardrails,
-                         kind=kind, reason=reason, created_by=actor)
-        s.add(row)
-        s.flush()
-        _audit(s, actor, f"release.{kind}", f"model:{model_row.name}/channel:{channel}",
-               {"counter": row.counter, "version": version_row.number, "variant": variant,
-                "rollout_bp": rollout_bp, "targeting": targeting, "guardrails": guardrails,
-                "reason": reason, **(details or {})})
-        return row
 
     def list_releases(self, model: str, channel: Optional[str] = None,
                       limit: int = 100) -> list[ReleaseOut]:

@@ -10,8 +10,12 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from registry.models import ReleaseRow
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from registry.models import ModelRow, ReleaseRow, VersionRow
 from registry.schemas import ReleaseOut
+from registry.store._auth import _audit
 
 __all__ = [
     "ACTIVE_EXPERIMENT",
@@ -80,6 +84,29 @@ def _invalidates_cache(method):  # noqa: ANN001, ANN202
             self._delivery_changed()
 
     return wrapper
+
+
+def insert_release(s: Session, model_row: ModelRow, channel: str,
+                   version_row: VersionRow, *, variant: Optional[str], rollout_bp: int,
+                    rollout_seed: str, targeting: dict[str, Any], guardrails: list[Any],
+                    kind: str, reason: str, actor: str,
+                    details: Optional[dict[str, Any]]) -> ReleaseRow:
+    # Serialise release creation per model (PostgreSQL row lock; SQLite serialises
+    # writers anyway), so max + 1 does not race; the unique constraint stays the backstop.
+    s.exec(select(ModelRow.id).where(ModelRow.id == model_row.id).with_for_update()).one()
+    current = s.exec(select(func.max(ReleaseRow.counter)).where(
+        ReleaseRow.model_id == model_row.id, ReleaseRow.channel == channel)).one()
+    row = ReleaseRow(model_id=model_row.id, channel=channel, counter=(current or 0) + 1,
+                     version_id=version_row.id, variant=variant, rollout_bp=rollout_bp,
+                     rollout_seed=rollout_seed, targeting=targeting, guardrails=guardrails,
+                     kind=kind, reason=reason, created_by=actor)
+    s.add(row)
+    s.flush()
+    _audit(s, actor, f"release.{kind}", f"model:{model_row.name}/channel:{channel}",
+           {"counter": row.counter, "version": version_row.number, "variant": variant,
+            "rollout_bp": rollout_bp, "targeting": targeting, "guardrails": guardrails,
+            "reason": reason, **(details or {})})
+    return row
 
 
 def _percent(bp: int) -> float:

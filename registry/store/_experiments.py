@@ -22,6 +22,7 @@ from registry.schemas import ArmOut, ExperimentOut, ReleaseOut
 from registry.store._delivery_types import (
     ACTIVE_EXPERIMENT,
     _invalidates_cache,
+    insert_release,
     _percent,
     _release_out,
 )
@@ -30,8 +31,8 @@ __all__ = ["ExperimentStore"]
 
 
 class ExperimentStore(StoreBase):
-    """Part of ``DeliveryStore``; uses its ``_insert_release`` and ``CatalogStore``'s
-    ``_model``/``_version`` when composed in ``Store``."""
+    """Experiments and their arms; the release an experiment's stop writes goes through
+    ``insert_release`` like any other."""
 
     @_invalidates_cache
     def create_experiment(self, name: str, *, model: str, channel: str, seed: str,
@@ -226,7 +227,7 @@ class ExperimentStore(StoreBase):
             release = None
             if arm is not None and winner_release is not None:
                 _, version_row = self._version(s, model_row.name, int(arm["version"]))
-                rel = self._insert_release(
+                rel = insert_release(
                     s, model_row, row.channel, version_row, variant=arm.get("variant"),
                     kind="winner", actor=actor,
                     details={"experiment": name, "arm": winner}, **winner_release)

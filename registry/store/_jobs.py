@@ -7,12 +7,24 @@ from datetime import timedelta
 from typing import Any, Optional
 
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from registry.errors import JobNotFoundError
 from registry.models import JobRow, ModelRow, VersionRow, utcnow
 from registry.schemas import JobOut
 from registry.store._base import StoreBase
+
+
+def _job_out(s: Session, row: JobRow) -> JobOut:
+    version = s.get(VersionRow, row.version_id)
+    model = s.get(ModelRow, version.model_id)
+    return JobOut(id=row.id, kind=row.kind, model=model.name, version=version.number,
+                  state=row.state,
+                  progress={"done": row.progress_done, "total": row.progress_total,
+                            "note": row.progress_note},
+                  results=row.results or {}, error=row.error, attempts=row.attempts,
+                  created_at=row.created_at, started_at=row.started_at,
+                  finished_at=row.finished_at)
 
 
 class JobStore(StoreBase):
@@ -27,22 +39,14 @@ class JobStore(StoreBase):
             row = s.get(JobRow, job_id)
             if row is None:
                 raise JobNotFoundError(f"job {job_id!r} does not exist", job=job_id)
-            version = s.get(VersionRow, row.version_id)
-            model = s.get(ModelRow, version.model_id)
-            return JobOut(id=row.id, kind=row.kind, model=model.name, version=version.number,
-                          state=row.state,
-                          progress={"done": row.progress_done, "total": row.progress_total,
-                                    "note": row.progress_note},
-                          results=row.results or {}, error=row.error, attempts=row.attempts,
-                          created_at=row.created_at, started_at=row.started_at,
-                          finished_at=row.finished_at)
+            return _job_out(s, row)
 
     def latest_job_for_version(self, version_id: int) -> Optional[str]:
         with self.session() as s:
             return s.exec(select(JobRow.id).where(JobRow.version_id == version_id)
                           .order_by(JobRow.created_at.desc())).first()
 
-    def claim_job(self, job_id: Optional[str] = None) -> Optional[JobRow]:
+    def claim_job(self, job_id: Optional[str] = None) -> Optional[JobOut]:
         """Atomically move one queued job (or the given one) to running; None if none/taken."""
         with self.session() as s:
             if job_id is None:
@@ -56,7 +60,7 @@ class JobStore(StoreBase):
                                     attempts=JobRow.attempts + 1))
             if result.rowcount != 1:
                 return None
-            return s.get(JobRow, job_id)
+            return _job_out(s, s.get(JobRow, job_id))
 
     def job_progress(self, job_id: str, done: int, total: int, note: str = "") -> None:
         with self.session() as s:

@@ -118,7 +118,7 @@ class TelemetryStore(StoreBase):
         ``variant: null`` and ``count: 0``, so the engineer's own numbers always show.
         """
         with self.session() as s:
-            model, version = self._telemetry_version(s, name, number)
+            model, version = self._version(s, name, number)
             variants = s.exec(select(VariantRow).where(VariantRow.version_id == version.id)
                               .order_by(VariantRow.id)).all()
             groups = self._latency_groups(s, name, number, LATENCY_QUANTILES)
@@ -166,11 +166,6 @@ class TelemetryStore(StoreBase):
             if variant and device and count >= min_samples:
                 out[variant][device] = p50
         return dict(out)
-
-    def _telemetry_version(self, s: Session, name: str, number: int) -> tuple[ModelRow, VersionRow]:
-        # CatalogStore._version raises the model/version not-found errors; reuse it when the
-        # mixins are composed, as they are in ``Store``.
-        return self._version(s, name, number)  # type: ignore[attr-defined]
 
     # -- experiments ----------------------------------------------------------------------
     def _experiment_row(self, s: Session, experiment: Any) -> ExperimentRow:
