@@ -63,14 +63,14 @@ def _peak_rss_mib() -> dict:
 
 def run_direct(source: Path, workdir: Path) -> dict:
     """Call the converters one after another in this process, as a baseline."""
+    import numpy as np
+
     from registry.convert import VARIANT_NAMES, VARIANTS
     from registry.convert._coreml import BASE_VARIANT
     from registry.convert._engine import _SCHEDULE_ORDER
     from registry.convert._evalset import synthetic_eval_set
     from registry.convert._source import load_source
     from registry.convert._tasks import ConvertTask, run_task
-
-    import numpy as np
 
     start = time.perf_counter()
     signature = load_source(source, workdir).signature

@@ -30,15 +30,15 @@ import platform
 import random
 import shutil
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,10 +100,10 @@ def free_port() -> int:
 
 def prepare(data_dir: Path) -> None:
     """A model with two ready versions, published as the job runner does, and releases."""
-    from registry.services import build_services
     from registry.config import Settings
     from registry.delivery import releases
     from registry.jobs.runner import variant_target_path
+    from registry.services import build_services
 
     services = build_services(Settings.load({"data_dir": data_dir}))
     variants = {"tflite-fp32": ("tflite", "tflite", 200_000),
@@ -295,7 +295,7 @@ def main() -> None:
         print(line)
     report = {
         "benchmark": "GET /v1/manifest, signed, 10k distinct install ids",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(),
                     "note": "shared with other sessions; see load_average_before per round"},

@@ -38,11 +38,11 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -285,7 +285,7 @@ def main() -> None:
         print("server-side steps per 1,000 events (ms):", json.dumps(parts), flush=True)
     report = {
         "benchmark": "POST /v1/telemetry, batches of 1,000 valid events, gunicorn on loopback",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "setup": {"batches": args.batches, "events_per_batch": BATCH, "clients": args.clients,

@@ -32,11 +32,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class Scenario:
     seed: int = 1
     guardrails: tuple[str, ...] = ()
 
-    def no_effect(self) -> "Scenario":
+    def no_effect(self) -> Scenario:
         return replace(self, latency_ratio=1.0,
                        install_failure=(self.install_failure[0],) * 2,
                        accuracy=(self.accuracy[0],) * 2)
@@ -86,7 +87,7 @@ class Outcome:
     events: int
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def verdicts(self) -> dict[str, Optional[str]]:
+    def verdicts(self) -> dict[str, str | None]:
         """metric -> "better" / "worse" / None for the treatment arm."""
         return {m["metric"]: m["verdict"] for m in self.report["metrics"]
                 if m["arm"] == "treatment"}
@@ -237,7 +238,7 @@ def device_events(rng: np.random.Generator, scenario: Scenario, install_id: str,
 
 
 def run_devices(api: Any, scenario: Scenario, *, batch: int = 1000,
-                keep: Optional[dict[str, dict[str, Any]]] = None) -> tuple[dict[str, int], int]:
+                keep: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, int], int]:
     """Every device asks for its manifest, then reports; events go out in full batches.
 
     Args:
@@ -248,7 +249,7 @@ def run_devices(api: Any, scenario: Scenario, *, batch: int = 1000,
     """
     rng = np.random.default_rng(scenario.seed)
     shares = np.array([d[2] for d in DEVICE_MODELS])
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     enrolled: dict[str, int] = {}
     pending: list[dict[str, Any]] = []
     sent = 0
@@ -287,7 +288,7 @@ def run_devices(api: Any, scenario: Scenario, *, batch: int = 1000,
 
 
 def simulate(scenario: Scenario, *, transport: str = "inprocess", database_url: str = "",
-             data_dir: Optional[Path] = None) -> Outcome:
+             data_dir: Path | None = None) -> Outcome:
     """Run one experiment end to end and return its report."""
     from registry.app import create_app
     from registry.config import Settings
@@ -330,7 +331,7 @@ def summary(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=Scenario.devices)
     parser.add_argument("--seed", type=int, default=Scenario.seed)

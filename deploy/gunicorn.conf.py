@@ -39,8 +39,8 @@ proc_name = "modeldrop-web"
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """Migrate, bootstrap keys and the admin token once, in the master."""
-    from registry.services import build_services, ensure_admin_token
     from registry.config import Settings
+    from registry.services import build_services, ensure_admin_token
 
     services = build_services(Settings.load())
     ensure_admin_token(services)

@@ -6,8 +6,9 @@ Errors come back as ``ApiError`` carrying the server's problem+json ``code``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -15,7 +16,7 @@ from urllib3.util.retry import Retry
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str, body: Optional[dict] = None) -> None:
+    def __init__(self, status: int, code: str, detail: str, body: dict | None = None) -> None:
         super().__init__(f"{detail} ({code}, HTTP {status})")
         self.status, self.code, self.detail, self.body = status, code, detail, body or {}
 
@@ -29,7 +30,7 @@ class StreamingMultipart:
     def __init__(self, fields: list[tuple[str, str]], files: list[tuple[str, Path]],
                  on_bytes: Callable[[int], None]) -> None:
         self.boundary = "modeldrop-" + os.urandom(12).hex()
-        self._parts: list[tuple[bytes, Optional[Path]]] = []
+        self._parts: list[tuple[bytes, Path | None]] = []
         for name, value in fields:
             head = (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n"
                     f"Content-Type: application/json; charset=utf-8\r\n\r\n").encode()
@@ -64,7 +65,7 @@ class StreamingMultipart:
 
 
 class RegistryClient:
-    def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         retry = Retry(total=3, backoff_factor=0.3, status_forcelist=(502, 503, 504),
@@ -101,8 +102,8 @@ class RegistryClient:
     def patch(self, path: str, body: Any) -> Any:
         return self.request("PATCH", path, json=body)
 
-    def upload(self, name: str, model_path: Path, metadata: Optional[str], eval_path: Optional[Path],
-               on_bytes: Callable[[int], None], version: Optional[int] = None) -> Any:
+    def upload(self, name: str, model_path: Path, metadata: str | None, eval_path: Path | None,
+               on_bytes: Callable[[int], None], version: int | None = None) -> Any:
         fields: list[tuple[str, str]] = []
         if metadata is not None:
             fields.append(("metadata", metadata))
@@ -114,6 +115,6 @@ class RegistryClient:
                             headers={"Content-Type": body.content_type}, timeout=None)
 
 
-def client_from_env(url: Optional[str], token: Optional[str]) -> RegistryClient:
+def client_from_env(url: str | None, token: str | None) -> RegistryClient:
     return RegistryClient(url or os.environ.get("MODELDROP_URL", "http://127.0.0.1:8080"),
                           token or os.environ.get("MODELDROP_TOKEN"))

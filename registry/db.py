@@ -6,9 +6,9 @@ SQLite is the embedded default; PostgreSQL is selected by ``MODELDROP_DATABASE_U
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from alembic import command
 from alembic.config import Config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 class TensorSpec(_Strict):
     name: str = Field(min_length=1, max_length=128)
-    shape: list[Optional[int]]
+    shape: list[int | None]
     dtype: str = "float32"
 
     @field_validator("dtype")
@@ -49,7 +49,7 @@ class TensorSpec(_Strict):
 
     @field_validator("shape")
     @classmethod
-    def _dims(cls, v: list[Optional[int]]) -> list[Optional[int]]:
+    def _dims(cls, v: list[int | None]) -> list[int | None]:
         if any(d is not None and d < 1 for d in v):
             raise ValueError("dimensions must be positive integers or null")
         return v
@@ -66,9 +66,9 @@ class VersionMetadata(_Strict):
     output: list[TensorSpec] = Field(default_factory=list)
     accuracy: dict[str, float] = Field(default_factory=dict)
     latency_ms: dict[str, float] = Field(default_factory=dict)
-    min_app_version: Optional[str] = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
-    variants: Optional[list[str]] = None
-    accuracy_drop_threshold_pp: Optional[float] = Field(default=None, ge=0, le=100)
+    min_app_version: str | None = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
+    variants: list[str] | None = None
+    accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("latency_ms")
@@ -81,7 +81,7 @@ class VersionMetadata(_Strict):
 
     @field_validator("variants")
     @classmethod
-    def _known_variants(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+    def _known_variants(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return v
         from registry.convert.catalog import validate_variants  # light module, no TensorFlow
@@ -92,34 +92,34 @@ class VersionMetadata(_Strict):
 class MetadataPatch(_Strict):
     """Partial update; ``None`` leaves a field unchanged, dict fields are merged."""
 
-    description: Optional[str] = None
-    tags: Optional[list[str]] = None
-    labels: Optional[list[str]] = None
-    accuracy: Optional[dict[str, float]] = None
-    latency_ms: Optional[dict[str, float]] = None
-    min_app_version: Optional[str] = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
-    extra: Optional[dict[str, Any]] = None
+    description: str | None = None
+    tags: list[str] | None = None
+    labels: list[str] | None = None
+    accuracy: dict[str, float] | None = None
+    latency_ms: dict[str, float] | None = None
+    min_app_version: str | None = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
+    extra: dict[str, Any] | None = None
 
 
 class ModelPatch(_Strict):
     """Model-wide settings; ``None`` leaves a field unchanged."""
 
-    description: Optional[str] = Field(default=None, max_length=10_000)
-    accuracy_drop_threshold_pp: Optional[float] = Field(default=None, ge=0, le=100)
+    description: str | None = Field(default=None, max_length=10_000)
+    accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
 
 
 class VariantOut(BaseModel):
     name: str
     format: str
-    size: Optional[int]
-    sha256: Optional[str]
-    target_path: Optional[str] = None
+    size: int | None
+    sha256: str | None
+    target_path: str | None = None
     fidelity: dict[str, Any]
-    reference_latency_ms: Optional[dict[str, Any]]
+    reference_latency_ms: dict[str, Any] | None
     servable: bool
     public: bool = False  # in TUF targets, tokenless download: a release made it deliverable
-    reason: Optional[str]
-    url: Optional[str] = None
+    reason: str | None
+    url: str | None = None
 
 
 class VersionOut(BaseModel):
@@ -129,7 +129,7 @@ class VersionOut(BaseModel):
     source: dict[str, Any]
     metadata: dict[str, Any]
     variants: list[VariantOut] = Field(default_factory=list)
-    error: Optional[str] = None
+    error: str | None = None
     created_at: datetime
     created_by: str
     updated_at: datetime
@@ -138,9 +138,9 @@ class VersionOut(BaseModel):
 class ModelOut(BaseModel):
     name: str
     description: str
-    accuracy_drop_threshold_pp: Optional[float] = None
+    accuracy_drop_threshold_pp: float | None = None
     created_at: datetime
-    latest_version: Optional[int]
+    latest_version: int | None
     version_count: int
 
 
@@ -152,11 +152,11 @@ class JobOut(BaseModel):
     state: str
     progress: dict[str, Any]
     results: dict[str, Any]
-    error: Optional[str]
+    error: str | None
     attempts: int
     created_at: datetime
-    started_at: Optional[datetime]
-    finished_at: Optional[datetime]
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 class TokenCreate(_Strict):
@@ -172,7 +172,7 @@ class TokenOut(BaseModel):
     created_at: datetime
     created_by: str
     revoked: bool
-    token: Optional[str] = None  # only in the response that created it
+    token: str | None = None  # only in the response that created it
 
 
 class AuditOut(BaseModel):
@@ -186,7 +186,7 @@ class AuditOut(BaseModel):
 
 class Page(BaseModel):
     items: list[Any]
-    next_cursor: Optional[str] = None
+    next_cursor: str | None = None
 
 
 # -- delivery ---------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class ReleaseOut(BaseModel):
     channel: str
     counter: int
     version: int
-    variant: Optional[str]
+    variant: str | None
     rollout_bp: int
     rollout_percent: float
     rollout_seed: str
@@ -205,7 +205,7 @@ class ReleaseOut(BaseModel):
     guardrails: list[Any]
     state: str  # active | paused | halted
     paused: bool
-    halted_reason: Optional[str]
+    halted_reason: str | None
     kind: str  # promote | rollback | winner
     reason: str
     current: bool = False  # the newest release of its (model, channel)
@@ -217,7 +217,7 @@ class ReleaseOut(BaseModel):
 class ArmOut(BaseModel):
     name: str
     version: int
-    variant: Optional[str]
+    variant: str | None
     weight: int
     range: list[int]  # [start, end) in basis points
     assigned: int = 0
@@ -236,17 +236,17 @@ class ExperimentOut(BaseModel):
     targeting: dict[str, Any]
     guardrails: list[Any]
     status: str  # running | paused | stopped
-    halted_reason: Optional[str]
-    winner: Optional[str]
+    halted_reason: str | None
+    winner: str | None
     counter_at_start: int
     created_at: datetime
     created_by: str
-    stopped_at: Optional[datetime]
+    stopped_at: datetime | None
 
 
 class DeltaOut(BaseModel):
     base_sha256: str
     target_sha256: str
-    sha256: Optional[str]
-    size: Optional[int]
-    target_path: Optional[str]
+    sha256: str | None
+    size: int | None
+    target_path: str | None

@@ -12,13 +12,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from flask import Request, g
 
 from registry.errors import (
-    EmptyFileError, InvalidMetadataError, InvalidNameError, MissingFileError,
-    UnsupportedFormatError, UploadTooLargeError,
+    EmptyFileError,
+    InvalidMetadataError,
+    InvalidNameError,
+    MissingFileError,
+    UnsupportedFormatError,
+    UploadTooLargeError,
 )
 from registry.schemas import NAME_RE, VersionMetadata, parse_as
 from registry.services import current_services
@@ -104,7 +108,7 @@ def validate_name(name: str, what: str = "model name") -> str:
     return name
 
 
-def parse_metadata(raw: Optional[str]) -> dict[str, Any]:
+def parse_metadata(raw: str | None) -> dict[str, Any]:
     """Validate the ``metadata`` form field; the 400 names the offending field."""
     if raw is None or not raw.strip():
         data: Any = {}

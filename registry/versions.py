@@ -7,15 +7,15 @@ sources and unreleased variants").
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from registry.errors import UploadTooLargeError
 from registry.schemas import VersionOut
 from registry.uploads import parse_metadata, source_format, take_spool, validate_name
 
 
-def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: Optional[str],
-                   number: Optional[int], actor: str) -> tuple[VersionOut, bool, Optional[str]]:  # noqa: ANN001
+def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: str | None,
+                   number: int | None, actor: str) -> tuple[VersionOut, bool, str | None]:  # noqa: ANN001
     """Returns (version, created, job id). Bad input raises before anything is stored."""
     validate_name(name)
     metadata = parse_metadata(metadata_raw)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import ApiClient, base_settings
+
+# Fixture modules: live_server (real HTTP on loopback), and the SDK's stand-in origin with
+# its real .tflite models.
+pytest_plugins = ["tests.live", "tests.sdk_origin"]
 
 PG_ADMIN_URL = os.environ.get("MODELDROP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -52,14 +56,6 @@ def seaweedfs(tmp_path_factory):
 
     with start_seaweedfs(tmp_path_factory.mktemp("seaweed")) as endpoint:
         yield endpoint
-
-
-def base_settings(tmp_path: Path, **overrides):
-    from registry.config import Settings
-
-    values = {"data_dir": tmp_path / "data", "testing": True, "latency_runs": 5}
-    values.update(overrides)
-    return Settings.load(values, environ={})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,44 +111,6 @@ def reader_token(services):
     return services.store.create_token("reader", "tests").token
 
 
-class ApiClient:
-    """Flask test client with a bearer token and JSON helpers."""
-
-    def __init__(self, flask_client, token: str | None) -> None:
-        self.c = flask_client
-        self.token = token
-
-    def _headers(self, headers=None):
-        h = dict(headers or {})
-        if self.token:
-            h.setdefault("Authorization", f"Bearer {self.token}")
-        return h
-
-    def get(self, url, **kw):
-        return self.c.get(url, headers=self._headers(kw.pop("headers", None)), **kw)
-
-    def post(self, url, **kw):
-        return self.c.post(url, headers=self._headers(kw.pop("headers", None)), **kw)
-
-    def patch(self, url, **kw):
-        return self.c.patch(url, headers=self._headers(kw.pop("headers", None)), **kw)
-
-    def delete(self, url, **kw):
-        return self.c.delete(url, headers=self._headers(kw.pop("headers", None)), **kw)
-
-    def upload(self, name, content: bytes = b"model-bytes", filename="model.keras", metadata=None,
-               eval_bytes: bytes | None = None, version: int | None = None):
-        data = {"file": (io.BytesIO(content), filename)}
-        if metadata is not None:
-            data["metadata"] = metadata if isinstance(metadata, str) else json.dumps(metadata)
-        if eval_bytes is not None:
-            data["eval"] = (io.BytesIO(eval_bytes), "eval.npz")
-        if version is not None:
-            data["version"] = str(version)
-        return self.post(f"/v1/models/{name}/versions", data=data,
-                         content_type="multipart/form-data")
-
-
 @pytest.fixture
 def api(app, publisher_token):
     return ApiClient(app.test_client(), publisher_token)
@@ -166,13 +124,3 @@ def admin_api(app, admin_token):
 @pytest.fixture
 def anon_api(app):
     return ApiClient(app.test_client(), None)
-
-
-def assert_problem(resp, status: int, code: str):
-    assert resp.status_code == status, resp.get_data(as_text=True)
-    assert resp.mimetype == "application/problem+json"
-    body = resp.get_json()
-    assert body["code"] == code, body
-    assert body["status"] == status
-    assert "Traceback" not in json.dumps(body)
-    return body

@@ -2,16 +2,16 @@
 
 ``live_server`` serves the test's ``app`` with werkzeug's threaded ``make_server`` on a
 free loopback port and shuts it down after the test. Use it from a test module with
-``from tests.live import live_server  # noqa: F401``.
+``pytest_plugins`` in tests/conftest.py, so any test can ask for ``live_server``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from flask import Flask

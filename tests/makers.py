@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from registry.jobs.publish import variant_target_path
 
@@ -38,8 +39,8 @@ def variant_bytes(model: str, variant: str, version: int, size: int) -> bytes:
 
 
 def make_ready_version(services: Any, name: str, *,
-                       variants: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                       min_app_version: Optional[str] = None, number: Optional[int] = None,
+                       variants: Mapping[str, Mapping[str, Any]] | None = None,
+                       min_app_version: str | None = None, number: int | None = None,
                        actor: str = "tests"):  # noqa: ANN201 - registry.schemas.VersionOut
     """Create a ``ready`` version of ``name`` whose variants are stored and recorded (not yet
     public: promoting the version publishes them).

@@ -23,11 +23,12 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from securesystemslib.signer import CryptoSigner
@@ -39,7 +40,7 @@ __all__ = ["Fault", "Release", "SdkOrigin", "rfc3339"]
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -190,7 +191,7 @@ class SdkOrigin:
 
     def manifest_document(self, rel: Release, install_id: str,
                           installed_sha256: str = "") -> dict[str, Any]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         delta = None
         if rel.delta and rel.delta.get("base_sha256") == installed_sha256:
             delta = copy.deepcopy(rel.delta)

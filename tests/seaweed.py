@@ -25,8 +25,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ACCESS_KEY = "modeldrop-test"
 SECRET_KEY = "modeldrop-test-secret"

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.conftest import ApiClient, assert_problem
+from tests.helpers import ApiClient, assert_problem
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from tests.conftest import ApiClient, assert_problem
+from tests.helpers import ApiClient, assert_problem
 
 
 def test_first_start_writes_admin_token_0600(app, services, admin_api):

@@ -16,9 +16,9 @@ import threading
 import tracemalloc
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import boto3
 import pytest
@@ -700,7 +700,7 @@ def test_app_start_sweeps_abandoned_uploads(tmp_path):
     import time
 
     from registry.app import create_app
-    from tests.conftest import base_settings
+    from tests.helpers import base_settings
 
     settings = base_settings(tmp_path)
     staging = settings.data_dir / "blobs" / ".staging"

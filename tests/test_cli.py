@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from registry.cli import main
-from tests.live import live_server  # noqa: F401
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import pytest
 from click.testing import CliRunner
 
 from registry.cli import main
-from tests.live import live_server  # noqa: F401
 from tests.makers import make_ready_version
 
 
@@ -116,10 +116,10 @@ def test_doctor_reports_a_missing_data_dir_without_creating_it(cli, tmp_path):
 
 
 def test_doctor_flags_an_expired_timestamp(live_server):  # noqa: F811
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from registry.cli._doctor import _timestamp
 
     assert _timestamp(live_server.base_url).status == "ok"
-    later = _timestamp(live_server.base_url, now=datetime(2100, 1, 1, tzinfo=timezone.utc))
+    later = _timestamp(live_server.base_url, now=datetime(2100, 1, 1, tzinfo=UTC))
     assert later.status == "fail" and "expired" in later.detail

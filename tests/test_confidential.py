@@ -17,7 +17,6 @@ import pytest
 import requests
 from tuf.ngclient import Updater
 
-from tests.live import live_server  # noqa: F401
 from tests.makers import make_ready_version
 
 ANDROID = {"platform": "android", "os_version": "14", "device_model": "pixel7",
@@ -309,7 +308,7 @@ def test_manifest_offers_only_public_variants(services):
 
 def test_confidential_urls_never_name_the_cdn(tmp_path):
     from registry.app import create_app
-    from tests.conftest import ApiClient, base_settings
+    from tests.helpers import ApiClient, base_settings
 
     app = create_app(base_settings(tmp_path, cdn_base_url="https://cdn.example",
                                    public_base_url="https://registry.example"))
@@ -367,7 +366,7 @@ def test_migration_0003_marks_already_published_variants_public(tmp_path):
 
 def test_start_unlists_sources_an_older_release_published(tmp_path):
     from registry.app import create_app
-    from tests.conftest import ApiClient, base_settings
+    from tests.helpers import ApiClient, base_settings
 
     settings = base_settings(tmp_path)
     app = create_app(settings)

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import requests
 
-from client_sdk._manifest import (canonical_bytes, check_binding, parse_manifest,
-                                  parse_manifest_keys, verify_signatures)
-from tests.live import live_server  # noqa: F401
+from client_sdk._manifest import canonical_bytes, check_binding, parse_manifest, parse_manifest_keys, verify_signatures
 from tests.makers import make_ready_version
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import assert_problem
+from tests.helpers import assert_problem
 from tests.makers import make_ready_version
 
 
@@ -55,7 +55,7 @@ def test_promote_creates_release_with_growing_counter_and_history(digits, api, s
 
 
 def test_promote_needs_publisher(digits, app, reader_token, anon_api):
-    from tests.conftest import ApiClient
+    from tests.helpers import ApiClient
 
     reader = ApiClient(app.test_client(), reader_token)
     assert_problem(reader.post("/v1/models/digits/releases",
@@ -376,7 +376,7 @@ def test_delivery_state_on_both_databases(tmp_path, db_url):
     from registry.delivery import experiments, releases
     from registry.delivery.deltas import wait_for_deltas
     from registry.delivery.manifest import parse_query, resolve
-    from tests.conftest import base_settings
+    from tests.helpers import base_settings
 
     app = create_app(base_settings(tmp_path, database_url=db_url))
     services = app.extensions["modeldrop"]

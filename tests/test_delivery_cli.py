@@ -10,7 +10,6 @@ import requests
 from click.testing import CliRunner
 
 from registry.cli import main
-from tests.live import live_server  # noqa: F401 - fixture
 from tests.makers import make_ready_version
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_settings
-from tests.live import live_server  # noqa: F401
+from tests.helpers import base_settings
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import makers_hostile, makers_keras
-from tests.conftest import ApiClient, base_settings
+from tests.helpers import ApiClient, base_settings
 from tests.live import serve_app
 
 pytestmark = pytest.mark.slow

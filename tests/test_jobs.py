@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ApiClient, base_settings
+from tests.helpers import ApiClient, base_settings
 
 pytestmark = pytest.mark.slow
 VARIANTS = ["tflite-fp32", "tflite-int8-dynamic", "coreml-fp16"]
@@ -109,9 +109,10 @@ def test_broken_model_fails_with_converter_message(tmp_path):
 
 
 def test_crashed_worker_job_is_requeued_then_given_up(tmp_path):
+    from sqlmodel import Session
+
     from registry.app import create_app
     from registry.models import JobRow, utcnow
-    from sqlmodel import Session
 
     app = create_app(base_settings(tmp_path))
     svc = app.extensions["modeldrop"]

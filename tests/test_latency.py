@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import assert_problem, base_settings
-from tests.live import live_server  # noqa: F401  (fixture)
+from tests.helpers import assert_problem, base_settings
 
 META = {"latency_ms": {"pixel7": 6.0, "iPhone12": 4.2}}
 REFERENCE = {"tflite-fp32": {"device_class": "server-x86_64", "p50": 2.5, "p90": 2.9, "runs": 5},

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securesystemslib.formats import encode_canonical
 
-from tests.conftest import assert_problem
+from tests.helpers import assert_problem
 from tests.makers import make_ready_version
 
 ANDROID = {"platform": "android", "os_version": "14", "device_model": "pixel7",
@@ -77,10 +77,10 @@ def test_targeted_device_gets_a_signed_schema_1_manifest(services, api, anon_api
     assert doc["install_id"] == DEVICE_ID
     for key in ("issued_at", "expires_at"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc[key])
-    issued = datetime.fromisoformat(doc["issued_at"][:-1]).replace(tzinfo=timezone.utc)
-    expires = datetime.fromisoformat(doc["expires_at"][:-1]).replace(tzinfo=timezone.utc)
+    issued = datetime.fromisoformat(doc["issued_at"][:-1]).replace(tzinfo=UTC)
+    expires = datetime.fromisoformat(doc["expires_at"][:-1]).replace(tzinfo=UTC)
     assert expires - issued == timedelta(seconds=services.settings.manifest_ttl)
-    assert abs((issued - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert abs((issued - datetime.now(UTC)).total_seconds()) < 60
     verify_with_root(anon_api, doc)
     # The URL serves exactly the bytes the manifest describes, and TUF lists the same target.
     path = art["urls"][0].split("localhost", 1)[1]
@@ -191,9 +191,9 @@ def test_etag_ignores_issue_time(services, api, app):
     with app.test_request_context():
         url = lambda sha: f"http://cdn.example/{sha}"  # noqa: E731
         early = manifest_answer(services, args, artifact_url=url,
-                                now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                                now=datetime(2026, 1, 1, tzinfo=UTC))
         late = manifest_answer(services, args, artifact_url=url,
-                               now=datetime(2026, 1, 2, 12, tzinfo=timezone.utc))
+                               now=datetime(2026, 1, 2, 12, tzinfo=UTC))
         cached = manifest_answer(services, args, artifact_url=url,
                                  etag_matches=lambda e: e == early.etag)
     assert early.document["issued_at"] != late.document["issued_at"]

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry.convert import ConversionError
-from registry.convert import _opcheck
+from registry.convert import ConversionError, _opcheck
 from registry.convert._opcheck import UnsafeModelError, check_saved_model
 from tests import makers_hostile
 from tests.makers_keras import zip_directory

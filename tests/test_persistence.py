@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.conftest import ApiClient, assert_problem, base_settings
+from tests.helpers import ApiClient, assert_problem, base_settings
 
 
 @pytest.fixture

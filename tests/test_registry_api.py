@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import assert_problem
+from tests.helpers import assert_problem
 
 META = {"framework": "keras", "description": "digits CNN", "tags": ["cnn"],
         "labels": [str(i) for i in range(10)],
@@ -95,7 +95,7 @@ def test_malformed_metadata_names_the_field(api, services, metadata, field):
 
 def test_oversize_upload_413_and_nothing_left(tmp_path):
     from registry.app import create_app
-    from tests.conftest import ApiClient, base_settings
+    from tests.helpers import ApiClient, base_settings
 
     app = create_app(base_settings(tmp_path, max_upload_bytes=1000))
     svc = app.extensions["modeldrop"]
@@ -147,7 +147,7 @@ def test_patch_metadata_merges_and_is_audited(api, admin_api):
 
 def test_eval_set_stored_and_size_limited(tmp_path):
     from registry.app import create_app
-    from tests.conftest import ApiClient, base_settings
+    from tests.helpers import ApiClient, base_settings
 
     app = create_app(base_settings(tmp_path, max_eval_bytes=100))
     svc = app.extensions["modeldrop"]

@@ -13,8 +13,7 @@ import requests
 from click.testing import CliRunner
 
 from bench import simulate_experiment as sim
-from tests.conftest import assert_problem, base_settings
-from tests.live import live_server  # noqa: F401  (fixture)
+from tests.helpers import assert_problem, base_settings
 
 SCENARIO = sim.Scenario(devices=400, seed=5, install_failure=(0.05, 0.15),
                         guardrails=("load_failure_rate < 0.5",))

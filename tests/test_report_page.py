@@ -19,7 +19,6 @@ import pytest
 import requests
 
 from bench import simulate_experiment as sim
-from tests.live import live_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -24,12 +24,12 @@ from registry.reports import (
     GUARDRAIL_INPUT_NAMES,
     ExperimentDef,
     UnitSummary,
+    _stats,
     build_report,
     guardrail_metrics_for,
     render_charts,
     render_report_html,
 )
-from registry.reports import _stats
 
 Z95 = stats.norm.ppf(0.975)
 DAY0 = date(2026, 11, 20)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_settings
+from tests.helpers import base_settings
 
 SECRET = "sekrit-" + uuid.uuid4().hex
 
@@ -239,7 +239,7 @@ def test_healthz_reports_full(server, tmp_path):
 
 
 def test_web_process_does_not_start_tensorflow_for_the_probe(tmp_path):
-    code = ("import sys; from registry.app import create_app; from tests.conftest import base_settings; "
+    code = ("import sys; from registry.app import create_app; from tests.helpers import base_settings; "
             "from pathlib import Path; create_app(base_settings(Path(sys.argv[1])));"
             "print(sorted(m for m in ('tensorflow', 'torch', 'coremltools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,

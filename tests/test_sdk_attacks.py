@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,16 +23,14 @@ from securesystemslib.signer import CryptoSigner
 
 from client_sdk import ModelClient, UpdateState
 from client_sdk.errors import ModelDropError
-from tests.sdk_origin import (  # noqa: F401  (fixtures)
+from tests.sdk_origin import (
     Fault,
     SdkOrigin,
     active_sha,
     fast_config,
     make_client,
-    origin,
     rfc3339,
     sha256_hex,
-    tflite_models,
 )
 
 MODEL, CHANNEL = "digits", "production"
@@ -145,7 +143,7 @@ def test_manifest_with_unsigned_extra_signature_entries_still_needs_a_valid_one(
 
 def test_expired_manifest(env):
     sha = offer_v2(env)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def expire(doc):
         return {**doc, "issued_at": rfc3339(now - timedelta(days=2)),
@@ -156,7 +154,7 @@ def test_expired_manifest(env):
 
 
 def test_manifest_expired_within_clock_skew_is_accepted_and_beyond_it_is_not(env):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sha = offer_v2(env)
     env.origin.manifest_transform = lambda doc: {
         **doc, "issued_at": rfc3339(now - timedelta(hours=1)),
@@ -329,7 +327,7 @@ def _timestamp_pins_snapshot_hash(env: Env) -> bool:
 @pytest.mark.parametrize("role", ["timestamp", "snapshot"])
 def test_tuf_metadata_expired(env, role):
     sha = offer_v2(env)
-    past = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
+    past = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     ts = env.origin.current_metadata("timestamp")
     if role == "snapshot":
         snap = env.origin.current_metadata("snapshot")
@@ -501,7 +499,7 @@ def test_threshold_counts_distinct_keys_only():
     field = {"keyids": [k1.public_key.keyid, k2.public_key.keyid], "threshold": 2,
              "keys": {k.public_key.keyid: k.public_key.to_dict() for k in (k1, k2)}}
     keys = parse_manifest_keys({"x-modeldrop-manifest": field})
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     doc = {"schema": 1, "model": "digits", "channel": "production", "release_counter": 1,
            "version": 1, "variant": "v", "format": "tflite",
            "artifact": {"target": "digits/1/v.tflite", "length": 1, "sha256": "a" * 64,

@@ -22,17 +22,15 @@ from client_sdk import (
     ModelClient,
     Policy,
     UpdateState,
+    errors,
 )
-from client_sdk import errors
 from client_sdk.errors import ModelDropError
-from tests.sdk_origin import (  # noqa: F401  (fixtures)
+from tests.sdk_origin import (
     DEVICE,
     Fault,
     active_sha,
     make_client,
-    origin,
     sha256_hex,
-    tflite_models,
 )
 
 MODEL, CHANNEL = "digits", "production"

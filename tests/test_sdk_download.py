@@ -23,14 +23,12 @@ import pytest
 
 from client_sdk import UpdateState
 from client_sdk.errors import ModelDropError
-from tests.sdk_origin import (  # noqa: F401  (fixtures)
+from tests.sdk_origin import (
     Fault,
     active_sha,
     fast_config,
     make_client,
-    origin,
     sha256_hex,
-    tflite_models,
 )
 
 MODEL, CHANNEL = "digits", "production"

@@ -17,9 +17,8 @@ import pytest
 
 from client_sdk import DeviceInfo, ModelClient, UpdateState
 from client_sdk.errors import ModelDropError
-from tests.live import live_server  # noqa: F401  (fixture)
 from tests.makers import make_ready_version
-from tests.sdk_origin import fast_config, tflite_models  # noqa: F401  (fixture)
+from tests.sdk_origin import fast_config
 
 MODEL, CHANNEL = "digits", "production"
 DEVICE = DeviceInfo(platform="android", os_version="14", device_model="pixel7",
@@ -132,8 +131,9 @@ def test_the_real_server_errors_are_rebuilt_by_code(live_server, tmp_path, tflit
 
 def test_every_event_kind_the_sdk_emits_is_accepted_by_the_server(live_server, tmp_path,
                                                                    tflite_models):
-    import requests
     from datetime import timedelta
+
+    import requests
 
     server = live_server
     v1 = tflite_models["v1"]

@@ -12,14 +12,11 @@ import pytest
 
 from client_sdk import DeviceInfo, UpdateState
 from client_sdk.errors import ModelDropError
-from tests.sdk_origin import (  # noqa: F401  (fixtures)
-
+from tests.sdk_origin import (
     active_sha,
     make_client,
     make_mlpackage_zip,
-    origin,
     sha256_hex,
-    tflite_models,
 )
 
 MODEL, CHANNEL = "digits", "production"

@@ -8,13 +8,7 @@ import uuid
 import pytest
 
 from client_sdk import LocalModel
-from tests.sdk_origin import (  # noqa: F401  (fixtures)
-    Fault,
-    fast_config,
-    make_client,
-    origin,
-    tflite_models,
-)
+from tests.sdk_origin import Fault, fast_config, make_client
 
 MODEL, CHANNEL = "digits", "production"
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")

@@ -14,7 +14,7 @@ import shutil
 import stat
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ from registry.signing import (
 )
 from tests.tuf_server import TufServer, store_target_file
 
-UTC = timezone.utc
+UTC = UTC
 
 
 # -- helpers --------------------------------------------------------------------------

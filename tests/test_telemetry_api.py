@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from tests.conftest import assert_problem, base_settings
+from tests.helpers import assert_problem, base_settings
 from tests.live import serve_app
 from tests.makers import EVENT_INSTALL_ID as INSTALL
 from tests.makers import telemetry_event as event
+
 
 @pytest.fixture
 def db_app(tmp_path, db_url):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,7 +13,7 @@ from registry.telemetry.ingest import COLUMNS, parse_rfc3339, validate_batch
 from tests.makers import EVENT_INSTALL_ID as INSTALL
 from tests.makers import telemetry_event as event
 
-NOW = datetime(2026, 11, 27, 15, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
 
 
 
@@ -29,7 +29,7 @@ def test_wire_format_example_becomes_a_row():
     row = one(e)
     assert set(row) == set(COLUMNS) == set(_INSERT_COLUMNS)  # every column of the table
     assert row["event_id"] == e["id"] and row["kind"] == "inference"
-    assert row["ts"] == datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)
+    assert row["ts"] == datetime(2026, 11, 27, 14, 0, tzinfo=UTC)
     assert (row["model"], row["version"], row["variant"]) == ("digits", 4, "tflite-int8-dynamic")
     assert (row["experiment"], row["arm"]) == ("digits-v4-vs-v3", "treatment")
     assert (row["latency_ms"], row["correct"], row["bytes"], row["error"]) == (4.1, True, None, None)
@@ -175,12 +175,12 @@ def test_empty_batch_is_fine():
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("2026-11-27T14:00:00Z", datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)),
-    ("2026-11-27t14:00:00z", datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)),
-    ("2026-11-27T15:30:00+01:30", datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)),
-    ("2026-11-27T09:00:00-05:00", datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)),
-    ("2026-11-27T14:00:00.123456789Z", datetime(2026, 11, 27, 14, 0, 0, 123456, tzinfo=timezone.utc)),
-    ("2026-11-27T14:00:00.5Z", datetime(2026, 11, 27, 14, 0, 0, 500000, tzinfo=timezone.utc)),
+    ("2026-11-27T14:00:00Z", datetime(2026, 11, 27, 14, 0, tzinfo=UTC)),
+    ("2026-11-27t14:00:00z", datetime(2026, 11, 27, 14, 0, tzinfo=UTC)),
+    ("2026-11-27T15:30:00+01:30", datetime(2026, 11, 27, 14, 0, tzinfo=UTC)),
+    ("2026-11-27T09:00:00-05:00", datetime(2026, 11, 27, 14, 0, tzinfo=UTC)),
+    ("2026-11-27T14:00:00.123456789Z", datetime(2026, 11, 27, 14, 0, 0, 123456, tzinfo=UTC)),
+    ("2026-11-27T14:00:00.5Z", datetime(2026, 11, 27, 14, 0, 0, 500000, tzinfo=UTC)),
 ])
 def test_rfc3339_forms_are_read_as_utc(text, expected):
     parsed = parse_rfc3339(text)

@@ -11,8 +11,6 @@ import pytest
 import requests
 from tuf.ngclient import Updater
 
-from tests.live import live_server  # noqa: F401
-
 
 def _updater(base: str, root: bytes, workdir: Path) -> Updater:
     meta, targets = workdir / "metadata", workdir / "targets"

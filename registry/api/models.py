@@ -7,9 +7,9 @@ from flask import Blueprint, request, url_for
 from registry.api._util import artifact_url, dump, int_arg, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.errors import ValidationError
+from registry.services import current_services
 from registry.uploads import validate_name
 from registry.versions import publish_upload, update_metadata, update_model
-from registry.services import current_services
 
 bp = Blueprint("models", __name__)
 

@@ -15,9 +15,10 @@ import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from registry.errors import (
     ArtifactNotFoundError,
@@ -407,6 +408,6 @@ def _read(stream: BinaryIO, n: int) -> bytes:
     return chunk
 
 
-def _verify(hasher: "hashlib._Hash", sha256: str) -> None:
+def _verify(hasher: hashlib._Hash, sha256: str) -> None:
     if not hmac.compare_digest(hasher.hexdigest(), sha256):
         raise StorageError(f"stored blob {sha256} does not match its digest")

@@ -9,8 +9,8 @@ fine; several machines need :class:`~registry.blobs.S3BlobStore`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from registry._fsync import fsync_dir, fsync_path
 from registry.errors import ArtifactNotFoundError, StorageError

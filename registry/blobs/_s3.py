@@ -11,9 +11,10 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 from boto3.exceptions import Boto3Error

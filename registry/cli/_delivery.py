@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -54,7 +54,7 @@ def _targeting_options(f):  # noqa: ANN001, ANN202
     return f
 
 
-def _targeting(kwargs: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _targeting(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     path = kwargs.pop("targeting_file")
     rules = {k: (list(v) if isinstance(v, tuple) else v)
              for k in ("platforms", "os_version", "device_models", "device_model_prefixes",

@@ -13,7 +13,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 import requests
@@ -54,9 +54,9 @@ def device() -> None:
 @click.option("--region", default=None, help="ISO 3166-1 alpha-2 region, e.g. DE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def device_fetch(ctx: click.Context, name: str, channel: str, root_file: Optional[Path],
-                 device_dir: Path, eval_file: Optional[Path], platform: str, os_version: str,
-                 device_model: str, app_version: str, region: Optional[str],
+def device_fetch(ctx: click.Context, name: str, channel: str, root_file: Path | None,
+                 device_dir: Path, eval_file: Path | None, platform: str, os_version: str,
+                 device_model: str, app_version: str, region: str | None,
                  as_json: bool) -> None:
     """Fetch NAME from a channel as a device would, run it once and report telemetry.
 
@@ -117,7 +117,7 @@ def device_fetch(ctx: click.Context, name: str, channel: str, root_file: Optiona
                + (f" ({flushed.error})" if flushed.error else ""))
 
 
-def _trusted_root(url: str, root_file: Optional[Path], saved: Path, quiet: bool) -> bytes:
+def _trusted_root(url: str, root_file: Path | None, saved: Path, quiet: bool) -> bytes:
     """The root the device trusts: given, saved on first use, or fetched now (and saved)."""
     if root_file is not None:
         return root_file.read_bytes()
@@ -147,7 +147,7 @@ def _offer_line(offer: Any) -> str:
             f"{offer.release_counter}, {how} of {offer.download_bytes} bytes")
 
 
-def _run_once(model: Any, eval_file: Optional[Path]) -> dict[str, Any]:
+def _run_once(model: Any, eval_file: Path | None) -> dict[str, Any]:
     """Run the installed model in the LiteRT interpreter: on the eval set, else on zeros."""
     if model.format != "tflite":
         return {"summary": f"{model.format} runs only on Apple hardware; verified and "

@@ -15,10 +15,10 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Optional
 
 import click
 import requests
@@ -205,15 +205,15 @@ def _server(url: str) -> Check:
                  f"{health.get('sandbox')}", "see the server's log")
 
 
-def _timestamp(url: str, now: Optional[datetime] = None) -> Check:
+def _timestamp(url: str, now: datetime | None = None) -> Check:
     try:
         resp = requests.get(f"{url.rstrip('/')}/tuf/metadata/timestamp.json", timeout=10)
         expires = resp.json()["signed"]["expires"]
     except (requests.RequestException, ValueError, KeyError) as e:
         return Check("tuf", "fail", f"no TUF timestamp from {url} ({type(e).__name__})",
                      "start the server; it publishes TUF metadata at start")
-    when = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    left = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    when = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    left = (when - (now or datetime.now(UTC))).total_seconds()
     if left <= 0:
         return Check("tuf", "fail", f"timestamp.json expired at {expires}: devices refuse updates",
                      "keep the server (or a worker) running: it re-signs the timestamp")

@@ -70,10 +70,9 @@ def train_digits(out_dir: Path, *, epochs: int = 10, seed: int = 1) -> dict[str,
     # TensorFlow's start-up banner; oneDNN is only announced (on stderr) when left unset.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import keras
     import numpy as np
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
-
-    import keras
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]

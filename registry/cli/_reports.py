@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -28,21 +28,21 @@ def register(main: click.Group) -> None:
     experiment.add_command(report_cmd)
 
 
-def _pct(x: Optional[float], digits: int = 2) -> str:
+def _pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _value(m: dict[str, Any], x: Optional[float]) -> str:
+def _value(m: dict[str, Any], x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.2f} ms" if m["unit"] == "ms" else _pct(x)
 
 
-def _ci(lo_hi: Optional[list[float]], fmt) -> str:  # noqa: ANN001 - a formatter
+def _ci(lo_hi: list[float] | None, fmt) -> str:  # noqa: ANN001 - a formatter
     return "" if not lo_hi else f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]"
 
 
-def _p(p: Optional[float]) -> str:
+def _p(p: float | None) -> str:
     if p is None:
         return "-"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
@@ -67,7 +67,7 @@ def _lift(m: dict[str, Any]) -> str:
     return f"{100 * m['lift']:+.1f}% " + _ci(m["lift_ci95"], lambda v: f"{100 * v:+.1f}")
 
 
-def _ms(x: Optional[float]) -> str:
+def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
@@ -121,7 +121,7 @@ def render_text(report: dict[str, Any]) -> str:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also save the HTML page with charts to this file.")
 @pass_ctx
-def report_cmd(ctx: click.Context, name: str, as_json: bool, html_path: Optional[Path]) -> None:
+def report_cmd(ctx: click.Context, name: str, as_json: bool, html_path: Path | None) -> None:
     """Show the A/B report of experiment NAME: funnel, sample ratio, metrics, latency."""
     api = client(ctx)
     report = api.get(f"/v1/experiments/{name}/report")

@@ -55,7 +55,7 @@ filesystem limits around the worker); the tests say so explicitly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .catalog import ConversionError
@@ -389,7 +389,7 @@ class _MetaGraphCheck:
         return bool(callers)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _static_refusal(op: str) -> str | None:
     """Why this op is refused whatever its attributes, or None. Unknown ops are refused too."""
     if op in _REFUSED:
@@ -405,7 +405,7 @@ def _static_refusal(op: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _is_registered_op(name: str) -> bool:
     from tensorflow.python.framework import op_def_registry
 

@@ -14,7 +14,6 @@ import sys
 
 from registry.convert.boot import progress
 
-
 NAMESPACES = ("net", "mnt", "pid", "ipc", "uts", "user")
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 __all__ = [
     "DELTA_MAX_BYTES",
@@ -103,7 +103,7 @@ def _publish(services: Any, model: str, version: int, variant: str, base_sha: st
     return path
 
 
-def schedule_release_deltas(services: Any, release: Any) -> Optional[threading.Thread]:
+def schedule_release_deltas(services: Any, release: Any) -> threading.Thread | None:
     """Compute the release's patches in a daemon thread (see the module docstring)."""
 
     def run() -> None:

@@ -15,7 +15,7 @@ ends the overrides: every device goes back to what the releases say.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 from registry.delivery.bucketing import BASIS_POINTS, arm_ranges, new_seed
 from registry.delivery.publication import publish_deliverable
@@ -29,8 +29,7 @@ from registry.delivery.releases import (
     validate_channel,
 )
 from registry.delivery.targeting import TargetingRules
-from registry.errors import ReleaseNotFoundError
-from registry.errors import InvalidExperimentError
+from registry.errors import InvalidExperimentError, ReleaseNotFoundError
 from registry.schemas import ExperimentOut, ReleaseOut
 
 __all__ = [
@@ -143,8 +142,8 @@ def get_experiment(services: Any, name: str) -> ExperimentOut:
     return services.store.get_experiment(name)
 
 
-def list_experiments(services: Any, model: Optional[str] = None,
-                     status: Optional[str] = None) -> list[ExperimentOut]:
+def list_experiments(services: Any, model: str | None = None,
+                     status: str | None = None) -> list[ExperimentOut]:
     if model is not None:
         model = _validate_model(model)
     if status is not None and status not in ("running", "paused", "stopped"):
@@ -154,7 +153,7 @@ def list_experiments(services: Any, model: Optional[str] = None,
 
 
 def update_experiment(services: Any, name: str, *, actor: str, coverage_percent: object = None,
-                      paused: Optional[bool] = None, reason: str = "") -> ExperimentOut:
+                      paused: bool | None = None, reason: str = "") -> ExperimentOut:
     """Change coverage, or pause/resume enrolment.
 
     Raising coverage never moves an enrolled device (its arm keeps the slot it owns);
@@ -172,8 +171,8 @@ def update_experiment(services: Any, name: str, *, actor: str, coverage_percent:
                                             reason=_reason(reason))
 
 
-def stop_experiment(services: Any, name: str, *, actor: str, winner: Optional[str] = None,
-                    reason: str = "") -> tuple[ExperimentOut, Optional[ReleaseOut]]:
+def stop_experiment(services: Any, name: str, *, actor: str, winner: str | None = None,
+                    reason: str = "") -> tuple[ExperimentOut, ReleaseOut | None]:
     """Stop the experiment; with ``winner``, release that arm at 100% (see module doc).
 
     Returns:

@@ -19,13 +19,14 @@ are public as soon as one of them is.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["publish_deliverable"]
 
 
 def publish_deliverable(services: Any, model: str,
-                        deliverables: Iterable[tuple[int, Optional[str]]],
+                        deliverables: Iterable[tuple[int, str | None]],
                         actor: str) -> list[str]:
     """Make public what a release or experiment is about to deliver.
 

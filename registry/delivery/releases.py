@@ -11,16 +11,14 @@ release is decided per device by ``registry.delivery.manifest``; docs/delivery.m
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 from registry.delivery.bucketing import BASIS_POINTS, new_seed
 from registry.delivery.guardrails import parse_guardrails
 from registry.delivery.publication import publish_deliverable
 from registry.delivery.targeting import TargetingRules
-from registry.errors import ValidationError
-from registry.schemas import CHANNEL_RE
-from registry.errors import InvalidChannelError, VersionNotServableError
-from registry.schemas import ReleaseOut
+from registry.errors import InvalidChannelError, ValidationError, VersionNotServableError
+from registry.schemas import CHANNEL_RE, ReleaseOut
 
 __all__ = [
     "canonical_guardrails",
@@ -65,7 +63,7 @@ def canonical_guardrails(items: Any) -> list[dict[str, Any]]:
     return [g.to_dict() for g in parse_guardrails(items)]
 
 
-def check_servable(services: Any, model: str, version: int, variant: Optional[str]) -> None:
+def check_servable(services: Any, model: str, version: int, variant: str | None) -> None:
     """A version can be released only when converted and with a servable variant.
 
     Raises:
@@ -102,7 +100,7 @@ def _version_number(value: object, field: str = "version") -> int:
 
 
 def promote(services: Any, model: str, version: object, *, channel: object, actor: str,
-            rollout_percent: object = 100, variant: Optional[str] = None,
+            rollout_percent: object = 100, variant: str | None = None,
             targeting: Any = None, guardrails: Any = None, reason: str = "") -> ReleaseOut:
     """Publish ``version`` on ``channel`` as a new release (the next counter).
 
@@ -132,7 +130,7 @@ def promote(services: Any, model: str, version: object, *, channel: object, acto
 
 
 def set_rollout(services: Any, model: str, channel: object, *, actor: str,
-                rollout_percent: object = None, paused: Optional[bool] = None,
+                rollout_percent: object = None, paused: bool | None = None,
                 reason: str = "") -> ReleaseOut:
     """Widen/narrow the newest release's rollout, or pause/resume it.
 
@@ -185,7 +183,7 @@ def rollback(services: Any, model: str, channel: object, *, actor: str,
     return release
 
 
-def history(services: Any, model: str, channel: Optional[str] = None,
+def history(services: Any, model: str, channel: str | None = None,
             limit: int = 100) -> list[ReleaseOut]:
     """Releases newest first (per channel): counter, version, rollout, who, when, why."""
     model = _validate_model(model)

@@ -11,7 +11,7 @@ import logging
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from registry.jobs.publish import publish_variants
 from registry.jobs.results import MAX_JOB_TEXT, scrub

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 
 from ._keys import KeyStore

@@ -8,7 +8,7 @@ Re-signing at half the lifetime leaves the other half as slack for a failed job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["ExpiryPolicy", "as_utc", "utc_now"]
 
@@ -16,14 +16,14 @@ _DAY = 24 * 60 * 60
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(moment: datetime) -> datetime:
     """Treat a naive datetime as UTC (TUF's convention); convert aware ones to UTC."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any, Optional
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -19,7 +19,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _token_out(row: TokenRow, token: Optional[str] = None) -> TokenOut:
+def _token_out(row: TokenRow, token: str | None = None) -> TokenOut:
     return TokenOut(id=row.id, name=row.name, role=row.role, prefix=row.prefix,
                     created_at=row.created_at, created_by=row.created_by, revoked=row.revoked,
                     token=token)
@@ -36,7 +36,7 @@ class AuthStore(StoreBase):
             _audit(s, created_by, "token.create", f"token:{row.id}", {"role": role, "name": name})
             return _token_out(row, token)
 
-    def token_role(self, token: str) -> Optional[tuple[str, str]]:
+    def token_role(self, token: str) -> tuple[str, str] | None:
         """Returns (actor, role) for a valid, unrevoked token."""
         with self.session() as s:
             row = s.exec(select(TokenRow).where(TokenRow.token_hash == hash_token(token))).first()
@@ -65,7 +65,7 @@ class AuthStore(StoreBase):
         with self.session() as s:
             _audit(s, actor, action, target, details or {})
 
-    def audit_log(self, limit: int = 100, action: Optional[str] = None) -> list[AuditOut]:
+    def audit_log(self, limit: int = 100, action: str | None = None) -> list[AuditOut]:
         with self.session() as s:
             q = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
             if action:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -70,8 +71,8 @@ class CatalogStore(StoreBase):
 
     # -- versions -------------------------------------------------------------------------
     def create_version(self, name: str, *, sha256: str, size: int, source_format: str,
-                       filename: str, metadata: dict[str, Any], eval_sha256: Optional[str],
-                       actor: str, number: Optional[int] = None) -> tuple[VersionOut, bool]:
+                       filename: str, metadata: dict[str, Any], eval_sha256: str | None,
+                       actor: str, number: int | None = None) -> tuple[VersionOut, bool]:
         """Create the next version, or return the existing one for identical bytes.
 
         Returns (version, created). Identical bytes are idempotent; a different file under an
@@ -143,7 +144,7 @@ class CatalogStore(StoreBase):
             return _version_out(s, s.get(ModelRow, row.model_id), row)
 
     def list_versions(self, name: str, limit: int = 20,
-                      before: Optional[int] = None) -> tuple[list[VersionOut], Optional[int]]:
+                      before: int | None = None) -> tuple[list[VersionOut], int | None]:
         """Newest first. Returns (page, cursor for the next page or None)."""
         with self.session() as s:
             model = self._model(s, name)
@@ -172,7 +173,7 @@ class CatalogStore(StoreBase):
             _audit(s, actor, "version.update", f"model:{name}/version:{number}", changes)
             return _version_out(s, model, row)
 
-    def set_version_status(self, version_id: int, status: str, error: Optional[str] = None) -> None:
+    def set_version_status(self, version_id: int, status: str, error: str | None = None) -> None:
         with self.session() as s:
             row = s.get(VersionRow, version_id)
             row.status = status
@@ -180,7 +181,7 @@ class CatalogStore(StoreBase):
             row.updated_at = utcnow()
             s.add(row)
 
-    def model_threshold(self, version_id: int) -> Optional[float]:
+    def model_threshold(self, version_id: int) -> float | None:
         """The servability threshold for a version: its upload's, else its model's, else None."""
         with self.session() as s:
             row = s.get(VersionRow, version_id)
@@ -190,10 +191,10 @@ class CatalogStore(StoreBase):
             return s.get(ModelRow, row.model_id).accuracy_drop_threshold_pp
 
     # -- variants -------------------------------------------------------------------------
-    def record_variant(self, version_id: int, *, name: str, format: str, sha256: Optional[str],
-                       size: Optional[int], target_path: Optional[str], fidelity: dict[str, Any],
-                       reference_latency_ms: Optional[dict[str, Any]], servable: bool,
-                       reason: Optional[str], error: Optional[str]) -> None:
+    def record_variant(self, version_id: int, *, name: str, format: str, sha256: str | None,
+                       size: int | None, target_path: str | None, fidelity: dict[str, Any],
+                       reference_latency_ms: dict[str, Any] | None, servable: bool,
+                       reason: str | None, error: str | None) -> None:
         """Upsert one variant; called only after its file is stored, so it is never half-published.
 
         A new variant is confidential (``public`` false); ``target_path`` is the path it will
@@ -264,7 +265,7 @@ class CatalogStore(StoreBase):
             found |= set(s.exec(select(DeltaRow.sha256).where(DeltaRow.sha256.in_(wanted))).all())
             return found
 
-    def artifact_visibility(self, sha256: str) -> Optional[str]:
+    def artifact_visibility(self, sha256: str) -> str | None:
         """``"public"``, ``"confidential"`` (a source, eval set or unreleased variant: a
         reader token is needed), or None when the registry recorded no such artifact."""
         if self.public_artifacts([sha256]):

@@ -9,17 +9,21 @@ about *who gets what* are not made here: they live in ``registry.delivery``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from registry.errors import ReleaseNotFoundError
+from registry.errors import NothingToRollBackError, ReleaseNotFoundError, ReleasePausedError
 from registry.models import (
-    DeltaRow, ExperimentRow, ModelRow, ReleaseRow, VariantRow, VersionRow, utcnow,
+    DeltaRow,
+    ExperimentRow,
+    ModelRow,
+    ReleaseRow,
+    VariantRow,
+    VersionRow,
+    utcnow,
 )
-from registry.errors import NothingToRollBackError, ReleasePausedError
 from registry.schemas import DeltaOut, ReleaseOut
 from registry.store._auth import _audit
 from registry.store._delivery_types import (
@@ -29,9 +33,9 @@ from registry.store._delivery_types import (
     ServingExperiment,
     ServingRelease,
     _invalidates_cache,
-    insert_release,
     _min_app_version,
     _release_out,
+    insert_release,
 )
 from registry.store._experiments import ExperimentStore
 
@@ -48,10 +52,10 @@ class DeliveryStore(ExperimentStore):
 
     # -- releases ---------------------------------------------------------------------------
     @_invalidates_cache
-    def create_release(self, model: str, channel: str, *, version: int, variant: Optional[str],
+    def create_release(self, model: str, channel: str, *, version: int, variant: str | None,
                        rollout_bp: int, rollout_seed: str, targeting: dict[str, Any],
                        guardrails: list[Any], kind: str, reason: str, actor: str,
-                       details: Optional[dict[str, Any]] = None) -> ReleaseOut:
+                       details: dict[str, Any] | None = None) -> ReleaseOut:
         """Insert the next release of (model, channel): counter = max + 1, audited."""
         for attempt in range(5):
             try:
@@ -68,7 +72,7 @@ class DeliveryStore(ExperimentStore):
                     raise
         raise AssertionError("unreachable")
 
-    def list_releases(self, model: str, channel: Optional[str] = None,
+    def list_releases(self, model: str, channel: str | None = None,
                       limit: int = 100) -> list[ReleaseOut]:
         """Newest first (by channel, then counter)."""
         with self.session() as s:
@@ -105,8 +109,8 @@ class DeliveryStore(ExperimentStore):
 
     @_invalidates_cache
     def update_current_release(self, model: str, channel: str, *, actor: str, reason: str = "",
-                               rollout_bp: Optional[int] = None,
-                               paused: Optional[bool] = None) -> ReleaseOut:
+                               rollout_bp: int | None = None,
+                               paused: bool | None = None) -> ReleaseOut:
         """Change the rollout of the newest release of (model, channel), audited.
 
         Widening a paused release is refused (``release_paused``): a pause means no new
@@ -142,7 +146,7 @@ class DeliveryStore(ExperimentStore):
             return _release_out(row, model, number, current=True)
 
     def rollback_source(self, model: str, channel: str,
-                        to_version: Optional[int]) -> tuple[ReleaseOut, ReleaseOut]:
+                        to_version: int | None) -> tuple[ReleaseOut, ReleaseOut]:
         """(current release, the earlier release to restore).
 
         Default target: the latest earlier release whose version differs from the current
@@ -251,7 +255,7 @@ class DeliveryStore(ExperimentStore):
                 ExperimentRow.status.in_(ACTIVE_EXPERIMENT))).first()
             wanted = {r[1] for r in rows}
             arm_numbers = {int(a["version"]) for a in (exp.arms if exp else [])}
-            versions: dict[int, tuple[int, Optional[str]]] = {}  # id -> (number, min app)
+            versions: dict[int, tuple[int, str | None]] = {}  # id -> (number, min app)
             by_number: dict[int, int] = {}
             if wanted or arm_numbers:
                 q = select(VersionRow.id, VersionRow.number, VersionRow.metadata_json).where(
@@ -308,7 +312,7 @@ class DeliveryStore(ExperimentStore):
                     for r in rows]
 
     # -- deltas ------------------------------------------------------------------------------
-    def find_delta(self, base_sha256: str, target_sha256: str) -> Optional[DeltaOut]:
+    def find_delta(self, base_sha256: str, target_sha256: str) -> DeltaOut | None:
         with self.session() as s:
             row = s.exec(select(DeltaRow).where(DeltaRow.base_sha256 == base_sha256,
                                                 DeltaRow.target_sha256 == target_sha256)).first()
@@ -316,8 +320,8 @@ class DeliveryStore(ExperimentStore):
                 base_sha256=row.base_sha256, target_sha256=row.target_sha256, sha256=row.sha256,
                 size=row.size, target_path=row.target_path)
 
-    def record_delta(self, base_sha256: str, target_sha256: str, *, sha256: Optional[str],
-                     size: Optional[int], target_path: Optional[str],
+    def record_delta(self, base_sha256: str, target_sha256: str, *, sha256: str | None,
+                     size: int | None, target_path: str | None,
                      actor: str = "system") -> bool:
         """Record a computed patch (``sha256`` None: not smaller than the artifact).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -35,12 +35,12 @@ class ServingRelease:
     counter: int
     version: int
     version_id: int
-    variant: Optional[str]
+    variant: str | None
     rollout_bp: int
     rollout_seed: str
     targeting: dict[str, Any]
     paused: bool
-    min_app_version: Optional[str]
+    min_app_version: str | None
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ class ServingArm:
     name: str
     version: int
     version_id: int
-    variant: Optional[str]
+    variant: str | None
     weight: int
-    min_app_version: Optional[str]
+    min_app_version: str | None
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ChannelState:
     channel: str
     counter: int  # the newest release counter; 0 when the channel has no release
     releases: tuple[ServingRelease, ...] = field(default_factory=tuple)  # newest first
-    experiment: Optional[ServingExperiment] = None
+    experiment: ServingExperiment | None = None
 
 
 def _invalidates_cache(method):  # noqa: ANN001, ANN202
@@ -87,10 +87,10 @@ def _invalidates_cache(method):  # noqa: ANN001, ANN202
 
 
 def insert_release(s: Session, model_row: ModelRow, channel: str,
-                   version_row: VersionRow, *, variant: Optional[str], rollout_bp: int,
+                   version_row: VersionRow, *, variant: str | None, rollout_bp: int,
                     rollout_seed: str, targeting: dict[str, Any], guardrails: list[Any],
                     kind: str, reason: str, actor: str,
-                    details: Optional[dict[str, Any]]) -> ReleaseRow:
+                    details: dict[str, Any] | None) -> ReleaseRow:
     # Serialise release creation per model (PostgreSQL row lock; SQLite serialises
     # writers anyway), so max + 1 does not race; the unique constraint stays the backstop.
     s.exec(select(ModelRow.id).where(ModelRow.id == model_row.id).with_for_update()).one()
@@ -126,6 +126,6 @@ def _release_out(row: ReleaseRow, model: str, version: int, current: bool = Fals
                       updated_at=row.updated_at)
 
 
-def _min_app_version(metadata: Optional[dict[str, Any]]) -> Optional[str]:
+def _min_app_version(metadata: dict[str, Any] | None) -> str | None:
     value = (metadata or {}).get("min_app_version")
     return str(value) if value else None

@@ -6,25 +6,24 @@ sees (intent-to-treat). Every change to an experiment is audited in its transact
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from registry.delivery.bucketing import arm_ranges
-from registry.errors import ExperimentNotFoundError
+from registry.errors import ExperimentConflictError, ExperimentNotFoundError, UnknownArmError
 from registry.models import AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, utcnow
+from registry.schemas import ArmOut, ExperimentOut, ReleaseOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
-from registry.errors import ExperimentConflictError, UnknownArmError
-from registry.schemas import ArmOut, ExperimentOut, ReleaseOut
 from registry.store._delivery_types import (
     ACTIVE_EXPERIMENT,
     _invalidates_cache,
-    insert_release,
     _percent,
     _release_out,
+    insert_release,
 )
 
 __all__ = ["ExperimentStore"]
@@ -96,7 +95,7 @@ class ExperimentStore(StoreBase):
             raise ExperimentNotFoundError(f"experiment {name!r} does not exist", experiment=name)
         return row
 
-    def _experiment_out(self, s: Session, row: ExperimentRow, model: Optional[str] = None,
+    def _experiment_out(self, s: Session, row: ExperimentRow, model: str | None = None,
                         counts: bool = True) -> ExperimentOut:
         if model is None:
             model = s.get(ModelRow, row.model_id).name
@@ -124,8 +123,8 @@ class ExperimentStore(StoreBase):
         with self.session() as s:
             return self._experiment_out(s, self._delivery_experiment(s, name))
 
-    def list_experiments(self, model: Optional[str] = None,
-                         status: Optional[str] = None) -> list[ExperimentOut]:
+    def list_experiments(self, model: str | None = None,
+                         status: str | None = None) -> list[ExperimentOut]:
         """Newest first."""
         with self.session() as s:
             q = select(ExperimentRow)
@@ -137,8 +136,8 @@ class ExperimentStore(StoreBase):
                     for row in s.exec(q.order_by(ExperimentRow.id.desc())).all()]
 
     @_invalidates_cache
-    def update_experiment(self, name: str, *, actor: str, coverage_bp: Optional[int] = None,
-                          paused: Optional[bool] = None, reason: str = "") -> ExperimentOut:
+    def update_experiment(self, name: str, *, actor: str, coverage_bp: int | None = None,
+                          paused: bool | None = None, reason: str = "") -> ExperimentOut:
         """Change coverage or pause/resume an active experiment, audited.
 
         Raises:
@@ -185,9 +184,9 @@ class ExperimentStore(StoreBase):
             return [self._experiment_out(s, r, counts=False) for r in rows if r.guardrails]
 
     @_invalidates_cache
-    def stop_experiment(self, name: str, *, actor: str, winner: Optional[str] = None,
-                        winner_release: Optional[dict[str, Any]] = None,
-                        reason: str = "") -> tuple[ExperimentOut, Optional[ReleaseOut]]:
+    def stop_experiment(self, name: str, *, actor: str, winner: str | None = None,
+                        winner_release: dict[str, Any] | None = None,
+                        reason: str = "") -> tuple[ExperimentOut, ReleaseOut | None]:
         """Stop an experiment; with ``winner_release`` also publish the winner's release in
         the same transaction (so a stop never leaves the channel without its winner).
 
@@ -235,7 +234,7 @@ class ExperimentStore(StoreBase):
             return self._experiment_out(s, row, model_row.name), release
 
     # -- assignments ------------------------------------------------------------------------
-    def assignment(self, experiment_id: int, install_id: str) -> Optional[str]:
+    def assignment(self, experiment_id: int, install_id: str) -> str | None:
         with self.session() as s:
             return s.exec(select(AssignmentRow.arm).where(
                 AssignmentRow.experiment_id == experiment_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, select
@@ -41,12 +41,12 @@ class JobStore(StoreBase):
                 raise JobNotFoundError(f"job {job_id!r} does not exist", job=job_id)
             return _job_out(s, row)
 
-    def latest_job_for_version(self, version_id: int) -> Optional[str]:
+    def latest_job_for_version(self, version_id: int) -> str | None:
         with self.session() as s:
             return s.exec(select(JobRow.id).where(JobRow.version_id == version_id)
                           .order_by(JobRow.created_at.desc())).first()
 
-    def claim_job(self, job_id: Optional[str] = None) -> Optional[JobOut]:
+    def claim_job(self, job_id: str | None = None) -> JobOut | None:
         """Atomically move one queued job (or the given one) to running; None if none/taken."""
         with self.session() as s:
             if job_id is None:
@@ -72,7 +72,7 @@ class JobStore(StoreBase):
             s.exec(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
 
     def finish_job(self, job_id: str, state: str, results: dict[str, Any],
-                   error: Optional[str] = None) -> None:
+                   error: str | None = None) -> None:
         with self.session() as s:
             s.exec(update(JobRow).where(JobRow.id == job_id).values(
                 state=state, results=results, error=error, finished_at=utcnow()))

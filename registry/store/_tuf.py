@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from sqlalchemy import text
 
@@ -18,9 +18,9 @@ _ADVISORY_KEY = 0x4D4F444C  # "MODL": the TUF publishing lock id in PostgreSQL
 
 
 class TufMetadataStoreMixin(StoreBase):
-    lock_dir: Optional[Path] = None
+    lock_dir: Path | None = None
 
-    def get_tuf_metadata(self, name: str) -> Optional[bytes]:
+    def get_tuf_metadata(self, name: str) -> bytes | None:
         with self.session() as s:
             row = s.get(TufMetadataRow, name)
             return bytes(row.data) if row is not None else None

@@ -1,0 +1,67 @@
+"""Plain helpers the tests import: settings for an isolated data dir, a token-carrying test
+client, and the problem+json assertion. Fixtures live in conftest.py and the modules it
+names in ``pytest_plugins``."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+__all__ = ["ApiClient", "assert_problem", "base_settings"]
+
+
+def base_settings(tmp_path: Path, **overrides):
+    from registry.config import Settings
+
+    values = {"data_dir": tmp_path / "data", "testing": True, "latency_runs": 5}
+    values.update(overrides)
+    return Settings.load(values, environ={})
+
+
+class ApiClient:
+    """Flask test client with a bearer token and JSON helpers."""
+
+    def __init__(self, flask_client, token: str | None) -> None:
+        self.c = flask_client
+        self.token = token
+
+    def _headers(self, headers=None):
+        h = dict(headers or {})
+        if self.token:
+            h.setdefault("Authorization", f"Bearer {self.token}")
+        return h
+
+    def get(self, url, **kw):
+        return self.c.get(url, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def post(self, url, **kw):
+        return self.c.post(url, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def patch(self, url, **kw):
+        return self.c.patch(url, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def delete(self, url, **kw):
+        return self.c.delete(url, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def upload(self, name, content: bytes = b"model-bytes", filename="model.keras", metadata=None,
+               eval_bytes: bytes | None = None, version: int | None = None):
+        data = {"file": (io.BytesIO(content), filename)}
+        if metadata is not None:
+            data["metadata"] = metadata if isinstance(metadata, str) else json.dumps(metadata)
+        if eval_bytes is not None:
+            data["eval"] = (io.BytesIO(eval_bytes), "eval.npz")
+        if version is not None:
+            data["version"] = str(version)
+        return self.post(f"/v1/models/{name}/versions", data=data,
+                         content_type="multipart/form-data")
+
+
+def assert_problem(resp, status: int, code: str):
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["code"] == code, body
+    assert body["status"] == status
+    assert "Traceback" not in json.dumps(body)
+    return body
