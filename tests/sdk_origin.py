@@ -1,8 +1,8 @@
 """A loopback ModelDrop origin for SDK tests: real TUF repository, real signed manifests.
 
-It stands in for the server (phase 1: the real one is being built) but signs with the
-server's own ``registry.signing`` code, so what the SDK verifies is what the server will
-produce. It speaks the wire format of docs/wire-format.md:
+It stands in for the server where a test needs to forge, withhold or delay what the server
+sends (the end-to-end tests use the real app), and signs with the server's own
+``registry.signing`` code, so what the SDK verifies is what the server produces. It speaks the wire format of docs/wire-format.md:
 
 * ``GET /v1/manifest``            signed per request for the asking install id; ETag/304; 204
 * ``GET /tuf/metadata/<name>``    from the :class:`ImageRepository` (or ``metadata_overrides``)
