@@ -113,8 +113,3 @@ class RegistryClient:
         body = StreamingMultipart(fields, files, on_bytes)
         return self.request("POST", f"/v1/models/{name}/versions", data=body,
                             headers={"Content-Type": body.content_type}, timeout=None)
-
-
-def client_from_env(url: str | None, token: str | None) -> RegistryClient:
-    return RegistryClient(url or os.environ.get("MODELDROP_URL", "http://127.0.0.1:8080"),
-                          token or os.environ.get("MODELDROP_TOKEN"))

@@ -184,11 +184,6 @@ class AuditOut(BaseModel):
     details: dict[str, Any]
 
 
-class Page(BaseModel):
-    items: list[Any]
-    next_cursor: str | None = None
-
-
 # -- delivery ---------------------------------------------------------------------------
 
 class ReleaseOut(BaseModel):

@@ -13,18 +13,9 @@ __all__ = ["register", "report_cmd"]
 
 
 def register(main: click.Group) -> None:
-    """Attach ``report`` to the delivery commands' ``experiment`` group.
+    """Attach ``report`` to the delivery commands' ``experiment`` group."""
+    from registry.cli._delivery import experiment
 
-    The group belongs to ``registry.cli._delivery``; on an install without it a minimal
-    group is created so the report is still reachable under the same name.
-    """
-    try:
-        from registry.cli._delivery import experiment
-    except ImportError:  # pragma: no cover - delivery commands absent
-        experiment = main.commands.get("experiment")
-        if experiment is None:
-            experiment = click.Group("experiment", help="A/B experiments.")
-            main.add_command(experiment)
     experiment.add_command(report_cmd)
 
 

@@ -57,11 +57,9 @@ class Halt:
 
 
 def default_metrics_provider(services: Any, kind: str, obj: Any) -> Metrics:
-    """Telemetry's aggregates when ``registry.telemetry.metrics`` exists, else no data."""
-    try:
-        from registry.telemetry import metrics
-    except ImportError:
-        return {}
+    """Telemetry's aggregates of the release, or of the experiment arm."""
+    from registry.telemetry import metrics
+
     if kind == "release":
         return metrics.release_metrics(services, obj) or {}
     per_arm = metrics.experiment_arm_metrics(services, obj.experiment) or {}

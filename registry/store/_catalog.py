@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from registry.errors import VersionConflictError, VersionNotFoundError
+from registry.errors import VersionConflictError
 from registry.models import ModelRow, VariantRow, VersionRow, utcnow
 from registry.schemas import ModelOut, VariantOut, VersionOut
 from registry.store._auth import _audit
@@ -135,13 +135,6 @@ class CatalogStore(StoreBase):
     def version_id(self, name: str, number: int) -> int:
         with self.session() as s:
             return self._version(s, name, number)[1].id
-
-    def version_by_id(self, version_id: int) -> VersionOut:
-        with self.session() as s:
-            row = s.get(VersionRow, version_id)
-            if row is None:
-                raise VersionNotFoundError(f"version id {version_id} does not exist")
-            return _version_out(s, s.get(ModelRow, row.model_id), row)
 
     def list_versions(self, name: str, limit: int = 20,
                       before: int | None = None) -> tuple[list[VersionOut], int | None]:

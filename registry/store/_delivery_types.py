@@ -1,4 +1,4 @@
-"""Shapes, errors and small helpers shared by the delivery store mixins.
+"""Shapes and small helpers shared by the delivery store parts.
 
 The API shapes live in ``registry.schemas`` and the errors in ``registry.errors``. Table rows
 never leave the store.
