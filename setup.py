@@ -36,6 +36,7 @@ setup(
         "numpy>=2.0,<3",
         "scipy>=1.14,<2",
         "bsdiff4==1.3.2",
+        "flask-limiter==4.1.1",
         "gunicorn>=23,<24",
         "matplotlib>=3.9,<4",
         "ai-edge-litert==2.3.0",

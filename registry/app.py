@@ -35,6 +35,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.config["TESTING"] = settings.testing
     app.extensions[EXTENSION] = services
     register_api(app)
+    from registry.ratelimit import init_app as init_rate_limits
+
+    init_rate_limits(app, settings)
     from registry.web import register_web
 
     register_web(app)

@@ -66,6 +66,15 @@ class Settings:
     bootstrap_admin_token: bool = True
     # Telemetry
     max_telemetry_batch: int = 1000  # events
+    # Guardrails count only devices the server served; below this many distinct served
+    # devices on the release (or arm) they cannot trip, whatever the telemetry says.
+    guardrail_min_devices: int = 10  # devices
+    # Telemetry budgets (docs/deployment.md, "Rate limits"): events beyond them are refused.
+    telemetry_events_per_install: int = 2000  # events per install id per hour
+    telemetry_events_per_ip: int = 20000  # events per client IP per minute
+    # Rate-limit counters: "memory://" (per process, the embedded default) or a Redis URL
+    # (redis://127.0.0.1:6379/1) shared by every web process in the scale mode.
+    rate_limit_storage_url: str = "memory://"
     testing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

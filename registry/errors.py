@@ -139,6 +139,18 @@ class StorageError(ModelDropError):
     code, status, title = "storage_error", 503, "Storage unavailable"
 
 
+class RateLimitedError(ModelDropError):
+    """Too many requests (or telemetry events) from one token, client IP or install id.
+
+    ``retry_after`` (seconds) becomes the ``Retry-After`` header and a body field."""
+
+    code, status, title = "rate_limited", 429, "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=max(1, int(retry_after)), **extra)
+        self.retry_after = max(1, int(retry_after))
+
+
 class UnsupportedMediaTypeError(ModelDropError):
     code, status, title = "unsupported_media_type", 415, "Unsupported media type"
 

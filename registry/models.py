@@ -191,6 +191,27 @@ class TelemetryRow(SQLModel, table=True):
     seconds: Optional[float] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     received_at: datetime = Field(default_factory=utcnow)
+    # True when, at ingestion, the server had never served this install id a manifest or an
+    # experiment arm of the event's model: stored (it may be a real device that lost its
+    # state) but excluded from guardrails and reports, so forged install ids cannot halt.
+    unserved: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+
+
+class ServedRow(SQLModel, table=True):
+    """A device the server served an artifact of (model, channel, version, variant): the
+    evidence that telemetry about that release comes from a device that really has it."""
+
+    __tablename__ = "served_installs"
+    __table_args__ = (UniqueConstraint("model", "channel", "version", "variant", "install_id"),
+                      Index("ix_served_install_model", "install_id", "model"))
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=64)
+    channel: str = Field(max_length=64)
+    version: int
+    variant: str = Field(max_length=64)
+    install_id: str = Field(max_length=64)
+    counter: int  # the release counter it was first served under
+    first_served_at: datetime = Field(default_factory=utcnow)
 
 
 class DeltaRow(SQLModel, table=True):

@@ -62,6 +62,9 @@ class Fleet:
 
 @pytest.fixture
 def fleet(live_server, tmp_path, tflite_models, services):
+    # A dozen real devices, split between two arms: below the default minimum of served
+    # devices, so lower it to the guardrail's own min_samples for this fleet.
+    services.settings.guardrail_min_devices = GUARD["min_samples"]
     make_ready_version(services, MODEL, variants={
         "tflite-fp32": {"format": "tflite", "data": tflite_models["v1"]}})
     make_ready_version(services, MODEL, variants={

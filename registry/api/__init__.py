@@ -16,7 +16,11 @@ PROBLEM = "application/problem+json"
 
 def problem_response(error: ModelDropError) -> Response:
     body = error.to_problem(instance=request.path)
-    return Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
+    resp = Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
 
 
 def register_api(app: Flask) -> None:

@@ -152,6 +152,7 @@ def manifest_answer(services: Any, args: Mapping[str, str], *,
     offer = resolve(services, query)
     if offer is None:
         return ManifestAnswer(204)
+    _record_served(services, query, offer)
     delta = None
     sha = offer.variant["sha256"]
     if query.installed_sha256 and query.installed_sha256 != sha:
@@ -167,6 +168,17 @@ def manifest_answer(services: Any, args: Mapping[str, str], *,
     if etag_matches(etag):
         return ManifestAnswer(304, etag)
     return ManifestAnswer(200, etag, services.signing.sign_manifest(document))
+
+
+def _record_served(services: Any, query: ManifestQuery, offer: Offer) -> None:
+    """Remember the device was served this artifact: only such devices count in guardrails
+    and reports (registry/store/_served.py). Never fails the manifest."""
+    try:
+        services.store.record_served(query.model, query.channel, offer.version,
+                                     offer.variant["name"], query.install_id,
+                                     offer.served_counter)
+    except Exception:  # noqa: BLE001 - delivery first; the device is then merely uncounted
+        log.exception("could not record that %s was served %s", query.install_id, query.model)
 
 
 def build_document(query: ManifestQuery, offer: Offer, *, artifact_url: Callable[[str], str],

@@ -14,6 +14,7 @@ from registry.store._auth import AuthStore, hash_token
 from registry.store._catalog import CatalogStore
 from registry.store._delivery import DeliveryStore
 from registry.store._jobs import JobStore
+from registry.store._served import ServedStore
 from registry.store._telemetry import TelemetryStore
 from registry.store._tuf import TufMetadataStoreMixin
 
@@ -21,7 +22,7 @@ __all__ = ["Store", "hash_token"]
 
 
 class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin, TelemetryStore,
-            DeliveryStore):
+            DeliveryStore, ServedStore):
     """The one store: each part needs only ``StoreBase`` (sessions, ``_model``/``_version``,
     the delivery cache), so the order of the bases does not matter."""
 

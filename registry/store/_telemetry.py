@@ -27,7 +27,8 @@ from sqlmodel import Session, select
 
 from registry.errors import ExperimentNotFoundError, ReleaseNotFoundError, VersionNotFoundError
 from registry.models import (
-    AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, TelemetryRow, VariantRow, VersionRow,
+    AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, ServedRow, TelemetryRow, VariantRow,
+    VersionRow,
 )
 from registry.reports import ExperimentDef, UnitSummary
 from registry.store._base import StoreBase
@@ -210,7 +211,9 @@ class TelemetryStore(StoreBase):
             assignments = s.execute(
                 sa_select(AssignmentRow.install_id, AssignmentRow.arm, AssignmentRow.assigned_at)
                 .where(AssignmentRow.experiment_id == row.id)).all()
-            where = T.experiment == row.name
+            where = and_(T.experiment == row.name, T.unserved.is_(False))
+            unserved = s.execute(sa_select(func.count(), func.count(T.install_id.distinct()))
+                                 .where(T.experiment == row.name, T.unserved.is_(True))).one()
             flags = _unit_flags(s, where)
             latencies = _capped_latencies(s, where, latency_cap)
         units = []
@@ -223,7 +226,9 @@ class TelemetryStore(StoreBase):
                   "halted_reason": row.halted_reason, "winner": row.winner,
                   "latency_cap_per_device": latency_cap,
                   "installs_with_telemetry": len(flags),
-                  "unassigned_installs_with_telemetry": len(set(flags) - assigned_ids)}
+                  "unassigned_installs_with_telemetry": len(set(flags) - assigned_ids),
+                  "excluded_unserved_events": int(unserved[0]),
+                  "excluded_unserved_installs": int(unserved[1])}
         return exp, units, source
 
     # -- releases -------------------------------------------------------------------------
@@ -260,7 +265,10 @@ class TelemetryStore(StoreBase):
 
         Only events *received* since the release was created count: a rollback release that
         points at an old version must not inherit that version's history, and the server
-        clock, unlike the device's, is trustworthy.
+        clock, unlike the device's, is trustworthy. Only install ids the server served that
+        side's artifact on this model and channel count (``served_installs``), and events
+        flagged ``unserved`` at ingestion never do: telemetry is public, install ids are
+        whatever a client writes, so anything else could be forged into a halt.
         """
         arms = [("release", scope.version, scope.variant)]
         if scope.baseline_version is not None:
@@ -270,8 +278,13 @@ class TelemetryStore(StoreBase):
             for arm, number, variant in arms:
                 where = and_(T.model == scope.model, T.version == number,
                              T.received_at >= scope.since)
+                served = sa_select(ServedRow.install_id).where(
+                    ServedRow.model == scope.model, ServedRow.channel == scope.channel,
+                    ServedRow.version == number)
                 if variant is not None:
                     where = and_(where, T.variant == variant)
+                    served = served.where(ServedRow.variant == variant)
+                where = and_(where, T.unserved.is_(False), T.install_id.in_(served))
                 flags = _unit_flags(s, where)
                 latencies = _capped_latencies(s, where, latency_cap)
                 for install_id, f in flags.items():

@@ -66,7 +66,7 @@ _KIND_FIELDS: dict[str, frozenset[str]] = {
 #: is one multi-row INSERT with a fixed column list).
 COLUMNS = ("event_id", "kind", "install_id", "ts", "model", "version", "variant", "experiment",
            "arm", "device_model", "platform", "latency_ms", "correct", "bytes", "seconds",
-           "error", "received_at")
+           "error", "received_at", "unserved")
 
 MAX_LATENCY_MS = 3_600_000.0  # one hour: anything slower is a clock bug, not an inference
 _MAX_INT32 = 2**31 - 1  # version is a 32-bit INTEGER column on PostgreSQL
@@ -257,6 +257,7 @@ def validate_event(event: object, received_at: datetime) -> dict[str, Any]:
         "bytes": _int(event, "bytes", lo=0, hi=_MAX_INT64),
         "seconds": _float(event, "seconds", positive=False, hi=86400.0 * 30),
         "error": _text(event, "error", max_len=_MAX_ERROR, multiline=True), "received_at": received_at,
+        "unserved": False,  # decided by the service, which can ask the store
     }
 
 

@@ -48,7 +48,8 @@ def experiment_arm_metrics(services: Any, experiment: Any) -> dict[str, dict[str
     """
     exp, units, _ = services.store.experiment_units(experiment)
     report = _inputs(exp, units)
-    return {arm: guardrail_metrics_for(report, arm) for arm in exp.arms}
+    return {arm: _enough_devices(services, units, arm, guardrail_metrics_for(report, arm))
+            for arm in exp.arms}
 
 
 def release_metrics(services: Any, release: Any) -> dict[str, Observed]:
@@ -70,4 +71,13 @@ def release_metrics(services: Any, release: Any) -> dict[str, Observed]:
     units = services.store.release_units(scope)
     exp = ExperimentDef(name=f"{scope.model}/{scope.channel}#{scope.counter}",
                         arms=["baseline", "release"], weights=[1, 1])
-    return guardrail_metrics_for(_inputs(exp, units), "release")
+    return _enough_devices(services, units, "release",
+                           guardrail_metrics_for(_inputs(exp, units), "release"))
+
+
+def _enough_devices(services: Any, units: list, arm: str,
+                    metrics: dict[str, Observed]) -> dict[str, Observed]:
+    """No data (never a breach) until ``guardrail_min_devices`` distinct served devices of
+    the arm reported: a handful of devices, real or not, cannot halt a release."""
+    devices = len({u.install_id for u in units if u.arm == arm})
+    return metrics if devices >= services.settings.guardrail_min_devices else {}

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from registry.reports import build_report, render_charts, render_report_html
-from registry.telemetry.ingest import validate_batch
+from registry.telemetry.ingest import Rejection, validate_batch
 
 __all__ = ["experiment_report", "experiment_report_html", "experiment_report_page", "record_batch",
            "version_latency"]
@@ -20,7 +20,8 @@ __all__ = ["experiment_report", "experiment_report_html", "experiment_report_pag
 log = logging.getLogger("modeldrop.telemetry")
 
 
-def record_batch(services: Any, body: object) -> dict[str, Any]:
+def record_batch(services: Any, body: object, *, client_ip: str | None = None,
+                 budget: Any = None) -> dict[str, Any]:
     """Validate and store one ``POST /v1/telemetry`` body.
 
     Returns:
@@ -33,6 +34,11 @@ def record_batch(services: Any, body: object) -> dict[str, Any]:
             nothing is stored.
     """
     batch = validate_batch(body, services.settings.max_telemetry_batch)
+    if budget is not None:
+        if client_ip is not None:
+            budget.charge_ip(client_ip, len(batch.rows))
+        _drop_over_budget(batch, budget, body)
+    _flag_unserved(services, batch.rows)
     accepted = services.store.insert_telemetry(batch.rows)
     if batch.rejected:
         log.info("telemetry: %d of %d events rejected (first: index %d, %s: %s)",
@@ -41,6 +47,31 @@ def record_batch(services: Any, body: object) -> dict[str, Any]:
     return {"accepted": accepted,
             "duplicates": batch.repeats + len(batch.rows) - accepted,
             "rejected": [r.to_dict() for r in batch.rejected]}
+
+
+def _drop_over_budget(batch: Any, budget: Any, body: Any) -> None:
+    """Reject the events of install ids over their budget (by index, like invalid events)."""
+    over = budget.over_budget([r["install_id"] for r in batch.rows])
+    if not over:
+        return
+    index_of = {str(e.get("id", "")).lower(): i for i, e in enumerate(body["events"])
+                if isinstance(e, dict)}
+    kept = []
+    for row in batch.rows:
+        if row["install_id"] in over:
+            batch.rejected.append(Rejection(
+                index_of.get(row["event_id"], -1), "install_id",
+                f"over the budget of {budget.per_install} events per hour for one install id"))
+        else:
+            kept.append(row)
+    batch.rows[:] = kept
+
+
+def _flag_unserved(services: Any, rows: list[dict[str, Any]]) -> None:
+    """Mark events from install ids the server never served that model (stored, not counted)."""
+    served = services.store.served_pairs((r["model"], r["install_id"]) for r in rows)
+    for row in rows:
+        row["unserved"] = (row["model"], row["install_id"]) not in served
 
 
 def version_latency(services: Any, name: str, number: int) -> dict[str, Any]:
@@ -61,6 +92,12 @@ def experiment_report(services: Any, experiment: Any, *, bootstrap_samples: int 
             "level": "info", "code": "telemetry_without_assignment",
             "message": f"{unassigned} install ids sent telemetry for this experiment but have no "
                        "assignment; they are not units of the report"})
+    if source.get("excluded_unserved_events"):
+        report["health"].append({
+            "level": "info", "code": "telemetry_from_unserved_installs",
+            "message": f"{source['excluded_unserved_events']} events from "
+                       f"{source['excluded_unserved_installs']} install ids the server never "
+                       "served were excluded (stored, not counted)"})
     source["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     report["source"] = source
     return report
