@@ -244,7 +244,8 @@ def main() -> None:
         "all_totals_seconds": totals,
         "loadavg_1min_before_each_run": loads,
         "modes": modes,
-        "parallel_speedup": round(modes["engine-serial"]["total_seconds"] / modes["engine-parallel"]["total_seconds"], 2),
+        "parallel_speedup": round(modes["engine-serial"]["total_seconds"]
+                                  / modes["engine-parallel"]["total_seconds"], 2),
     }
     _print_table(_merge_results(report))
 

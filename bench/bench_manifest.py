@@ -305,7 +305,8 @@ def main() -> None:
                   "releases": "v1 at 100%, v2 at 50% for android (two releases walked)",
                   "response": "200 signed manifest (no If-None-Match), ~1 KB"},
         "reference": {"bare_flask_gunicorn_sync_req_s": BARE_FLASK_REQ_S,
-                      "bare_flask_p99_ms": BARE_FLASK_P99_MS, "source": "earlier bare-Flask run on the development machine"},
+                      "bare_flask_p99_ms": BARE_FLASK_P99_MS,
+                      "source": "earlier bare-Flask run on the development machine"},
         "results": summaries,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

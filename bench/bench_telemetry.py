@@ -65,7 +65,7 @@ def make_events(n: int, seed: int) -> list[dict]:
         device = DEVICES[i % len(DEVICES)]
         event = {"id": str(uuid.UUID(bytes=rng.bytes(16), version=4)), "kind": str(kinds[i]),
                  "install_id": installs[int(rng.integers(len(installs)))],
-                 "ts": "2026-11-27T14:%02d:%02d.%03dZ" % (i // 60000 % 60, i // 1000 % 60, i % 1000),
+                 "ts": f"2026-11-27T14:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z",
                  "model": "digits", "version": 4, "variant": "tflite-int8-dynamic",
                  "experiment": "digits-v4-vs-v3", "arm": "treatment" if i % 2 else "control",
                  "device_model": device, "platform": "ios" if device == "iphone13" else "android"}

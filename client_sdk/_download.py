@@ -110,7 +110,7 @@ class Downloader:
     def _meta_path(self, sha256: str) -> Path:
         return self._dir / f"{sha256}.part.json"
 
-    def _load_partial(self, req: DownloadRequest) -> tuple[dict, int, "hashlib._Hash"]:
+    def _load_partial(self, req: DownloadRequest) -> tuple[dict, int, hashlib._Hash]:
         """Return (sidecar, offset, hasher-over-existing-bytes), resetting if unusable."""
         part, meta_path = self.part_path(req.sha256), self._meta_path(req.sha256)
         meta = read_json(meta_path)
@@ -167,9 +167,9 @@ class Downloader:
         return part
 
     def _transfer(self, req: DownloadRequest, url: str, meta: dict, offset: int,
-                  hasher: "hashlib._Hash", deadline: float,
+                  hasher: hashlib._Hash, deadline: float,
                   on_progress: ProgressCallback | None,
-                  check_conditions: Callable[[], None] | None) -> tuple[int, "hashlib._Hash"]:
+                  check_conditions: Callable[[], None] | None) -> tuple[int, hashlib._Hash]:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 import urllib3

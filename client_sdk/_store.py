@@ -15,9 +15,10 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 try:  # POSIX; on other systems the in-process lock still serialises threads
     import fcntl

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -58,12 +58,12 @@ class TargetingRules:
     every device.
     """
 
-    platforms: Optional[Tuple[str, ...]] = None
+    platforms: Optional[tuple[str, ...]] = None
     os_version: Optional[str] = None
-    device_models: Optional[Tuple[str, ...]] = None
-    device_model_prefixes: Optional[Tuple[str, ...]] = None
+    device_models: Optional[tuple[str, ...]] = None
+    device_model_prefixes: Optional[tuple[str, ...]] = None
     app_version: Optional[str] = None
-    regions: Optional[Tuple[str, ...]] = None
+    regions: Optional[tuple[str, ...]] = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TargetingRules:

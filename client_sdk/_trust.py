@@ -16,9 +16,10 @@ SDK errors with stable codes.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import requests
 from tuf.api import exceptions as tuf_errors

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import requests
 from tuf.api.metadata import Metadata, Root
@@ -23,6 +24,7 @@ from ._download import Downloader, discard_stale
 from ._http import make_session
 from ._install import Installer
 from ._loadcheck import check_model
+from ._names import validate_channel, validate_model_name
 from ._store import (
     RejectedArtifacts,
     ReleaseCounters,
@@ -30,7 +32,6 @@ from ._store import (
     load_or_create_install_id,
 )
 from ._telemetry import FlushResult, Telemetry
-from ._names import validate_channel, validate_model_name
 from ._types import (
     ClientConfig,
     DeviceInfo,
@@ -335,7 +336,7 @@ class ModelClient:
         self._telemetry.close()
         self._session.close()
 
-    def __enter__(self) -> "ModelClient":
+    def __enter__(self) -> ModelClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

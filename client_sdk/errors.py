@@ -18,7 +18,8 @@ never a lost model.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "ArtifactTooLargeError",

@@ -46,7 +46,7 @@ def ref_fnv1a32(text: str) -> int:
 
 
 def ref_bucket(seed: str, install_id: str) -> int:
-    return ref_fnv1a32("%d" % ref_fnv1a32(seed + install_id)) % 10000
+    return ref_fnv1a32(f"{ref_fnv1a32(seed + install_id):d}") % 10000
 
 
 def ref_ranges(weights: list[int], coverage_bp: int) -> list[list[int]]:

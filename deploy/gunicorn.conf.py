@@ -5,7 +5,7 @@ Everything is read from the environment so one image serves every deployment:
 
 | variable | default | meaning |
 |---|---|---|
-| ``MODELDROP_BIND`` | ``0.0.0.0:8080`` | address:port (a container's published port); use ``127.0.0.1:PORT`` on a shared host |
+| ``MODELDROP_BIND`` | ``0.0.0.0:8080`` | address:port (a container's port); ``127.0.0.1:PORT`` on a shared host |
 | ``MODELDROP_WEB_WORKERS`` | 2 x CPUs + 1 | worker processes |
 | ``MODELDROP_WEB_WORKER_CLASS`` | ``gthread`` | ``gthread`` or ``sync`` |
 | ``MODELDROP_WEB_THREADS`` | 8 | threads per ``gthread`` worker |

@@ -18,6 +18,9 @@ fi
 bash scripts/services.sh
 bash scripts/install-sandbox.sh  # the tests require the full converter sandbox
 
+# Lint first (ruff, configured in pyproject.toml): an unclean tree fails the run.
+.venv/bin/python -m ruff check registry client_sdk tests bench examples conformance scripts deploy
+
 mkdir -p test-artifacts
 set +e
 .venv/bin/python -m pytest -q -ra -p no:cacheprovider "$@"

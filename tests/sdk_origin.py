@@ -2,7 +2,8 @@
 
 It stands in for the server where a test needs to forge, withhold or delay what the server
 sends (the end-to-end tests use the real app), and signs with the server's own
-``registry.signing`` code, so what the SDK verifies is what the server produces. It speaks the wire format of docs/wire-format.md:
+``registry.signing`` code, so what the SDK verifies is what the server produces. It speaks
+the wire format of docs/wire-format.md:
 
 * ``GET /v1/manifest``            signed per request for the asking install id; ETag/304; 204
 * ``GET /tuf/metadata/<name>``    from the :class:`ImageRepository` (or ``metadata_overrides``)

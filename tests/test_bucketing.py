@@ -47,7 +47,7 @@ def reference_fnv1a32(text: str) -> int:
 def reference_bucket(seed: str, unit_id: str) -> int:
     first = reference_fnv1a32(seed + unit_id)
     assert 0 <= first < 2**32
-    return reference_fnv1a32("%d" % first) % 10000
+    return reference_fnv1a32(f"{first:d}") % 10000
 
 
 def make_ids(count: int, seed: int = 1) -> list[str]:

@@ -368,7 +368,8 @@ def test_coreml_packages_reload_and_weight_error_is_honest(converted, digits, tm
 def test_coreml_weight_error_orders_by_compression(keras_all):
     error = {r.name: r.fidelity["weight_rel_error"] for r in keras_all[0] if r.format == "coreml"}
     assert error["coreml-fp32"] == 0.0
-    assert 0 < error["coreml-fp16"] < error["coreml-int8"] < error["coreml-palettized-6bit"] < error["coreml-palettized-4bit"]
+    assert (0 < error["coreml-fp16"] < error["coreml-int8"] < error["coreml-palettized-6bit"]
+            < error["coreml-palettized-4bit"])
 
 
 # -- synthetic eval set; reproducible Core ML bytes ------------------------------------------
@@ -500,7 +501,8 @@ def test_failed_variant_keeps_its_message_and_others_still_convert(digits, tmp_p
     by_name = {r.name: r for r in results}
     assert by_name["tflite-fp16"].error == "RuntimeError: fp16 converter exploded"
     assert by_name["tflite-fp16"].reason == by_name["tflite-fp16"].error
-    assert by_name["coreml-palettized-4bit"].error.startswith("needs coreml-fp16, which failed: RuntimeError: mlprogram")
+    assert by_name["coreml-palettized-4bit"].error.startswith(
+        "needs coreml-fp16, which failed: RuntimeError: mlprogram")
     for failed in ("tflite-fp16", "coreml-palettized-4bit"):
         assert by_name[failed].servable is False and by_name[failed].path is None
     for ok in ("tflite-fp32", "coreml-int8"):

@@ -398,7 +398,7 @@ def test_delivery_state_on_both_databases(tmp_path, db_url):
             query = parse_query({"model": "digits", "install_id": install_id,
                                  "platform": "android"})
             with ThreadPoolExecutor(4) as pool:  # racing first requests record one arm
-                answers = {o.arm for o in pool.map(lambda _: resolve(services, query), range(4))}
+                answers = {o.arm for o in pool.map(lambda _: resolve(services, query), range(4))}  # noqa: B023 - mapped here
             assert len(answers) == 1
             arms[install_id] = answers.pop()
         assert services.store.experiment_assignments("both") == arms

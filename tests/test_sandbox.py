@@ -202,7 +202,8 @@ def test_scrub_removes_paths_and_key_material(tmp_path):
     from registry.jobs.results import scrub
 
     work = tmp_path / "job" / "work"
-    pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGk0dWJhZ2VyYmFnZXJiYWdlcmJhZ2VyYmFnZXI=\n-----END PRIVATE KEY-----"
+    pem = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGk0dWJhZ2VyYmFnZXJiYWdlcmJhZ2VyYmFnZXI=\n"
+           "-----END PRIVATE KEY-----")
     text = (f"cannot load {work}/source/saved_model.pb: see /srv/modeldrop-data/keys/targets.pem\n{pem}\n"
             f"token md_{'a' * 43} Data: {SECRET * 3}")
     out = scrub(text, work)

@@ -106,7 +106,7 @@ def test_resume_against_the_real_artifact_route(live_server, tmp_path, tflite_mo
             {"sha256": sha, "length": len(big), "etag": etag, "url": None}))
         seen: list[int] = []
         client = _client(server, tmp_path, root)
-        model = client.update(MODEL, CHANNEL, on_progress=lambda d, t: seen.append(d))
+        model = client.update(MODEL, CHANNEL, on_progress=lambda d, t: seen.append(d))  # noqa: B023 - used in this iteration
         assert model.sha256 == sha
         assert hashlib.sha256(model.path.read_bytes()).hexdigest() == sha
         if etag == f'"{sha}"':

@@ -248,8 +248,7 @@ class S3BlobStore(BlobStore):
             if int(response.get("ContentLength", -1)) != wanted:
                 raise StorageError(f"S3 returned the wrong range for blob {sha256}")
             with _storage_errors("GetObject"):
-                for chunk in body.iter_chunks(chunk_size):
-                    yield chunk
+                yield from body.iter_chunks(chunk_size)
         finally:
             body.close()
 

@@ -202,7 +202,8 @@ class _Run:
                         continue  # its base package is still being built
                     pending.remove(name)
                     if base and self.outcomes[base].error:
-                        failed = TaskOutcome(name, None, None, 0.0, f"needs {base}, which failed: {self.outcomes[base].error}")
+                        failed = TaskOutcome(name, None, None, 0.0,
+                                             f"needs {base}, which failed: {self.outcomes[base].error}")
                         self._on_outcome(failed, defer_latency=parallel)
                         continue
                     try:

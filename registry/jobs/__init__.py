@@ -21,10 +21,10 @@ class JobQueue(ABC):
     @abstractmethod
     def enqueue(self, job_id: str) -> None: ...
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional hook: a backend without workers keeps the no-op
         """Start workers owned by this process (no-op for external workers)."""
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - optional hook, like start
         """Stop workers owned by this process."""
 
 

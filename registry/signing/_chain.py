@@ -173,7 +173,8 @@ class ChainWriter:
         self.store.put(f"{snapshot.version}.snapshot.json", data)
         chain.timestamp.signed.snapshot_meta = MetaFile(snapshot.version, len(data), _sha256(data))
 
-    def publish_timestamp(self, chain: Chain, now: datetime, *, extra: Sequence[Signer] = (), bump: bool = True) -> None:
+    def publish_timestamp(self, chain: Chain, now: datetime, *, extra: Sequence[Signer] = (),
+                          bump: bool = True) -> None:
         timestamp = chain.timestamp.signed
         if bump:
             timestamp.version += 1

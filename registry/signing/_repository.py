@@ -222,9 +222,10 @@ class ImageRepository:
     def refresh(self, now: datetime | None = None, *, force: bool = False) -> list[str]:
         """Re-sign metadata that will expire within the policy's margin.
 
-        Meant for a periodic job; ``now`` defaults to the clock (naive means UTC). Timestamp and snapshot are re-signed when due (or
-        always with ``force``); targets and root only when due and their keys are on
-        this server — if they are kept offline, a warning is logged instead.
+        Meant for a periodic job; ``now`` defaults to the clock (naive means UTC). Timestamp
+        and snapshot are re-signed when due (or always with ``force``); targets and root only
+        when due and their keys are on this server — if they are kept offline, a warning is
+        logged instead.
 
         Returns:
             The roles re-signed, in publication order (e.g. ``["snapshot", "timestamp"]``).
