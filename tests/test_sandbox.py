@@ -246,3 +246,20 @@ def test_web_process_does_not_start_tensorflow_for_the_probe(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def test_relative_data_dir_converts(tmp_path, monkeypatch):
+    """`modeldrop serve --data-dir ./modeldrop-data` (README command 1) gives relative paths."""
+    from registry.config import Settings
+    from registry.convert.catalog import ConversionError
+    from registry.jobs.conversion import convert_file
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"not a keras archive")
+    settings = Settings.load({"data_dir": "rel-data", "convert_sandbox": "required"}, environ={})
+    Path("rel-data/work").mkdir(parents=True)
+    with pytest.raises(ConversionError) as raised:
+        convert_file(settings, bad, Path("rel-data/work/job"), variants=["tflite-fp32"])
+    # The loader ran in the sandbox and answered; the sandbox itself did not fail to start.
+    assert str(raised.value).startswith("cannot load source.keras"), raised.value

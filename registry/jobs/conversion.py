@@ -53,7 +53,7 @@ class SandboxedConversion:
     def __init__(self, settings: Settings, root: Path) -> None:
         self.settings = settings
         self.sandbox = Sandbox(settings)
-        self.dirs = JobDirs(Path(root))
+        self.dirs = JobDirs(Path(root).resolve())  # the sandbox runs elsewhere: no relative paths
         self.sandbox.prepare(self.dirs)
 
     @property
