@@ -57,6 +57,28 @@ def test_token_lifecycle_and_audit(app, admin_api):
     assert_problem(admin_api.post("/v1/tokens", json={"role": "root"}), 400, "validation_error")
 
 
+def test_audit_filters_by_actor_and_leaves_out_system_rows(app, admin_api):
+    created = admin_api.post("/v1/tokens", json={"role": "publisher", "name": "ci_bot"}).get_json()
+    pub = ApiClient(app.test_client(), created["token"])
+    assert pub.upload("digits", b"abc").status_code == 201
+    store = app.extensions["modeldrop"].store
+    store.audit("system", "delta.create", "delta:a->b")
+    store.audit("system:guardrails", "release.halt", "model:digits/channel:production")
+    store.audit("ci%bot", "model.update", "model:other")  # LIKE wildcards in a name are literal
+
+    def actors(query):
+        return {a["actor"] for a in admin_api.get(f"/v1/audit{query}").get_json()["items"]}
+
+    by_name = actors("?actor=ci_bot")
+    assert by_name == {f"token:{created['id']}(ci_bot)"}
+    assert actors(f"?actor=token:{created['id']}") == by_name
+    assert actors("?actor=system:guardrails") == {"system:guardrails"}
+    assert {"system", "system:guardrails"} <= actors("")
+    people = actors("?system=false")
+    assert people and not any(a == "system" or a.startswith("system:") for a in people)
+    assert_problem(admin_api.get("/v1/audit?system=maybe"), 400, "validation_error")
+
+
 def test_device_endpoints_need_no_token(anon_api):
     assert anon_api.get("/healthz").status_code == 200
     assert anon_api.get("/openapi.json").status_code == 200

@@ -57,6 +57,21 @@ def test_token_create_and_roles(cli, tmp_path):
     assert "version.create" in cli("audit").output
 
 
+def test_audit_hides_system_rows_unless_all_and_filters_by_actor(cli, live_server, tmp_path):
+    model = tmp_path / "m.h5"
+    model.write_bytes(b"h5 bytes")
+    token = cli("token", "create", "--role", "publisher", "--name", "ci").stdout.split()[0]
+    cli("push", "digits", str(model), token=token)
+    live_server.services.store.audit("system", "delta.create", "delta:a->b")
+    default = cli("audit").output
+    assert "version.create" in default and "delta.create" not in default, default
+    assert "delta.create" in cli("audit", "--all").output
+    assert "delta.create" in cli("audit", "--actor", "system").output
+    mine = cli("audit", "--actor", "ci").output
+    assert "version.create" in mine and "token.create" not in mine, mine
+    assert "--all shows them" in cli("audit", "--actor", "nobody").output
+
+
 def test_clear_errors(cli, tmp_path):
     missing = cli("show", "nope", "1", ok=False)
     assert missing.exit_code != 0 and "model_not_found" in missing.output

@@ -48,6 +48,16 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def bool_arg(name: str, default: bool) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in ("1", "true", "0", "false"):
+        raise ValidationError(f"query parameter {name!r} must be true or false", field=name)
+    return value in ("1", "true")
+
+
 def artifact_url(sha256: str, public: bool = True) -> str:
     """Download URL of an artifact; a confidential one (``public`` false) never names the CDN:
     it needs the reader's token, which a shared cache must not see or answer for."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from registry.api._util import int_arg, json_body, respond
+from registry.api._util import bool_arg, int_arg, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.errors import NotFoundError, ValidationError
 from registry.schemas import TokenCreate, parse_as
@@ -39,7 +39,9 @@ def revoke_token(token_id: int):
 @require_role("admin")
 def audit_log():
     limit = int_arg("limit", 100, 1, 1000)
-    return respond({"items": current_services().store.audit_log(limit, request.args.get("action"))})
+    return respond({"items": current_services().store.audit_log(
+        limit, request.args.get("action"), actor=request.args.get("actor"),
+        system=bool_arg("system", True))})
 
 
 @bp.post("/v1/keys/rotate")

@@ -39,7 +39,9 @@ DESCRIPTIONS: dict[str, dict] = {
                            "response": "TokenOut"},
     "admin.list_tokens": {"summary": "List API tokens", "response": "TokenOut", "list": True},
     "admin.revoke_token": {"summary": "Revoke an API token"},
-    "admin.audit_log": {"summary": "Audit log, newest first", "response": "AuditOut", "list": True},
+    "admin.audit_log": {"summary": "Audit log, newest first (?limit=, ?action=, ?actor=, "
+                                   "?system=false leaves out the server's own rows)",
+                        "response": "AuditOut", "list": True},
     "admin.rotate_key": {"summary": "Rotate a signing key (root, targets, snapshot, timestamp, manifest)"},
     "tuf.metadata": {"summary": "TUF metadata file (signed bytes, unchanged)", "binary": True},
     "tuf.target": {"summary": "TUF target file (consistent snapshot name)", "binary": True},

@@ -68,12 +68,23 @@ def keys_rotate(ctx, role) -> None:
 @click.command()
 @click.option("--limit", default=50, show_default=True, help="How many entries.")
 @click.option("--action", default=None, help="Only this action, e.g. version.update.")
+@click.option("--actor", default=None, help="Only entries by this actor (a token's name, e.g. ci).")
+@click.option("--all", "show_all", is_flag=True,
+              help="Include the server's own entries (actor system…: deltas, variant publication, "
+                   "guardrail halts), hidden by default.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
-def audit(ctx, limit, action, as_json) -> None:
-    """Show the audit log, newest first (admin)."""
-    data = client(ctx).get("/v1/audit", limit=limit, action=action)
+def audit(ctx, limit, action, actor, show_all, as_json) -> None:
+    """Show the audit log, newest first (admin); people's entries unless --all."""
+    # Asking for a system actor by name shows it: --actor system:guardrails needs no --all.
+    system = show_all or bool(actor and actor.split(":")[0] == "system")
+    data = client(ctx).get("/v1/audit", limit=limit, action=action, actor=actor,
+                           system="true" if system else "false")
     if as_json:
         return echo_json(data)
+    if not data["items"]:
+        click.echo("no audit entries" + ("" if system else " (the server's own are hidden; --all shows them)"))
+        return None
     click.echo(table(["WHEN", "WHO", "ACTION", "TARGET"],
                      [(a["ts"][:19], a["actor"], a["action"], a["target"]) for a in data["items"]]))
+    return None

@@ -6,13 +6,14 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, or_, select
 
 from registry.models import AuditRow, TokenRow
 from registry.schemas import AuditOut, TokenOut
 from registry.store._base import StoreBase
 
 TOKEN_PREFIX = "mdt_"
+SYSTEM_ACTOR = "system"  # the server itself; subsystems are "system:<name>"
 
 
 def hash_token(token: str) -> str:
@@ -65,11 +66,25 @@ class AuthStore(StoreBase):
         with self.session() as s:
             _audit(s, actor, action, target, details or {})
 
-    def audit_log(self, limit: int = 100, action: str | None = None) -> list[AuditOut]:
+    def audit_log(self, limit: int = 100, action: str | None = None, actor: str | None = None,
+                  system: bool = True) -> list[AuditOut]:
+        """Newest first; ``actor`` is an actor string, a token's name or ``token:<id>``;
+        ``system=False`` leaves out the server's own rows (actor ``system`` or
+        ``system:*``: deltas, variant publication, guardrail halts), which outnumber people's."""
         with self.session() as s:
             q = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
             if action:
                 q = q.where(AuditRow.action == action)
+            if actor:
+                # People act through tokens, recorded as "token:<id>(<name>)": the token's
+                # name or "token:<id>" finds them as well as the exact actor string.
+                like = actor.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                q = q.where(or_(AuditRow.actor == actor,
+                                AuditRow.actor.like(f"token:%({like})", escape="\\"),
+                                AuditRow.actor.like(f"{like}(%", escape="\\")))
+            if not system:
+                q = q.where(AuditRow.actor != SYSTEM_ACTOR,
+                            AuditRow.actor.not_like(f"{SYSTEM_ACTOR}:%"))
             return [AuditOut(**r.model_dump()) for r in s.exec(q)]
 
 
