@@ -131,6 +131,12 @@ class ReleaseRow(SQLModel, table=True):
     guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     paused: bool = False
     halted_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    # Who paused the release, when and why, on the release itself so that any reader sees it:
+    # a manual pause sets all three (its reason may be ""), a guardrail halt sets who and when
+    # (its reason is halted_reason); resuming clears them.
+    paused_reason: str | None = Field(default=None, sa_column=Column(Text))
+    paused_by: str | None = None
+    paused_at: datetime | None = None
     kind: str = "promote"  # promote | rollback
     reason: str = ""
     created_at: datetime = Field(default_factory=utcnow)

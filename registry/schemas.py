@@ -201,6 +201,9 @@ class ReleaseOut(BaseModel):
     state: str  # active | paused | halted
     paused: bool
     halted_reason: str | None
+    paused_reason: str | None = None  # a manual pause's --reason ("" when none was given)
+    paused_by: str | None = None  # who paused or halted it (system:guardrails for a halt)
+    paused_at: datetime | None = None
     kind: str  # promote | rollback | winner
     reason: str
     current: bool = False  # the newest release of its (model, channel)

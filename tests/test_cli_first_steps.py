@@ -82,8 +82,16 @@ def test_releases_say_why_a_release_is_paused_or_halted(cli):
     assert out.rstrip().count("checking crash reports") == 1, out
     assert "release beta#1 halted by a guardrail: load_failure_rate 0.2 >= 0.02" in out, out
     reader = cli("token", "create", "--role", "reader").stdout.strip().splitlines()[0]
-    as_reader = cli("releases", "digits", token=reader).output
-    assert "paused; the reason is in the audit log" in as_reader, as_reader
+    as_reader = cli("releases", "digits", token=reader).output  # no audit log: the release says
+    assert "release production#1 paused by token:1(bootstrap-admin)" in as_reader, as_reader
+    assert "checking crash reports" in as_reader, as_reader
+    production = json.loads(cli("releases", "digits", "--channel", "production", "--json",
+                                token=reader).output)[0]
+    assert production["paused_reason"] == "checking crash reports"
+    assert production["paused_by"] == "token:1(bootstrap-admin)" and production["paused_at"]
+    cli("rollout", "digits", "--channel", "production", "--resume")
+    resumed = json.loads(cli("releases", "digits", "--channel", "production", "--json").output)[0]
+    assert resumed["paused_reason"] is resumed["paused_by"] is resumed["paused_at"] is None
 
 
 def test_doctor_passes_on_a_running_server_and_names_the_fix(cli):

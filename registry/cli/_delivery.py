@@ -166,17 +166,18 @@ def releases(ctx, name, channel, as_json) -> None:
 
 
 def _stop_reasons(ctx: click.Context, name: str, items: list[dict[str, Any]]) -> list[str]:
-    """Why each paused release is paused: a guardrail's halt reason, else the pause's audit entry.
+    """Why each paused release is paused: a guardrail's halt reason, else the manual pause's.
 
-    The release carries only a guardrail's reason; a manual pause's reason lives in the audit
-    log, which only an admin may read, so other roles are told where to look.
+    The release carries both. Only releases paused before the server stored a pause's reason
+    (no ``paused_by``) need the audit log, which only an admin may read, so other roles are
+    told where to look.
     """
     paused = [r for r in items if r.get("paused") or r["state"] in ("paused", "halted")]
     if not paused:
         return []
     manual: dict[tuple[str, int], dict[str, Any]] = {}
     audit_error = None
-    if any(not r.get("halted_reason") for r in paused):
+    if any(not r.get("halted_reason") and not r.get("paused_by") for r in paused):
         try:
             entries = client(ctx).get("/v1/audit", action="release.pause", limit=1000)["items"]
         except ApiError as e:
@@ -192,16 +193,19 @@ def _stop_reasons(ctx: click.Context, name: str, items: list[dict[str, Any]]) ->
             lines.append(f"{label} halted by a guardrail: {r['halted_reason']} "
                          f"(resume: modeldrop rollout {name} --channel {r['channel']} --resume)")
             continue
-        entry = manual.get((f"model:{name}/channel:{r['channel']}", r["counter"]))
-        if entry is not None:
-            why = (entry.get("details") or {}).get("reason") or "no reason given"
-            lines.append(f"{label} paused by {entry['actor']} at {entry['ts'][:19].replace('T', ' ')}"
-                         f": {why}")
+        if r.get("paused_by"):
+            who, when, why = r["paused_by"], r.get("paused_at") or "", r.get("paused_reason")
+        elif (entry := manual.get((f"model:{name}/channel:{r['channel']}", r["counter"]))):
+            who, when, why = entry["actor"], entry["ts"], (entry.get("details") or {}).get("reason")
         elif audit_error is not None:
             lines.append(f"{label} paused; the reason is in the audit log (admin token: "
                          f"modeldrop audit --action release.pause)")
+            continue
         else:
             lines.append(f"{label} paused (no reason recorded)")
+            continue
+        lines.append(f"{label} paused by {who} at {when[:19].replace('T', ' ')}: "
+                     f"{why or 'no reason given'}")
     return lines
 
 

@@ -122,10 +122,12 @@ class DeliveryStore(ExperimentStore):
             row, number = self._current(s, model_row, channel)
             before = {"rollout_bp": row.rollout_bp, "paused": row.paused,
                       "halted_reason": row.halted_reason}
-            if paused is not None:
+            if paused is not None and paused != row.paused:
                 row.paused = paused
-                if not paused:
-                    row.halted_reason = None
+                if paused:
+                    row.paused_reason, row.paused_by, row.paused_at = reason, actor, utcnow()
+                else:
+                    row.halted_reason = row.paused_reason = row.paused_by = row.paused_at = None
             if rollout_bp is not None:
                 if row.paused and rollout_bp > row.rollout_bp:
                     raise ReleasePausedError(
@@ -193,6 +195,7 @@ class DeliveryStore(ExperimentStore):
             if row is None or row.paused:
                 return False
             row.paused, row.halted_reason, row.updated_at = True, reason, utcnow()
+            row.paused_by, row.paused_at = actor, row.updated_at
             s.add(row)
             _audit(s, actor, "release.halt", f"model:{model}/channel:{channel}",
                    {"counter": counter, "reason": reason, **details})

@@ -121,6 +121,8 @@ def _release_out(row: ReleaseRow, model: str, version: int, current: bool = Fals
                       rollout_percent=_percent(row.rollout_bp), rollout_seed=row.rollout_seed,
                       targeting=row.targeting or {}, guardrails=row.guardrails or [],
                       state=state, paused=row.paused, halted_reason=row.halted_reason,
+                      paused_reason=row.paused_reason, paused_by=row.paused_by,
+                      paused_at=row.paused_at,
                       kind=row.kind, reason=row.reason, current=current,
                       created_at=row.created_at, created_by=row.created_by,
                       updated_at=row.updated_at)
