@@ -159,6 +159,14 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
+class JobQueueOut(BaseModel):
+    """How the job queue looks from the database: whether workers are taking jobs."""
+    queued: int
+    oldest_queued_at: datetime | None  # when the longest-waiting queued job was created
+    running: int
+    stale_running: int  # running jobs whose worker stopped heart-beating
+
+
 class TokenCreate(_Strict):
     role: Literal["reader", "publisher", "admin"]
     name: str = Field(default="", max_length=100)

@@ -97,7 +97,7 @@ def test_releases_say_why_a_release_is_paused_or_halted(cli):
 def test_doctor_passes_on_a_running_server_and_names_the_fix(cli):
     data_dir = str(cli.server.services.settings.data_dir)
     out = cli("doctor", "--data-dir", data_dir).output
-    for name in ("database", "blobs", "keys", "disk", "server", "tuf"):
+    for name in ("database", "blobs", "keys", "disk", "server", "workers", "tuf"):
         assert any(line.startswith("OK") and f" {name} " in line for line in out.splitlines()), out
     assert "migrated (revision" in out and "private (0700/0600)" in out, out
     checks = {c["name"]: c for c in json.loads(cli("doctor", "--data-dir", data_dir,
@@ -131,3 +131,22 @@ def test_doctor_flags_an_expired_timestamp(live_server):  # noqa: F811
     assert _timestamp(live_server.base_url).status == "ok"
     later = _timestamp(live_server.base_url, now=datetime(2100, 1, 1, tzinfo=UTC))
     assert later.status == "fail" and "expired" in later.detail
+
+
+def test_doctor_says_when_no_worker_takes_jobs(services):
+    from datetime import datetime, timedelta
+
+    from registry.cli._doctor import _workers
+
+    assert _workers(services.settings).status == "ok"
+    version = make_ready_version(services, "digits")
+    version_id = services.store.version_id("digits", version.version)
+    services.store.create_job(version_id)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    stuck = _workers(services.settings, now=later)
+    assert stuck.status == "fail" and "no worker is taking jobs" in stuck.detail, stuck
+    assert "restart the server" in stuck.fix or "celery" in stuck.fix
+    services.store.claim_job()  # a worker took it: a second job waits behind a busy worker
+    services.store.create_job(version_id)
+    busy = _workers(services.settings, now=later)
+    assert busy.status == "warn" and "busy" in busy.detail, busy

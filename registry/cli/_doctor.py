@@ -3,7 +3,7 @@
 Unlike the other commands it looks at the server's own data dir and configuration (run it
 where the server runs, with the same ``MODELDROP_*`` environment), because what breaks a
 deployment is mostly local: a database nobody migrated, a blob store that is not writable,
-keys other users can read, no sandbox, a full disk. It asks the server over HTTP only for
+keys other users can read, no sandbox, workers that take no jobs, a full disk. It asks the server over HTTP only for
 what the server publishes (health, TUF timestamp expiry). It never creates anything: a
 missing database is reported, not made.
 """
@@ -50,7 +50,7 @@ def register(main: click.Group) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.pass_context
 def doctor(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
-    """Check a deployment: database, blob store, keys, sandbox, TUF expiry, disk, server.
+    """Check a deployment: database, blob store, keys, sandbox, disk, server, workers, TUF expiry.
 
     Exits 1 when a check fails (warnings alone exit 0).
     """
@@ -78,12 +78,17 @@ def run_checks(settings, url: str) -> list[Check]:  # noqa: ANN001 - registry.co
         ("sandbox", lambda: _sandbox(settings)),
         ("disk", lambda: _disk(settings)),
         ("server", lambda: _server(url)),
+        ("workers", lambda: _workers(settings)),
         ("tuf", lambda: _timestamp(url)),
     ]
     checks: list[Check] = []
     for name, step in steps:
-        if name == "tuf" and checks[-1].status == "fail":
+        done = {c.name: c.status for c in checks}
+        if name == "tuf" and done["server"] == "fail":
             checks.append(Check("tuf", "warn", "not checked: the server did not answer"))
+            continue
+        if name == "workers" and done["database"] == "fail":
+            checks.append(Check("workers", "warn", "not checked: the database is not usable"))
             continue
         try:
             checks.append(step())
@@ -203,6 +208,42 @@ def _server(url: str) -> Check:
                  f"{url} {health.get('status')}: database {health.get('database')}, blobs "
                  f"{health.get('blob_backend')}, jobs {health.get('job_backend')}, sandbox "
                  f"{health.get('sandbox')}", "see the server's log")
+
+
+def _workers(settings, now: datetime | None = None) -> Check:  # noqa: ANN001
+    """Whether workers take jobs, read from the jobs table: /healthz does not report worker
+    liveness, and the database is where every job backend records its jobs."""
+    from registry.db import make_engine
+    from registry.jobs.worker import STALE_AFTER
+    from registry.store import Store
+
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        queue = Store(engine, lock_dir=Path(settings.data_dir)).job_queue(STALE_AFTER)
+    finally:
+        engine.dispose()
+    start = ("restart the server (modeldrop serve or gunicorn; its workers run in-process, "
+             "MODELDROP_WORKER_PROCESSES)" if settings.job_backend == "inprocess" else
+             "start workers: celery -A registry.jobs.celery_app worker -Q modeldrop "
+             "(docs/deployment.md)")
+    shown = f"{settings.job_backend} backend: {queue.queued} queued, {queue.running} running"
+    if queue.stale_running:
+        return Check("workers", "warn", f"{shown}; {queue.stale_running} running job(s) stopped "
+                     f"heart-beating over {STALE_AFTER.seconds} s ago (a worker died)",
+                     f"a live worker requeues them; if none does, {start}")
+    if queue.oldest_queued_at is not None:
+        oldest = queue.oldest_queued_at
+        if oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        waited = ((now or datetime.now(UTC)) - oldest).total_seconds()
+        if waited > STALE_AFTER.total_seconds():
+            level = "warn" if queue.running else "fail"
+            why = ("the workers are busy" if queue.running else "no worker is taking jobs")
+            return Check("workers", level, f"{shown}; the oldest queued job has waited "
+                         f"{waited / 60:.0f} min: {why}",
+                         start if not queue.running else
+                         "raise MODELDROP_WORKER_PROCESSES or add workers")
+    return Check("workers", "ok", f"{shown}; no job waits longer than {STALE_AFTER.seconds} s")
 
 
 def _timestamp(url: str, now: datetime | None = None) -> Check:

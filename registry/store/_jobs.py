@@ -6,12 +6,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from registry.errors import JobNotFoundError
 from registry.models import JobRow, ModelRow, VersionRow, utcnow
-from registry.schemas import JobOut
+from registry.schemas import JobOut, JobQueueOut
 from registry.store._base import StoreBase
 
 
@@ -76,6 +76,19 @@ class JobStore(StoreBase):
         with self.session() as s:
             s.exec(update(JobRow).where(JobRow.id == job_id).values(
                 state=state, results=results, error=error, finished_at=utcnow()))
+
+    def job_queue(self, stale_after: timedelta) -> JobQueueOut:
+        """Counts for ``modeldrop doctor``: a queued job that waits long while nothing runs, or
+        running jobs that stopped heart-beating, mean no worker is alive."""
+        cutoff = utcnow() - stale_after
+        with self.session() as s:
+            queued = s.exec(select(func.count(), func.min(JobRow.created_at))
+                            .where(JobRow.state == "queued")).one()
+            running = s.exec(select(func.count()).where(JobRow.state == "running")).one()
+            stale = s.exec(select(func.count()).where(JobRow.state == "running",
+                                                      JobRow.heartbeat_at < cutoff)).one()
+        return JobQueueOut(queued=queued[0], oldest_queued_at=queued[1], running=running,
+                           stale_running=stale)
 
     def requeue_stale_jobs(self, stale_after: timedelta) -> list[str]:
         """Jobs whose worker stopped heart-beating (crashed) go back to the queue, or fail
