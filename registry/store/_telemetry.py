@@ -214,6 +214,11 @@ class TelemetryStore(StoreBase):
             where = and_(T.experiment == row.name, T.unserved.is_(False))
             unserved = s.execute(sa_select(func.count(), func.count(T.install_id.distinct()))
                                  .where(T.experiment == row.name, T.unserved.is_(True))).one()
+            unserved_unassigned = s.execute(
+                sa_select(func.count(T.install_id.distinct())).where(
+                    T.experiment == row.name, T.unserved.is_(True),
+                    T.install_id.not_in(sa_select(AssignmentRow.install_id).where(
+                        AssignmentRow.experiment_id == row.id)))).scalar_one()
             flags = _unit_flags(s, where)
             latencies = _capped_latencies(s, where, latency_cap)
         units = []
@@ -226,7 +231,8 @@ class TelemetryStore(StoreBase):
                   "halted_reason": row.halted_reason, "winner": row.winner,
                   "latency_cap_per_device": latency_cap,
                   "installs_with_telemetry": len(flags),
-                  "unassigned_installs_with_telemetry": len(set(flags) - assigned_ids),
+                  "unassigned_installs_with_telemetry": len(set(flags) - assigned_ids)
+                  + int(unserved_unassigned),
                   "excluded_unserved_events": int(unserved[0]),
                   "excluded_unserved_installs": int(unserved[1])}
         return exp, units, source
