@@ -150,3 +150,16 @@ def test_doctor_says_when_no_worker_takes_jobs(services):
     services.store.create_job(version_id)
     busy = _workers(services.settings, now=later)
     assert busy.status == "warn" and "busy" in busy.detail, busy
+
+
+def test_device_fetch_drops_only_the_delegate_banner_from_native_stderr(capfd):
+    import os
+
+    from registry.cli._device import _without_delegate_banner
+
+    with _without_delegate_banner():  # native code writes to fd 2, not to sys.stderr
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"ERROR: something a user must see\n")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "XNNPACK" not in err and "something a user must see" in err and "after" in err, err

@@ -10,8 +10,13 @@ It never touches the server's internals; the device talks to the public routes o
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +84,9 @@ def device_fetch(ctx: click.Context, name: str, channel: str, root_file: Path | 
         offer = client.check_for_update(name, channel)
         if not as_json:
             click.echo(_offer_line(offer), err=True)
-        with tqdm(unit="B", unit_scale=True, desc="device download",
-                  disable=as_json or not offer.download_bytes) as bar:
+        # The SDK's load check makes a LiteRT interpreter after the download.
+        with _without_delegate_banner(), tqdm(unit="B", unit_scale=True, desc="device download",
+                                              disable=as_json or not offer.download_bytes) as bar:
             def on_progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.n = done
@@ -147,6 +153,44 @@ def _offer_line(offer: Any) -> str:
             f"{offer.release_counter}, {how} of {offer.download_bytes} bytes")
 
 
+@contextmanager
+def _without_delegate_banner() -> Iterator[None]:
+    """Drop LiteRT's "Created TensorFlow Lite XNNPACK delegate" line, keep the rest of stderr.
+
+    The line comes from native code writing to file descriptor 2, so fd 2 points at a
+    temporary file inside the block; afterwards fd 2 is restored and whatever else native code
+    wrote is passed on. Python's own ``sys.stderr`` (progress bars, messages) keeps writing to
+    the real stderr meanwhile, so nothing of ours is delayed.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    try:
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # e.g. click's CliRunner: not a real file
+        on_fd2 = False
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        live = (open(saved, "w", closefd=False, encoding=python_stderr.encoding,
+                     errors="backslashreplace") if on_fd2 else None)
+        if live is not None:
+            sys.stderr = live
+        try:
+            yield
+        finally:
+            if live is not None:
+                live.flush()
+                sys.stderr = python_stderr
+                live.close()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            rest = [line for line in captured.read().splitlines(keepends=True)
+                    if b"XNNPACK delegate" not in line]
+            if rest:
+                os.write(2, b"".join(rest))
+
+
 def _run_once(model: Any, eval_file: Path | None) -> dict[str, Any]:
     """Run the installed model in the LiteRT interpreter: on the eval set, else on zeros."""
     if model.format != "tflite":
@@ -155,8 +199,9 @@ def _run_once(model: Any, eval_file: Path | None) -> dict[str, Any]:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(model.path))
-    interpreter.allocate_tensors()
+    with _without_delegate_banner():
+        interpreter = Interpreter(model_path=str(model.path))
+        interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     shape = [d if d > 0 else 1 for d in inp["shape"]]
