@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Settings:
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None,
-             environ: Mapping[str, str] | None = None) -> "Settings":
+             environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from defaults, the environment and explicit overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -111,7 +112,7 @@ class Settings:
         settings.data_dir = Path(settings.data_dir)
         return settings
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

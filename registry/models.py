@@ -5,23 +5,23 @@ Timestamps are timezone-aware UTC; ``utcnow()`` is the only clock used.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ModelRow(SQLModel, table=True):
     __tablename__ = "models"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=64)
     description: str = ""
-    accuracy_drop_threshold_pp: Optional[float] = None
+    accuracy_drop_threshold_pp: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
 
@@ -30,7 +30,7 @@ class VersionRow(SQLModel, table=True):
     __tablename__ = "versions"
     __table_args__ = (UniqueConstraint("model_id", "number"),
                       UniqueConstraint("model_id", "source_sha256"))
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="models.id", index=True)
     number: int
     status: str = "uploaded"  # uploaded -> converting -> ready | failed
@@ -38,9 +38,9 @@ class VersionRow(SQLModel, table=True):
     source_size: int
     source_format: str  # keras | h5 | zip
     source_filename: str = ""
-    eval_sha256: Optional[str] = None
+    eval_sha256: str | None = None
     metadata_json: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
     updated_at: datetime = Field(default_factory=utcnow)
@@ -49,28 +49,28 @@ class VersionRow(SQLModel, table=True):
 class VariantRow(SQLModel, table=True):
     __tablename__ = "variants"
     __table_args__ = (UniqueConstraint("version_id", "name"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     version_id: int = Field(foreign_key="versions.id", index=True)
     name: str
     format: str
-    sha256: Optional[str] = Field(default=None, index=True)
-    size: Optional[int] = None
-    target_path: Optional[str] = None
+    sha256: str | None = Field(default=None, index=True)
+    size: int | None = None
+    target_path: str | None = None
     fidelity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    reference_latency_ms: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    reference_latency_ms: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     servable: bool = False
     # Listed in TUF targets and downloadable without a token: set (never cleared) when a
     # release or experiment arm first makes the variant deliverable. Until then
     # ``target_path`` is only the planned path. See registry.delivery.publication.
     public: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
-    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
-    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
 
 
 class TokenRow(SQLModel, table=True):
     __tablename__ = "api_tokens"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = ""
     token_hash: str = Field(index=True, unique=True, max_length=64)
     prefix: str = ""  # first characters, shown in listings so a token can be recognised
@@ -82,7 +82,7 @@ class TokenRow(SQLModel, table=True):
 
 class AuditRow(SQLModel, table=True):
     __tablename__ = "audit_log"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     ts: datetime = Field(default_factory=utcnow, index=True)
     actor: str
     action: str = Field(index=True)
@@ -100,13 +100,13 @@ class JobRow(SQLModel, table=True):
     progress_total: int = 0
     progress_note: str = ""
     results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     max_attempts: int = 3
     created_at: datetime = Field(default_factory=utcnow)
-    started_at: Optional[datetime] = None
-    heartbeat_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class TufMetadataRow(SQLModel, table=True):
@@ -119,18 +119,18 @@ class TufMetadataRow(SQLModel, table=True):
 class ReleaseRow(SQLModel, table=True):
     __tablename__ = "releases"
     __table_args__ = (UniqueConstraint("model_id", "channel", "counter"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="models.id", index=True)
     channel: str
     counter: int
     version_id: int = Field(foreign_key="versions.id")
-    variant: Optional[str] = None  # pinned variant, else chosen per device
+    variant: str | None = None  # pinned variant, else chosen per device
     rollout_bp: int = 10000  # basis points of targeted devices
     rollout_seed: str = ""
     targeting: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     paused: bool = False
-    halted_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    halted_reason: str | None = Field(default=None, sa_column=Column(Text))
     # Who paused the release, when and why, on the release itself so that any reader sees it:
     # a manual pause sets all three (its reason may be ""), a guardrail halt sets who and when
     # (its reason is halted_reason); resuming clears them.
@@ -146,7 +146,7 @@ class ReleaseRow(SQLModel, table=True):
 
 class ExperimentRow(SQLModel, table=True):
     __tablename__ = "experiments"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=64)
     model_id: int = Field(foreign_key="models.id", index=True)
     channel: str
@@ -156,18 +156,18 @@ class ExperimentRow(SQLModel, table=True):
     targeting: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     status: str = "running"  # running | paused | stopped
-    halted_reason: Optional[str] = Field(default=None, sa_column=Column(Text))
-    winner: Optional[str] = None
+    halted_reason: str | None = Field(default=None, sa_column=Column(Text))
+    winner: str | None = None
     counter_at_start: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
-    stopped_at: Optional[datetime] = None
+    stopped_at: datetime | None = None
 
 
 class AssignmentRow(SQLModel, table=True):
     __tablename__ = "assignments"
     __table_args__ = (UniqueConstraint("experiment_id", "install_id"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiments.id", index=True)
     install_id: str = Field(max_length=64)
     arm: str
@@ -179,23 +179,23 @@ class TelemetryRow(SQLModel, table=True):
     __table_args__ = (Index("ix_telemetry_exp_install", "experiment", "install_id"),
                       Index("ix_telemetry_model_version", "model", "version", "variant", "kind"),
                       Index("ix_telemetry_received_at", "received_at"))
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)
     kind: str
     install_id: str = Field(max_length=64)
     ts: datetime
     model: str = ""
-    version: Optional[int] = None
-    variant: Optional[str] = None
-    experiment: Optional[str] = None
-    arm: Optional[str] = None
-    device_model: Optional[str] = None
-    platform: Optional[str] = None
-    latency_ms: Optional[float] = None
-    correct: Optional[bool] = None
-    bytes: Optional[int] = Field(default=None, sa_column=Column(BigInteger))  # downloads can pass 2 GiB
-    seconds: Optional[float] = None
-    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    version: int | None = None
+    variant: str | None = None
+    experiment: str | None = None
+    arm: str | None = None
+    device_model: str | None = None
+    platform: str | None = None
+    latency_ms: float | None = None
+    correct: bool | None = None
+    bytes: int | None = Field(default=None, sa_column=Column(BigInteger))  # downloads can pass 2 GiB
+    seconds: float | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
     received_at: datetime = Field(default_factory=utcnow)
     # True when, at ingestion, the server had never served this install id a manifest or an
     # experiment arm of the event's model: stored (it may be a real device that lost its
@@ -223,12 +223,12 @@ class ServedRow(SQLModel, table=True):
 class DeltaRow(SQLModel, table=True):
     __tablename__ = "deltas"
     __table_args__ = (UniqueConstraint("base_sha256", "target_sha256"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     base_sha256: str = Field(max_length=64, index=True)
     target_sha256: str = Field(max_length=64, index=True)
     # None: computed but not smaller than the full artifact. A kept patch is recorded only
     # after its TUF target is published, so a row with a sha256 is a public artifact.
-    sha256: Optional[str] = None
-    size: Optional[int] = None
-    target_path: Optional[str] = None
+    sha256: str | None = None
+    size: int | None = None
+    target_path: str | None = None
     created_at: datetime = Field(default_factory=utcnow)

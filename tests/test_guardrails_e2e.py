@@ -15,9 +15,7 @@ import requests
 from client_sdk import ClientConfig, DeviceInfo, ModelClient
 from registry.delivery.guardrail_check import check_guardrails
 from registry.telemetry.metrics import experiment_arm_metrics, release_metrics
-from tests.live import live_server  # noqa: F401  (fixture)
 from tests.makers import fleet_ids, make_ready_version
-from tests.sdk_origin import tflite_models  # noqa: F401  (session fixture: real .tflite files)
 
 MODEL, CHANNEL, EXPERIMENT = "digits", "production", "digits-broken-v2"
 GUARD = {"expression": "load_failure_rate < 0.2", "min_samples": 3}

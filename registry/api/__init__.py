@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, json, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from registry.errors import HTTPProblem, ModelDropError, UploadIncompleteError, UploadTooLargeError
 

@@ -14,12 +14,15 @@ from registry.api._util import respond
 from registry.auth import require_role
 from registry.errors import UnsupportedMediaTypeError, ValidationError
 from registry.ratelimit import telemetry_budget
+from registry.services import current_services
 from registry.telemetry.errors import TelemetryBatchTooLargeError
 from registry.telemetry.service import (
-    experiment_report, experiment_report_html, record_batch, version_latency,
+    experiment_report,
+    experiment_report_html,
+    record_batch,
+    version_latency,
 )
 from registry.uploads import validate_name
-from registry.services import current_services
 
 bp = Blueprint("telemetry", __name__)
 

@@ -33,9 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 from registry.delivery.bucketing import arm_ranges, assign_arm, in_rollout, validate_install_id
 from registry.delivery.targeting import DeviceInfo, TargetingRules, meets_min_app_version
@@ -76,7 +76,7 @@ class ManifestQuery:
     channel: str
     install_id: str
     device: DeviceInfo
-    installed_sha256: Optional[str] = None
+    installed_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,15 @@ class Offer:
     served_counter: int  # counter of the release the device resolved to
     version: int
     variant: Mapping[str, Any]  # name, format, size, sha256, target_path
-    experiment: Optional[str] = None
-    arm: Optional[str] = None
+    experiment: str | None = None
+    arm: str | None = None
 
 
 @dataclass(frozen=True)
 class ManifestAnswer:
     status: int  # 200, 204 or 304
-    etag: Optional[str] = None  # unquoted
-    document: Optional[dict[str, Any]] = None  # signed, for 200
+    etag: str | None = None  # unquoted
+    document: dict[str, Any] | None = None  # signed, for 200
 
 
 def parse_query(args: Mapping[str, str]) -> ManifestQuery:
@@ -109,7 +109,7 @@ def parse_query(args: Mapping[str, str]) -> ManifestQuery:
     from registry.delivery.releases import validate_channel
     from registry.uploads import validate_name
 
-    def text(name: str) -> Optional[str]:
+    def text(name: str) -> str | None:
         value = args.get(name)
         if value is None or value == "":
             return None
@@ -139,7 +139,7 @@ def parse_query(args: Mapping[str, str]) -> ManifestQuery:
 def manifest_answer(services: Any, args: Mapping[str, str], *,
                     artifact_url: Callable[[str], str],
                     etag_matches: Callable[[str], bool] = lambda etag: False,
-                    now: Optional[datetime] = None) -> ManifestAnswer:
+                    now: datetime | None = None) -> ManifestAnswer:
     """Answer one manifest request: 204 (nothing targets the device), 304, or 200 signed.
 
     Args:
@@ -162,7 +162,7 @@ def manifest_answer(services: Any, args: Mapping[str, str], *,
                      "length": found.size, "sha256": found.sha256,
                      "base_sha256": found.base_sha256, "algorithm": "bsdiff4"}
     document = build_document(query, offer, artifact_url=artifact_url, delta=delta,
-                              now=now or datetime.now(timezone.utc),
+                              now=now or datetime.now(UTC),
                               ttl=services.settings.manifest_ttl)
     etag = manifest_etag(document)
     if etag_matches(etag):
@@ -182,10 +182,10 @@ def _record_served(services: Any, query: ManifestQuery, offer: Offer) -> None:
 
 
 def build_document(query: ManifestQuery, offer: Offer, *, artifact_url: Callable[[str], str],
-                   delta: Optional[dict[str, Any]], now: datetime, ttl: int) -> dict[str, Any]:
+                   delta: dict[str, Any] | None, now: datetime, ttl: int) -> dict[str, Any]:
     """The unsigned schema-1 manifest (docs/wire-format.md); only ints and strings."""
     variant = offer.variant
-    issued = now.astimezone(timezone.utc).replace(microsecond=0)
+    issued = now.astimezone(UTC).replace(microsecond=0)
     return {
         "schema": MANIFEST_SCHEMA,
         "model": query.model,
@@ -219,7 +219,7 @@ def manifest_etag(document: Mapping[str, Any]) -> str:
     return "m1-" + hashlib.sha256(text.encode("ascii")).hexdigest()[:40]
 
 
-def resolve(services: Any, query: ManifestQuery) -> Optional[Offer]:
+def resolve(services: Any, query: ManifestQuery) -> Offer | None:
     """The offer for this device, or None when no release applies (module docstring)."""
     state = services.store.channel_state(query.model, query.channel,
                                          max_age=STATE_CACHE_SECONDS)
@@ -249,7 +249,7 @@ def resolve(services: Any, query: ManifestQuery) -> Optional[Offer]:
                    experiment=state.experiment.name, arm=arm.name)
 
 
-def _arm(services: Any, experiment: Any, query: ManifestQuery, candidates: "_Candidates"):  # noqa: ANN202
+def _arm(services: Any, experiment: Any, query: ManifestQuery, candidates: _Candidates):  # noqa: ANN202
     store = services.store
     recorded = store.assignment(experiment.id, query.install_id)
     if recorded is None:
@@ -277,8 +277,8 @@ class _Candidates:
         self._query = query
         self._variants: dict[int, list[dict[str, Any]]] = {}
 
-    def variant(self, version_id: int, min_app_version: Optional[str],
-                pinned: Optional[str]) -> Optional[Mapping[str, Any]]:
+    def variant(self, version_id: int, min_app_version: str | None,
+                pinned: str | None) -> Mapping[str, Any] | None:
         device = self._query.device
         if not meets_min_app_version(device.app_version, min_app_version):
             return None

@@ -6,7 +6,6 @@ Rows never leave it; callers get the API schemas from ``registry.schemas``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from sqlalchemy.engine import Engine
 
@@ -26,6 +25,6 @@ class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin, TelemetryS
     """The one store: each part needs only ``StoreBase`` (sessions, ``_model``/``_version``,
     the delivery cache), so the order of the bases does not matter."""
 
-    def __init__(self, engine: Engine, lock_dir: Optional[Path] = None) -> None:
+    def __init__(self, engine: Engine, lock_dir: Path | None = None) -> None:
         super().__init__(engine)
         self.lock_dir = lock_dir

@@ -15,19 +15,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, TextClause, and_, case, func, literal, select as sa_select, text
+from sqlalchemy import Float, TextClause, and_, case, func, literal, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, select
 
 from registry.errors import ExperimentNotFoundError, ReleaseNotFoundError, VersionNotFoundError
 from registry.models import (
-    AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, ServedRow, TelemetryRow, VariantRow,
+    AssignmentRow,
+    ExperimentRow,
+    ModelRow,
+    ReleaseRow,
+    ServedRow,
+    TelemetryRow,
+    VariantRow,
     VersionRow,
 )
 from registry.reports import ExperimentDef, UnitSummary
@@ -53,11 +60,11 @@ class ReleaseScope:
     channel: str
     counter: int
     version: int
-    variant: Optional[str]
+    variant: str | None
     since: datetime
-    baseline_version: Optional[int]
-    baseline_variant: Optional[str]
-    baseline_counter: Optional[int]
+    baseline_version: int | None
+    baseline_variant: str | None
+    baseline_counter: int | None
 
 
 class TelemetryStore(StoreBase):
@@ -88,7 +95,7 @@ class TelemetryStore(StoreBase):
 
     # -- per-device latency ---------------------------------------------------------------
     def _latency_groups(self, s: Session, model: str, number: int,
-                        quantiles: tuple[float, ...]) -> list[tuple[Optional[str], Optional[str],
+                        quantiles: tuple[float, ...]) -> list[tuple[str | None, str | None,
                                                                      int, list[float]]]:
         """(variant, device_model, count, [quantile values]) of one version's inferences."""
         where = and_(T.model == model, T.version == number, T.kind == "inference",
@@ -385,8 +392,8 @@ def _capped_latencies(s: Session, where: ColumnElement, cap: int) -> dict[str, l
     return out
 
 
-def _unit(install_id: str, arm: str, day: date, flags: Optional[dict[str, Any]],
-          latencies: Optional[list[float]]) -> UnitSummary:
+def _unit(install_id: str, arm: str, day: date, flags: dict[str, Any] | None,
+          latencies: list[float] | None) -> UnitSummary:
     f = flags or {}
     return UnitSummary(
         install_id=install_id, arm=arm, assigned_day=day,
@@ -400,8 +407,8 @@ def _utc_day(value: Any) -> date:
     if isinstance(value, str):  # a raw SQLite aggregate
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).date()
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).date()
 
 
 def _uploaded_latency(metadata: dict[str, Any]) -> dict[str, float]:
@@ -410,7 +417,7 @@ def _uploaded_latency(metadata: dict[str, Any]) -> dict[str, float]:
         if isinstance(raw, dict) else {}
 
 
-def _lookup_device(table: dict[str, Any], device: Optional[str]) -> Any:
+def _lookup_device(table: dict[str, Any], device: str | None) -> Any:
     """Exact device-model match first, then case- and space-insensitive ("Pixel 7" = "pixel7")."""
     if device is None:
         return None

@@ -25,7 +25,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from registry.delivery.bucketing import validate_install_id
@@ -129,7 +129,7 @@ def parse_rfc3339(value: object) -> datetime:
     micro = int((frac or "0")[:6].ljust(6, "0"))
     try:
         if offset in ("Z", "z"):
-            tz = timezone.utc
+            tz = UTC
         else:
             sign = 1 if offset[0] == "+" else -1
             hh, mm = int(offset[1:3]), int(offset[4:6])
@@ -138,7 +138,7 @@ def parse_rfc3339(value: object) -> datetime:
             tz = timezone(sign * timedelta(hours=hh, minutes=mm))
         ts = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
                       micro, tzinfo=tz)
-        return ts.astimezone(timezone.utc)
+        return ts.astimezone(UTC)
     except (ValueError, OverflowError) as e:
         raise ValueError(f"is not a valid date and time ({e})") from None
 
@@ -285,7 +285,7 @@ def validate_batch(body: object, max_events: int,
         raise TelemetryBatchTooLargeError(
             f"{len(events)} events in one request; send at most {max_events} per batch",
             limit=max_events)
-    received_at = received_at or datetime.now(timezone.utc)
+    received_at = received_at or datetime.now(UTC)
     out = ValidatedBatch()
     seen: set[str] = set()
     for index, event in enumerate(events):

@@ -8,7 +8,7 @@ report therefore never slows devices down, and a report is always as fresh as th
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from registry.reports import build_report, render_charts, render_report_html
@@ -98,7 +98,7 @@ def experiment_report(services: Any, experiment: Any, *, bootstrap_samples: int 
             "message": f"{source['excluded_unserved_events']} events from "
                        f"{source['excluded_unserved_installs']} install ids the server never "
                        "served were excluded (stored, not counted)"})
-    source["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source["generated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     report["source"] = source
     return report
 
