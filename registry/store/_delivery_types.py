@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from registry.models import ModelRow, ReleaseRow, VersionRow
@@ -91,9 +91,12 @@ def insert_release(s: Session, model_row: ModelRow, channel: str,
                     rollout_seed: str, targeting: dict[str, Any], guardrails: list[Any],
                     kind: str, reason: str, actor: str,
                     details: dict[str, Any] | None) -> ReleaseRow:
-    # Serialise release creation per model (PostgreSQL row lock; SQLite serialises
-    # writers anyway), so max + 1 does not race; the unique constraint stays the backstop.
-    s.exec(select(ModelRow.id).where(ModelRow.id == model_row.id).with_for_update()).one()
+    # Serialise release creation per model so that max + 1 does not race: a no-op UPDATE of
+    # the model row takes PostgreSQL's row lock and, on SQLite, the database write lock
+    # (pysqlite starts the transaction only at the first write, so a SELECT ... FOR UPDATE
+    # there locks nothing and two promotes could read the same max). The unique constraint
+    # stays the backstop.
+    s.exec(update(ModelRow).where(ModelRow.id == model_row.id).values(id=ModelRow.id))
     current = s.exec(select(func.max(ReleaseRow.counter)).where(
         ReleaseRow.model_id == model_row.id, ReleaseRow.channel == channel)).one()
     row = ReleaseRow(model_id=model_row.id, channel=channel, counter=(current or 0) + 1,
