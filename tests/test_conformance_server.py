@@ -32,10 +32,7 @@ VECTORS = Path(__file__).resolve().parents[1] / "conformance"
 
 # Vectors the server's code still disagrees with, each with why; strict, so a fix fails
 # the run until the entry is removed.
-KNOWN_SERVER_DISAGREEMENTS = {
-    "same-key-twice-threshold-2": "registry.signing.verify_manifest counts valid key ids, "
-    "not distinct public keys, so one key listed under two ids meets threshold 2",
-}
+KNOWN_SERVER_DISAGREEMENTS: dict[str, str] = {}
 
 
 def cases(name: str, section: str = "cases") -> list:
