@@ -263,3 +263,22 @@ def test_relative_data_dir_converts(tmp_path, monkeypatch):
         convert_file(settings, bad, Path("rel-data/work/job"), variants=["tflite-fp32"])
     # The loader ran in the sandbox and answered; the sandbox itself did not fail to start.
     assert str(raised.value).startswith("cannot load source.keras"), raised.value
+
+
+def test_code_under_tmp_is_bound_back(tmp_path):
+    """A clone in /tmp (where CI may check out) must still run in the sandbox, whose /tmp is
+    a fresh tmpfs: the project and interpreter paths under it are bound back read-only."""
+    import shutil
+
+    project = tmp_path / "clone"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "registry", project / "registry",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys; from pathlib import Path; from registry.config import Settings; "
+            "from registry.jobs.sandbox import Sandbox, _project_root; "
+            "assert _project_root() == Path(sys.argv[1]), _project_root(); "
+            "s = Sandbox(Settings.load({'data_dir': sys.argv[2]}, environ={})).status(); "
+            "print(s.state, s.reason)")
+    done = subprocess.run([sys.executable, "-c", code, str(project), str(tmp_path / "data")],
+                          cwd=project, env={**os.environ, "PYTHONPATH": str(project)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "full None", done.stdout + done.stderr

@@ -192,13 +192,14 @@ class Sandbox:
         hidden = self.hidden_paths()
         for p in hidden:
             args += ["--tmpfs", str(p)]
-        # The interpreter and the project may live under $HOME (pyenv, a checkout); bind
-        # them back read-only, but never anything inside the data or keys directory.
+        # The interpreter and the project may live under $HOME (pyenv, a checkout) or /tmp
+        # (a CI clone); bind them back read-only, but never anything inside the data or
+        # keys directory.
         secret = [Path(self.settings.data_dir).resolve(), self.settings.resolved_keys_dir.resolve()]
         tmpfs_roots = [Path(p) for p in _FRESH_TMPFS] + hidden
         made: set[Path] = set()
         for p in _needed_paths():
-            if any(_is_within(p, h) for h in hidden) and not any(_is_within(p, s) for s in secret):
+            if any(_is_within(p, r) for r in tmpfs_roots) and not any(_is_within(p, s) for s in secret):
                 args += _mount_point_dirs(p, tmpfs_roots, made) + ["--ro-bind", str(p), str(p)]
         # Something bound back may contain the data dir (a checkout holding ./modeldrop-data).
         for s in secret:
