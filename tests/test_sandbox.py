@@ -265,20 +265,19 @@ def test_relative_data_dir_converts(tmp_path, monkeypatch):
     assert str(raised.value).startswith("cannot load source.keras"), raised.value
 
 
-def test_code_under_tmp_is_bound_back(tmp_path):
-    """A clone in /tmp (where CI may check out) must still run in the sandbox, whose /tmp is
-    a fresh tmpfs: the project and interpreter paths under it are bound back read-only."""
-    import shutil
+def test_an_interpreter_under_tmp_is_bound_back(tmp_path):
+    """A clone and its venv in /tmp (where CI may check out) must still run in the sandbox,
+    whose /tmp is a fresh tmpfs: interpreter paths under it are bound back read-only."""
+    import site
+    import venv
 
-    project = tmp_path / "clone"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "registry", project / "registry",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import sys; from pathlib import Path; from registry.config import Settings; "
-            "from registry.jobs.sandbox import Sandbox, _project_root; "
-            "assert _project_root() == Path(sys.argv[1]), _project_root(); "
-            "s = Sandbox(Settings.load({'data_dir': sys.argv[2]}, environ={})).status(); "
-            "print(s.state, s.reason)")
-    done = subprocess.run([sys.executable, "-c", code, str(project), str(tmp_path / "data")],
-                          cwd=project, env={**os.environ, "PYTHONPATH": str(project)},
-                          capture_output=True, text=True, timeout=120)
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
+    # This venv sees the project's packages through a .pth file, as an editable install does.
+    target = next(env_dir.glob("lib/python3*/site-packages"))
+    (target / "project.pth").write_text("\n".join([*site.getsitepackages(), str(Path(__file__).resolve().parents[1])]))
+    code = ("import sys; from registry.config import Settings; from registry.jobs.sandbox import Sandbox; "
+            "s = Sandbox(Settings.load({'data_dir': sys.argv[1]}, environ={})).status(); print(s.state, s.reason)")
+    done = subprocess.run([str(env_dir / "bin" / "python"), "-c", code, str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.stdout.strip() == "full None", done.stdout + done.stderr
