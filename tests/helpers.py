@@ -14,7 +14,9 @@ __all__ = ["ApiClient", "assert_problem", "base_settings"]
 def base_settings(tmp_path: Path, **overrides):
     from registry.config import Settings
 
-    values = {"data_dir": tmp_path / "data", "testing": True, "latency_runs": 5}
+    # "required": a test never runs an upload (or a hostile payload) outside the sandbox;
+    # where bubblewrap cannot run, conversions fail loudly instead of running degraded.
+    values = {"data_dir": tmp_path / "data", "testing": True, "latency_runs": 5, "convert_sandbox": "required"}
     values.update(overrides)
     return Settings.load(values, environ={})
 

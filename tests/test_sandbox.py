@@ -215,7 +215,7 @@ def test_scrub_removes_paths_and_key_material(tmp_path):
 def test_degraded_when_bubblewrap_is_missing(tmp_path, caplog):
     from registry.app import create_app
 
-    app = create_app(base_settings(tmp_path, bwrap_path="/nonexistent/bwrap"))
+    app = create_app(base_settings(tmp_path, bwrap_path="/nonexistent/bwrap", convert_sandbox="auto"))
     body = app.test_client().get("/healthz").get_json()
     assert body["sandbox"] == "degraded" and "not installed" in body["sandbox_reason"]
     assert any("converter sandbox: DEGRADED" in r.getMessage() for r in caplog.records)
