@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 
 from registry.services import Services
 
-__all__ = ["LiveServer", "live_server", "serve_app"]
+__all__ = ["LiveServer", "cli", "live_server", "serve_app"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,25 @@ def serve_app(app) -> Iterator[str]:  # noqa: ANN001 - flask.Flask
 def live_server(app):
     with serve_app(app) as base_url:
         yield LiveServer(base_url, app.extensions["modeldrop"], app)
+
+
+@pytest.fixture
+def cli(live_server):
+    """``cli(*args, token=None, ok=True)``: the ``modeldrop`` command against the live server
+    (admin token unless another is given); asserts exit 0 unless ``ok=False``."""
+    from click.testing import CliRunner
+
+    from registry.cli import main
+
+    runner = CliRunner()
+
+    def run(*args, token=None, ok=True):
+        env = {"MODELDROP_URL": live_server.base_url,
+               "MODELDROP_TOKEN": token or live_server.admin_token}
+        result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    run.server = live_server
+    return run

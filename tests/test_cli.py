@@ -4,25 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from registry.cli import main
-
-
-@pytest.fixture
-def cli(live_server):  # noqa: F811
-    runner = CliRunner()
-
-    def run(*args, token=None, ok=True):
-        env = {"MODELDROP_URL": live_server.base_url,
-               "MODELDROP_TOKEN": token or live_server.admin_token}
-        result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return run
 
 
 def test_push_versions_show(cli, tmp_path):

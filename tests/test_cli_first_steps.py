@@ -6,27 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC
 
-import pytest
-from click.testing import CliRunner
-
-from registry.cli import main
 from tests.makers import make_ready_version
-
-
-@pytest.fixture
-def cli(live_server):  # noqa: F811
-    runner = CliRunner()
-
-    def run(*args, token=None, ok=True):
-        env = {"MODELDROP_URL": live_server.base_url,
-               "MODELDROP_TOKEN": token or live_server.admin_token}
-        result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    run.server = live_server
-    return run
 
 
 def test_pushing_the_bytes_of_a_failed_version_again_says_so_and_fails(cli, tmp_path):
