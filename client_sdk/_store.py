@@ -141,7 +141,8 @@ def load_or_create_install_id(cache_dir: Path, state_dir: Path) -> str:
     It is kept in ``cache_dir/install_id`` and mirrored in ``state_dir``: if the OS clears
     the cache, the device keeps its id (and so its experiment arms and its binding to
     manifests) instead of silently becoming a new device. Lowercase ASCII only, because
-    bucketing hashes the id's bytes and SDKs disagree on anything else (FIELD-NOTES).
+    bucketing hashes the id's UTF-8 bytes, and case mapping outside ASCII differs between
+    platforms' string libraries (the Turkish dotted and dotless i, for one).
     """
     paths = (state_dir / "install_id", cache_dir / "install_id")
     with file_lock(state_dir / ".install_id.lock"):

@@ -188,12 +188,6 @@ class TelemetryStore(StoreBase):
                                           experiment=str(getattr(experiment, "name", experiment)))
         return row
 
-    def experiment_definition(self, experiment: Any) -> ExperimentDef:
-        """The report's view of an experiment: arms in configured order (the first is the
-        control), their weights, and the metrics named by its guardrails."""
-        with self.session() as s:
-            return _experiment_def(self._experiment_row(s, experiment))
-
     def experiment_units(self, experiment: Any, *, latency_cap: int = DEFAULT_LATENCY_CAP
                          ) -> tuple[ExperimentDef, list[UnitSummary], dict[str, Any]]:
         """One ``UnitSummary`` per assigned install id (intent-to-treat), with its telemetry.
