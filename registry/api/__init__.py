@@ -86,6 +86,8 @@ def register_api(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
+        if e.response is not None:  # a response made for it (the rate limiter's 429 problem)
+            return e.response
         if isinstance(e, RequestEntityTooLarge):
             return problem_response(UploadTooLargeError("the request body is larger than the upload limit"))
         if isinstance(e, ClientDisconnected):
