@@ -18,6 +18,7 @@ from typing import Any
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from ._types import ClientConfig
@@ -28,6 +29,7 @@ from .errors import (
     ModelDropError,
     NetworkError,
     ProtocolError,
+    RateLimitedError,
     RemoteError,
     ServerError,
     error_from_problem,
@@ -36,6 +38,36 @@ from .errors import (
 __all__ = ["body_chunks", "make_session", "read_body", "request", "response_error"]
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: The longest ``Retry-After`` the SDK waits inside one call, seconds. A server that asks for
+#: longer gets no retry now: the call returns the 429/503 (``RateLimitedError.retry_after``
+#: says how long), and the app's next cycle (telemetry's next flush) waits that long.
+RETRY_AFTER_CAP = 30.0
+
+
+class _BoundedRetry(Retry):
+    """urllib3's retry, honouring ``Retry-After`` only up to :data:`RETRY_AFTER_CAP` (urllib3
+    alone sleeps whatever the server says, an hour or a year, inside the call)."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None,  # noqa: ANN001, ANN201 - urllib3's signature
+                  _stacktrace=None):
+        if response is not None and self.respect_retry_after_header:
+            wait = self.get_retry_after(response)
+            if wait is not None and wait > RETRY_AFTER_CAP:
+                raise MaxRetryError(_pool, url, ResponseError(
+                    f"Retry-After {wait:g} s is longer than {RETRY_AFTER_CAP:g} s"))
+        return super().increment(method, url, response=response, error=error, _pool=_pool,
+                                 _stacktrace=_stacktrace)
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), or None."""
+    raw = response.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(Retry().parse_retry_after(raw)))
+    except (urllib3.exceptions.InvalidHeader, ValueError, OverflowError):
+        return None
 
 
 def make_session(config: ClientConfig) -> requests.Session:
@@ -43,7 +75,7 @@ def make_session(config: ClientConfig) -> requests.Session:
 
     POST is retried too: the only POST is telemetry, made idempotent by event ids.
     """
-    retry = Retry(
+    retry = _BoundedRetry(
         total=config.http_retries,
         connect=config.http_retries,
         read=config.http_retries,
@@ -179,10 +211,16 @@ def response_error(response: requests.Response, config: ClientConfig,
         except ValueError:
             problem = None
         if isinstance(problem, dict) and isinstance(problem.get("code"), str):
-            return error_from_problem(problem, status)
+            err = error_from_problem(problem, status)
+            if isinstance(err, RateLimitedError) and retry_after(response) is not None:
+                err.retry_after = retry_after(response)
+            return err
     if status >= 500:
         return ServerError(f"{what}: HTTP {status} ({ctype or 'no content type'})",
                            status=status)
+    if status == 429:
+        return RateLimitedError(f"{what}: HTTP 429", status=status,
+                                retry_after=retry_after(response))
     if status >= 400:
         err = RemoteError(f"{what}: HTTP {status}", status=status, code="remote_error")
         err.retryable = status in (408, 429)

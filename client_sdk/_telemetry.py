@@ -177,6 +177,8 @@ class Telemetry:
                 self._failures += 1
                 wait = min(self._config.telemetry_min_interval * 2 ** (self._failures - 1),
                            _MAX_BACKOFF)
+                if getattr(error, "retry_after", None):  # the server said how long (429)
+                    wait = max(wait, min(error.retry_after, _MAX_BACKOFF))
                 self._next_attempt = time.monotonic() + wait
                 logger.info("telemetry send failed (%s); next automatic try in %.0f s",
                             error, wait)

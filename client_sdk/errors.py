@@ -324,6 +324,25 @@ class InvalidTargetingError(ValidationError):
     code = "invalid_targeting"
 
 
+class RateLimitedError(RemoteError):
+    """The server asked this device to slow down (HTTP 429); try again after ``retry_after``
+    seconds (from the ``Retry-After`` header or the problem body; None if it gave none)."""
+
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, detail: str | None = None, *, status: int | None = None,
+                 retry_after: float | None = None, **extra: Any) -> None:
+        super().__init__(detail, status=status, **extra)
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
+        return out
+
+
 NotFoundError = _remote("NotFoundError", "not_found", "Not found.")
 ModelNotFoundError = _remote("ModelNotFoundError", "model_not_found", "Model not found.")
 ReleaseNotFoundError = _remote("ReleaseNotFoundError", "release_not_found",
@@ -339,6 +358,8 @@ InternalServerError = _remote("InternalServerError", "internal_error",
                               "Internal server error.", retryable=True)
 StorageUnavailableError = _remote("StorageUnavailableError", "storage_error",
                                   "Server storage unavailable.", retryable=True)
+StorageFullError = _remote("StorageFullError", "storage_full", "Server storage full.",
+                           retryable=True)
 
 __all__ += [
     "ArtifactNotFoundError", "AuthenticationError", "InternalServerError", "InvalidBucketingError",
@@ -346,6 +367,7 @@ __all__ += [
     "InvalidTargetingError",
     "ModelNotFoundError", "NotFoundError", "PermissionDeniedError", "RangeNotSatisfiableError",
     "ReleaseNotFoundError", "StorageUnavailableError", "ValidationError",
+    "RateLimitedError", "StorageFullError",
 ]
 
 
@@ -379,6 +401,10 @@ def error_from_problem(problem: Mapping[str, Any], status: int | None = None) ->
     detail = problem.get("detail") or problem.get("title")
     detail = str(detail) if detail is not None else None
     cls = _BY_CODE.get(code or "")
+    if cls is RateLimitedError:
+        wait = problem.get("retry_after")
+        return RateLimitedError(detail, status=status, retry_after=float(wait) if isinstance(
+            wait, (int, float)) and not isinstance(wait, bool) and wait >= 0 else None)
     if cls is not None and issubclass(cls, RemoteError):
         return cls(detail, status=status)
     err = RemoteError(detail, status=status, code=code or "remote_error")

@@ -76,6 +76,12 @@ class Settings:
     # Rate-limit counters: "memory://" (per process, the embedded default) or a Redis URL
     # (redis://127.0.0.1:6379/1) shared by every web process in the scale mode.
     rate_limit_storage_url: str = "memory://"
+    # Write requests (every method but GET/HEAD/OPTIONS; telemetry has its budgets above).
+    write_requests_per_token: int = 300  # requests per token per minute (0: no limit)
+    write_requests_per_ip: int = 600  # requests per client IP per minute (0: no limit)
+    # JSON a client sends (bodies, the upload's metadata, telemetry): refused before parsing.
+    max_json_bytes: int = 1 << 20  # bytes of a JSON request body
+    max_json_depth: int = 32  # nesting levels of any JSON document a client sends
     testing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

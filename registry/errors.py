@@ -139,6 +139,17 @@ class StorageError(ModelDropError):
     code, status, title = "storage_error", 503, "Storage unavailable"
 
 
+class StorageFullError(StorageError):
+    """The disk or the database is full: nothing of the request was kept; retry once the
+    operator has made room (docs/reliability.md)."""
+
+    code, title = "storage_full", "Storage full"
+
+
+class BodyTooLargeError(ModelDropError):
+    code, status, title = "body_too_large", 413, "Request body too large"
+
+
 class RateLimitedError(ModelDropError):
     """Too many requests (or telemetry events) from one token, client IP or install id.
 

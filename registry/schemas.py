@@ -32,7 +32,8 @@ def parse_as(model: type[BaseModel], data: Any, error: type[ValidationError] = V
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: the string "NaN" would otherwise become a float nan, stored as null.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TensorSpec(_Strict):
@@ -106,6 +107,14 @@ class ModelPatch(_Strict):
 
     description: str | None = Field(default=None, max_length=10_000)
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description_not_null(cls, v: Any) -> Any:
+        # Leaving it out leaves it unchanged; null would blank a required column.
+        if v is None:
+            raise ValueError("description cannot be null; send \"\" to clear it")
+        return v
 
 
 class VariantOut(BaseModel):

@@ -56,6 +56,9 @@ class DatabaseMetadata(MetadataStore):
     def put(self, name: str, data: bytes) -> None:
         self.store.put_tuf_metadata(name, data)
 
+    def transaction(self):  # noqa: ANN201 - a context manager
+        return self.store.atomic()
+
 
 def build_services(settings: Settings, *, start_workers: bool = False) -> Services:
     """Open the database (migrating it), blob storage, keys and the job queue."""

@@ -8,7 +8,6 @@ limit, so memory stays flat whatever the upload size, and the bytes are read exa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -113,11 +112,10 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     if raw is None or not raw.strip():
         data: Any = {}
     else:
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InvalidMetadataError(f"metadata is not valid JSON: {e.msg} at line {e.lineno} "
-                                       f"column {e.colno}", field="metadata") from e
+        from registry.api._util import loads_strict  # depth, NaN and 64-bit checks
+
+        data = loads_strict(raw, field="metadata", error=InvalidMetadataError,
+                            max_bytes=current_services().settings.max_metadata_bytes)
     if not isinstance(data, dict):
         raise InvalidMetadataError("metadata must be a JSON object", field="metadata")
     parsed = parse_as(VersionMetadata, data, InvalidMetadataError, "metadata field")

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.routing import IntegerConverter
 
-from registry.errors import HTTPProblem, ModelDropError, UploadIncompleteError, UploadTooLargeError
+from registry.errors import (
+    HTTPProblem,
+    ModelDropError,
+    StorageFullError,
+    UploadIncompleteError,
+    UploadTooLargeError,
+)
 
 log = logging.getLogger("modeldrop.api")
 PROBLEM = "application/problem+json"
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# SQLSTATE 53100 disk_full, 53200 out_of_memory, 53300 too_many_connections are class 53
+# ("insufficient resources"); SQLite says SQLITE_FULL as "database or disk is full".
+_PG_FULL = ("53100",)
+
+
+def storage_full_cause(exc: BaseException) -> BaseException | None:
+    """The disk-full or database-full error in ``exc``'s chain (an upload's ENOSPC, SQLite's
+    SQLITE_FULL, PostgreSQL's disk_full), if that is what went wrong."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return e
+        if getattr(e, "sqlite_errorname", None) == "SQLITE_FULL" or "database or disk is full" in str(e):
+            return e
+        if getattr(e, "sqlstate", None) in _PG_FULL:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def problem_response(error: ModelDropError) -> Response:
@@ -22,9 +53,23 @@ def problem_response(error: ModelDropError) -> Response:
     return resp
 
 
+class Int64Converter(IntegerConverter):
+    """``<int:...>`` in every route (API and dashboard) matches only what a 64-bit column
+    holds: a version or token id past 2^63-1 is a 404, not an overflow in the database.
+    Longer than 19 digits never matches any rule (so no method's rule half-matches: 404, not 405)."""
+
+    regex = r"\d{1,19}"
+
+    def __init__(self, map, *args, **kwargs) -> None:  # noqa: A002, ANN001, ANN002, ANN003 - werkzeug's signature
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def register_api(app: Flask) -> None:
     from registry.api import admin, artifacts, delivery, meta, models, telemetry, tuf_routes
     from registry.uploads import discard_spools
+
+    app.url_map.converters["int"] = Int64Converter  # before any route is added
 
     for module in (meta, models, artifacts, admin, tuf_routes, delivery, telemetry):
         app.register_blueprint(module.bp)
@@ -33,19 +78,31 @@ def register_api(app: Flask) -> None:
 
     @app.errorhandler(ModelDropError)
     def _modeldrop_error(e: ModelDropError) -> Response:
+        if e.status >= 500 and not isinstance(e, StorageFullError) and storage_full_cause(e):
+            return _full(e)
         if e.status >= 500:  # a server fault (signing, storage): the operator needs the line
             log.error("%s on %s %s: %s", e.code, request.method, request.path, e)
         return problem_response(e)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
+        if e.response is not None:  # a response made for it (the rate limiter's 429 problem)
+            return e.response
         if isinstance(e, RequestEntityTooLarge):
             return problem_response(UploadTooLargeError("the request body is larger than the upload limit"))
         if isinstance(e, ClientDisconnected):
             return problem_response(UploadIncompleteError("the client disconnected before the upload ended"))
         return problem_response(HTTPProblem(e.code or 500, e.name, e.description))
 
+    def _full(e: BaseException) -> Response:
+        log.error("storage full on %s %s: %s", request.method, request.path, storage_full_cause(e))
+        return problem_response(StorageFullError(
+            "the server's disk or database is full, so this request was not carried out; "
+            "retry once the operator has made room"))
+
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:
+        if storage_full_cause(e) is not None:
+            return _full(e)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(ModelDropError("an internal error occurred; see the server log"))

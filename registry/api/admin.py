@@ -50,7 +50,8 @@ def rotate_key():
     role = json_body().get("role")
     if role not in ROTATABLE:
         raise ValidationError(f"role must be one of {', '.join(ROTATABLE)}", field="role")
-    svc = current_services()
-    result = svc.signing.rotate_key(role)
-    svc.store.audit(current_actor(), "keys.rotate", f"role:{role}", {"result": str(result)})
+    svc, actor = current_services(), current_actor()
+    # The audit row commits in the rotation's own transaction (registry/signing, rotate_key).
+    result = svc.signing.rotate_key(role, record=lambda keyid: svc.store.audit(
+        actor, "keys.rotate", f"role:{role}", {"result": keyid}))
     return respond({"role": role, "result": result if isinstance(result, (dict, str)) else str(result)})

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request, url_for
 
-from registry.api._util import artifact_url, json_body, respond
+from registry.api._util import artifact_url, body_bytes, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.delivery import experiments, releases
 from registry.delivery.guardrail_check import check_guardrails
@@ -85,7 +85,7 @@ def update_channel(name: str, channel: str):
 @bp.post("/v1/models/<name>/channels/<channel>/rollback")
 @require_role("publisher")
 def rollback(name: str, channel: str):
-    body = _body(("to_version", "reason")) if request.get_data() else {}
+    body = _body(("to_version", "reason")) if body_bytes() else {}
     release = releases.rollback(current_services(), name, channel, actor=current_actor(),
                                 to_version=body.get("to_version"),
                                 reason=body.get("reason") or "")
@@ -133,7 +133,7 @@ def update_experiment(name: str):
 @bp.post("/v1/experiments/<name>/stop")
 @require_role("publisher")
 def stop_experiment(name: str):
-    body = _body(("winner", "reason")) if request.get_data() else {}
+    body = _body(("winner", "reason")) if body_bytes() else {}
     stopped, release = experiments.stop_experiment(
         current_services(), name, actor=current_actor(), winner=body.get("winner"),
         reason=body.get("reason") or "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request, url_for
 
-from registry.api._util import artifact_url, dump, int_arg, json_body, respond
+from registry.api._util import INT64_MAX, artifact_url, cursor_arg, dump, int_arg, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.errors import ValidationError
 from registry.services import current_services
@@ -49,7 +49,7 @@ def create_version(name: str):
                               field="file")
     number = request.form.get("version")
     if number is not None:
-        if not number.isdigit() or int(number) < 1:
+        if not (number.isascii() and number.isdigit() and 1 <= int(number[:20]) <= INT64_MAX):
             raise ValidationError("'version' must be a positive integer", field="version")
         number = int(number)
     version, created, job_id = publish_upload(
@@ -65,12 +65,7 @@ def create_version(name: str):
 @require_role("reader")
 def list_versions(name: str):
     limit = int_arg("limit", 20, 1, 200)
-    cursor = request.args.get("cursor")
-    before = None
-    if cursor is not None:
-        if not cursor.isdigit():
-            raise ValidationError("'cursor' must be the value of next_cursor", field="cursor")
-        before = int(cursor)
+    before = cursor_arg()
     page, nxt = current_services().store.list_versions(validate_name(name), limit=limit, before=before)
     return respond({"items": [_version_json(v) for v in page],
                     "next_cursor": str(nxt) if nxt is not None else None})

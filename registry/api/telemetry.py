@@ -6,13 +6,11 @@ is size-limited before it is parsed and every event is validated (registry/telem
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, request
 
-from registry.api._util import respond
+from registry.api._util import loads_strict, respond
 from registry.auth import require_role
-from registry.errors import UnsupportedMediaTypeError, ValidationError
+from registry.errors import UnsupportedMediaTypeError
 from registry.ratelimit import telemetry_budget
 from registry.services import current_services
 from registry.telemetry.errors import TelemetryBatchTooLargeError
@@ -40,10 +38,7 @@ def _telemetry_body() -> object:
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
         raise TelemetryBatchTooLargeError(f"the body is larger than {limit} bytes", limit=limit)
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise ValidationError("the body is not valid UTF-8 JSON", field="body") from e
+    return loads_strict(raw, max_bytes=limit)
 
 
 @bp.post("/v1/telemetry")

@@ -255,7 +255,7 @@ class ImageRepository:
                 logger.info("refreshed %s", ", ".join(done))
             return done
 
-    def rotate_key(self, role: str) -> str:
+    def rotate_key(self, role: str, record: Callable[[str], None] | None = None) -> str:
         """Replace ``role``'s key with a new one and publish a root that says so.
 
         The new root is signed by the root key(s) (old and new when rotating root), so
@@ -263,6 +263,10 @@ class ImageRepository:
         role's metadata is first re-published signed by both old and new keys — valid
         under the old root and the new one — and only then the new root; the old key is
         then retired. Retrying after a crash reuses the same pending key.
+
+        ``record(new_keyid)`` is called inside the metadata store's transaction after the
+        new metadata is written: what it stores (the audit row) commits with the rotation or
+        not at all, and the new key becomes the active one only after that commit.
 
         Returns:
             The new key id.
@@ -289,20 +293,23 @@ class ImageRepository:
                     root.revoke_key(keyid, role)
                 root.add_key(new_key, role)
             chain_roles = _RESIGNED_ON_ROTATION.get(role, ())
-            if not chain_roles:
-                published = self._chain.publish_root(chain.root, root, now)
-            elif self._holds_keys(role, chain.root.signed):
-                # Re-sign under the old root, adding the new key's signature: clients that
-                # have not seen the new root yet and clients that have both accept these bytes.
-                self._republish(chain, chain_roles, now, extra={role: [new_signer]})
-                published = self._chain.publish_root(chain.root, root, now)
-            else:
-                # The old key is lost: only the new root can vouch for the new key, so publish
-                # it first. A client that reads in between fails once and succeeds on retry.
-                logger.warning("old %s key unavailable: publishing the new root first", role)
-                published = self._chain.publish_root(chain.root, root, now)
-                chain.root = published
-                self._republish(chain, chain_roles, now, extra={})
+            with self._chain.store.transaction():
+                if not chain_roles:
+                    published = self._chain.publish_root(chain.root, root, now)
+                elif self._holds_keys(role, chain.root.signed):
+                    # Re-sign under the old root, adding the new key's signature: clients that
+                    # have not seen the new root yet and clients that have both accept these bytes.
+                    self._republish(chain, chain_roles, now, extra={role: [new_signer]})
+                    published = self._chain.publish_root(chain.root, root, now)
+                else:
+                    # The old key is lost: only the new root can vouch for the new key, so publish
+                    # it first. A client that reads in between fails once and succeeds on retry.
+                    logger.warning("old %s key unavailable: publishing the new root first", role)
+                    published = self._chain.publish_root(chain.root, root, now)
+                    chain.root = published
+                    self._republish(chain, chain_roles, now, extra={})
+                if record is not None:
+                    record(new_key.keyid)
             self._keys.activate_pending(role)
             logger.info("rotated %s key to %s in root v%d", role, new_key.keyid, published.signed.version)
             return new_key.keyid

@@ -15,6 +15,8 @@ import os
 import re
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from registry._fsync import fsync_dir
@@ -47,6 +49,12 @@ class MetadataStore(ABC):
     @abstractmethod
     def put(self, name: str, data: bytes) -> None:
         """Store ``data`` under ``name``, replacing any previous value."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The puts inside the block become visible together or not at all, where the
+        backing store can do that (the database can; a directory cannot, and writes through)."""
+        yield
 
 
 class DirMetadataStore(MetadataStore):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -16,6 +17,9 @@ from sqlmodel import Session, select
 
 from registry.errors import ModelNotFoundError, VersionNotFoundError
 from registry.models import ModelRow, VersionRow
+
+# The transaction of an enclosing ``StoreBase.atomic()`` block, if any (per thread/context).
+_AMBIENT: ContextVar[Session | None] = ContextVar("modeldrop_store_session", default=None)
 
 
 class StoreBase:
@@ -47,7 +51,12 @@ class StoreBase:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One transaction: committed on success, rolled back on any error. Inside an
+        ``atomic()`` block it is that block's transaction, committed when the block ends."""
+        ambient = _AMBIENT.get()
+        if ambient is not None and ambient.bind is self.engine:
+            yield ambient
+            return
         with Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
@@ -55,6 +64,22 @@ class StoreBase:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Every store write inside the block (of any part of the store, and of code such as
+        the TUF metadata store that calls the store) commits together at the end, or none
+        does. Used where one operation makes several store calls, e.g. a key rotation and
+        its audit row."""
+        if _AMBIENT.get() is not None:
+            yield
+            return
+        with self.session() as s:
+            token = _AMBIENT.set(s)
+            try:
+                yield
+            finally:
+                _AMBIENT.reset(token)
 
     @property
     def dialect(self) -> str:
