@@ -106,7 +106,7 @@ class DashboardStore(StoreBase):
             if row.status != "failed" or busy is not None:
                 raise VersionNotFailedError(
                     f"version {number} of {name!r} is {row.status!r}; only a failed conversion "
-                    "can be retried", model=name, version=number, status=row.status)
+                    "can be retried", model=name, version=number, version_status=row.status)
             changes: dict[str, Any] = {"previous_error": (row.error or "")[:500]}
             if eval_sha256 is not None:
                 changes["eval_sha256"] = {"from": row.eval_sha256, "to": eval_sha256}
