@@ -113,3 +113,13 @@ class RegistryClient:
         body = StreamingMultipart(fields, files, on_bytes)
         return self.request("POST", f"/v1/models/{name}/versions", data=body,
                             headers={"Content-Type": body.content_type}, timeout=None)
+
+    def retry(self, name: str, number: int, metadata: str | None, eval_path: Path | None,
+              reason: str = "") -> Any:
+        """Re-run the failed conversion of a version, optionally with a new eval set/metadata."""
+        fields: list[tuple[str, str]] = [("reason", reason)] if reason else []
+        if metadata is not None:
+            fields.append(("metadata", metadata))
+        body = StreamingMultipart(fields, [("eval", eval_path)] if eval_path else [], lambda n: None)
+        return self.request("POST", f"/v1/models/{name}/versions/{number}/retry", data=body,
+                            headers={"Content-Type": body.content_type}, timeout=None)

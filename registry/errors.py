@@ -127,6 +127,14 @@ class VersionConflictError(ConflictError):
     code, title = "version_conflict", "Version already exists with different content"
 
 
+class VersionFailedError(ConflictError):
+    code, title = "version_failed", "Version failed conversion: retry it"
+
+
+class VersionNotFailedError(ConflictError):
+    code, title = "version_not_failed", "Only a failed conversion can be retried"
+
+
 class UploadTooLargeError(ModelDropError):
     code, status, title = "upload_too_large", 413, "Upload too large"
 

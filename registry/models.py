@@ -232,3 +232,16 @@ class DeltaRow(SQLModel, table=True):
     size: int | None = None
     target_path: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class WebSessionRow(SQLModel, table=True):
+    """A dashboard sign-in: the browser's cookie holds only the session id, whose sha256 is
+    stored here (like tokens), so a stolen database does not give working cookies; signing
+    out deletes the row, and revoking the token ends every session made with it."""
+
+    __tablename__ = "web_sessions"
+    id_hash: str = Field(primary_key=True, max_length=64)
+    token_id: int = Field(foreign_key="api_tokens.id", index=True)
+    csrf: str = Field(max_length=64)  # the anti-forgery token every form of this session carries
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime

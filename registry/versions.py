@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.errors import UploadTooLargeError
+from registry.errors import UploadTooLargeError, VersionFailedError
 from registry.schemas import VersionOut
 from registry.uploads import parse_metadata, source_format, take_spool, validate_name
 
@@ -36,6 +36,14 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
         name, sha256=source.sha256, size=source.size, source_format=fmt,
         filename=file_part.filename, metadata=metadata, eval_sha256=eval_sha, actor=actor,
         number=number)
+    if not created and version.status == "failed":
+        # Re-pushing the same bytes cannot fix a failed conversion (and would silently drop a
+        # new eval set or metadata): say so and point at retry.
+        raise VersionFailedError(
+            f"these bytes are version {version.version} of {name!r}, whose conversion failed: "
+            f"retry it with `modeldrop retry {name} {version.version} [--eval FILE] "
+            f"[--metadata FILE]` (POST /v1/models/{name}/versions/{version.version}/retry)",
+            model=name, version=version.version, error=version.error)
     if not created:
         return version, False, services.store.latest_job_for_version(
             services.store.version_id(name, version.version))
@@ -43,6 +51,40 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     job_id = services.store.create_job(version_id)
     services.jobs.enqueue(job_id)
     return services.store.get_version(name, version.version), True, job_id
+
+
+def retry_conversion(services, name: str, number: int, *, actor: str, eval_part=None,  # noqa: ANN001
+                     metadata_raw: str | None = None, reason: str = "") -> tuple[VersionOut, str]:
+    """Re-run the conversion of a failed version, optionally with a new eval set and/or
+    metadata (its top-level fields replace the old ones). Returns (version, new job id).
+
+    Raises:
+        VersionNotFailedError: the version is not failed, or a job for it is still pending.
+    """
+    import json
+
+    validate_name(name)
+    metadata = None
+    if metadata_raw is not None and metadata_raw.strip():
+        parsed = parse_metadata(metadata_raw)
+        sent = json.loads(metadata_raw)  # parse_metadata proved it is a JSON object
+        metadata = {k: v for k, v in parsed.items() if k in sent}
+    eval_sha = None
+    if eval_part is not None and getattr(eval_part, "filename", None):
+        eval_spool = take_spool(eval_part, "eval")
+        limit = services.settings.max_eval_bytes
+        if eval_spool.size > limit:
+            raise UploadTooLargeError(f"the eval set is larger than the limit of {limit} bytes",
+                                      field="eval", limit=limit)
+        eval_sha = services.blobs.adopt_file(eval_spool.path, eval_spool.sha256, eval_spool.size).sha256
+    if not isinstance(reason, str) or len(reason) > 1000:
+        from registry.errors import ValidationError
+
+        raise ValidationError("reason must be a string of at most 1000 characters", field="reason")
+    job_id = services.store.retry_version(name, number, actor=actor, reason=reason,
+                                          eval_sha256=eval_sha, metadata=metadata)
+    services.jobs.enqueue(job_id)
+    return services.store.get_version(name, number), job_id
 
 
 def unlist_sources(services) -> list[str]:  # noqa: ANN001

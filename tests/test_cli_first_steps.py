@@ -22,7 +22,7 @@ def test_pushing_the_bytes_of_a_failed_version_again_says_so_and_fails(cli, tmp_
     assert again.exit_code == 1, again.output
     assert "digits version 1 already holds these bytes" in again.output
     assert "expected (N, 8, 8, 1)" in again.output  # the version's own error
-    assert "push a changed model file" in again.output and "modeldrop show digits 1" in again.output
+    assert "modeldrop retry digits 1" in again.output and "modeldrop show digits 1" in again.output
     assert cli("push", "digits", str(model), "--json", ok=False).exit_code == 1
 
 

@@ -166,6 +166,11 @@ def test_cli_experiment_report(app, live_server, reader_token, tmp_path):
     assert missing.exit_code != 0 and "[experiment_not_found]" in missing.output
 
 
+def _csrf(http, url):
+    """The anti-forgery field of the form on the page at ``url`` (fetched with ``http``)."""
+    return re.search(r'name="csrf" value="([^"]+)"', http.get(url, timeout=30).text).group(1)
+
+
 def test_dashboard_login_cookie_page_and_logout(app, live_server, reader_token, admin_token):
     run(app, sim.Scenario(devices=40, seed=7))
     base = live_server.base_url
@@ -173,32 +178,38 @@ def test_dashboard_login_cookie_page_and_logout(app, live_server, reader_token, 
     http = requests.Session()
     first = http.get(base + page, allow_redirects=False, timeout=10)
     assert first.status_code == 302 and "/dashboard/login?next=" in first.headers["Location"]
-    bad = http.post(base + "/dashboard/login", data={"token": "mdt_wrong", "next": page},
+    csrf = _csrf(http, base + "/dashboard/login")
+    bad = http.post(base + "/dashboard/login", data={"token": "mdt_wrong", "next": page, "csrf": csrf},
                     allow_redirects=False, timeout=10)
     assert bad.status_code == 401 and "unknown, revoked" in bad.text
-    forged = http.post(base + "/dashboard/login", data={"token": reader_token, "next": page},
+    forged = http.post(base + "/dashboard/login", data={"token": reader_token, "next": page, "csrf": csrf},
                        headers={"Origin": "http://evil.example"}, allow_redirects=False, timeout=10)
     assert forged.status_code == 403 and not forged.cookies
-    ok = http.post(base + "/dashboard/login", data={"token": reader_token, "next": page},
+    no_csrf = requests.post(base + "/dashboard/login", data={"token": reader_token, "next": page},
+                            allow_redirects=False, timeout=10)
+    assert no_csrf.status_code == 403 and "modeldrop_session" not in no_csrf.headers.get("Set-Cookie", "")
+    ok = http.post(base + "/dashboard/login", data={"token": reader_token, "next": page, "csrf": csrf},
                    allow_redirects=False, timeout=10)
     assert ok.status_code == 303 and ok.headers["Location"] == page
     cookie = ok.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+    assert reader_token not in cookie  # the cookie holds a session id, not the token
     shown = http.get(base + page, timeout=30)
     assert shown.status_code == 200 and "All experiments" in shown.text
     assert f"Experiment report: {sim.EXPERIMENT}" in shown.text and "running" in shown.text
     index = http.get(base + "/dashboard/", timeout=10)
     assert index.status_code == 200 and f">{sim.EXPERIMENT}</a>" in index.text
-    http.post(base + "/dashboard/logout", timeout=10)
+    http.post(base + "/dashboard/logout", data={"csrf": _csrf(http, base + "/dashboard/")}, timeout=10)
     assert http.get(base + page, allow_redirects=False, timeout=10).status_code == 302
     # scripts use the bearer header instead of the cookie
     bearer = requests.get(base + page, headers={"Authorization": f"Bearer {admin_token}"},
                           timeout=30)
     assert bearer.status_code == 200
     # no open redirect after sign-in
-    away = requests.post(base + "/dashboard/login",
-                         data={"token": reader_token, "next": "https://evil.example/x"},
-                         allow_redirects=False, timeout=10)
+    away = http.post(base + "/dashboard/login",
+                     data={"token": reader_token, "next": "https://evil.example/x",
+                           "csrf": _csrf(http, base + "/dashboard/login")},
+                     allow_redirects=False, timeout=10)
     assert away.headers["Location"] == "/dashboard/"
     missing = requests.get(base + "/dashboard/experiments/nope",
                            headers={"Authorization": f"Bearer {reader_token}"}, timeout=10)

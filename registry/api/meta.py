@@ -32,6 +32,9 @@ DESCRIPTIONS: dict[str, dict] = {
     "models.get_version": {"summary": "One version with its variants", "response": "VersionOut"},
     "models.patch_version": {"summary": "Update metadata (audited)", "request": "MetadataPatch",
                              "response": "VersionOut"},
+    "models.retry_version": {"summary": "Re-run a failed conversion (optional multipart eval .npz, "
+                                        "metadata JSON, reason); 202 version + job id; audited",
+                             "response": "VersionOut"},
     "models.get_job": {"summary": "Conversion job state and progress", "response": "JobOut"},
     "artifacts.get_artifact": {"summary": "Download an artifact by sha256 (Range, If-Range, "
                                           "If-None-Match; immutable); reader token unless released", "binary": True},

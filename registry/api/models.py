@@ -9,7 +9,7 @@ from registry.auth import current_actor, require_role
 from registry.errors import ValidationError
 from registry.services import current_services
 from registry.uploads import validate_name
-from registry.versions import publish_upload, update_metadata, update_model
+from registry.versions import publish_upload, retry_conversion, update_metadata, update_model
 
 bp = Blueprint("models", __name__)
 
@@ -82,6 +82,21 @@ def get_version(name: str, number: int):
 def patch_version(name: str, number: int):
     version = update_metadata(current_services(), validate_name(name), number, json_body(), current_actor())
     return respond(_version_json(version))
+
+
+@bp.post("/v1/models/<name>/versions/<int:number>/retry")
+@require_role("publisher")
+def retry_version(name: str, number: int):
+    """Re-run a failed conversion; optional multipart ``eval`` / ``metadata`` / ``reason``."""
+    form = request.form if (request.mimetype or "").startswith(("multipart/form-data",
+                                                                "application/x-www-form-urlencoded")) else {}
+    version, job_id = retry_conversion(
+        current_services(), validate_name(name), number, actor=current_actor(),
+        eval_part=request.files.get("eval"), metadata_raw=form.get("metadata"),
+        reason=form.get("reason") or "")
+    body = _version_json(version)
+    body["job"] = job_id
+    return respond(body, 202, Location=url_for("models.get_job", job_id=job_id))
 
 
 @bp.get("/v1/jobs/<job_id>")

@@ -1,4 +1,4 @@
-"""`modeldrop push / versions / show / models / job`."""
+"""`modeldrop push / retry / versions / show / models / job`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from registry.client import ApiError
 
 
 def register(main: click.Group) -> None:
-    for cmd in (push, versions, show, models, job):
+    for cmd in (push, retry, versions, show, models, job):
         main.add_command(cmd)
 
 
@@ -32,17 +32,17 @@ def register(main: click.Group) -> None:
 @pass_ctx
 def push(ctx, name, model_file, metadata_file, eval_file, number, wait, as_json) -> None:
     """Upload MODEL_FILE (.keras, .h5, SavedModel .zip) as a new version of NAME."""
-    metadata = None
-    if metadata_file:
-        metadata = metadata_file.read_text()
-        try:
-            json.loads(metadata)
-        except json.JSONDecodeError as e:
-            raise click.ClickException(f"{metadata_file} is not valid JSON: {e}") from e
+    metadata = _read_metadata(metadata_file)
     total = model_file.stat().st_size + (eval_file.stat().st_size if eval_file else 0)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=as_json) as bar:
-        result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number)
-    if result["status"] == "failed":
+        try:
+            result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number)
+        except ApiError as e:
+            if e.code != "version_failed":
+                raise
+            raise click.ClickException(_failed_again(name, {"version": e.body.get("version"),
+                                                            "error": e.body.get("error")})) from e
+    if result["status"] == "failed":  # a server from before the version_failed answer
         # A new version starts as "uploaded", so "failed" means these bytes already were a
         # version, and the server kept it as it was: say so instead of exiting 0.
         raise click.ClickException(_failed_again(name, result))
@@ -66,9 +66,42 @@ def _failed_again(name: str, version: dict) -> str:
             f"{version.get('error') or 'no reason recorded'}\n"
             f"The same file always maps to the same version and a failed version stays failed, "
             f"so this push changed nothing (its --metadata and --eval were not applied).\n"
-            f"Fix the cause, then push a changed model file (train again, or save the model "
-            f"again: every Keras save writes new bytes); it becomes the next version. "
+            f"Fix the cause and run the conversion again, with the fixed files if they were the "
+            f"cause: modeldrop retry {name} {number} [--eval FILE] [--metadata FILE]. "
             f"Details: modeldrop show {name} {number}")
+
+
+def _read_metadata(metadata_file: Path | None) -> str | None:
+    if not metadata_file:
+        return None
+    metadata = metadata_file.read_text()
+    try:
+        json.loads(metadata)
+    except json.JSONDecodeError as e:
+        raise click.ClickException(f"{metadata_file} is not valid JSON: {e}") from e
+    return metadata
+
+
+@click.command()
+@click.argument("name")
+@click.argument("number", type=int)
+@click.option("--metadata", "metadata_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file whose top-level fields replace the version's metadata.")
+@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A new evaluation set (.npz with x and optional y).")
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--wait/--no-wait", default=False, help="Wait for conversion with a progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
+@pass_ctx
+def retry(ctx, name, number, metadata_file, eval_file, reason, wait, as_json) -> None:
+    """Re-run the failed conversion of version NUMBER of NAME (publisher role)."""
+    result = client(ctx).retry(name, number, _read_metadata(metadata_file), eval_file, reason)
+    if not as_json:
+        click.echo(f"{name} version {number}: conversion queued again (job {result['job']})")
+    if wait:
+        result = _wait_for_job(ctx, result["job"], quiet=as_json) or result
+    if as_json:
+        echo_json(result)
 
 
 def _sha256(path: Path) -> str:

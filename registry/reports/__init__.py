@@ -6,7 +6,7 @@ from which `render_charts` and `render_report_html` draw. docs/reports.md explai
 """
 
 from registry.reports._inputs import ExperimentDef, UnitSummary
-from registry.reports._page import render_report_html
+from registry.reports._page import REPORT_CSS, render_report_body, render_report_html
 from registry.reports._report import (
     GUARDRAIL_INPUT_NAMES,
     METRICS,
@@ -18,6 +18,7 @@ from registry.reports.charts import render_charts
 
 __all__ = [
     "GUARDRAIL_INPUT_NAMES",
+    "REPORT_CSS",
     "METRICS",
     "ExperimentDef",
     "MetricInfo",
@@ -25,5 +26,6 @@ __all__ = [
     "build_report",
     "guardrail_metrics_for",
     "render_charts",
+    "render_report_body",
     "render_report_html",
 ]

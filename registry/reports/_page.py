@@ -210,28 +210,15 @@ def _figures(charts: dict[str, str | bytes]) -> str:
     return "\n".join(parts) or '<p class="muted">No charts.</p>'
 
 
-def render_report_html(report: dict[str, Any], charts: dict[str, str | bytes]) -> str:
-    """Render a report (from `build_report`) and its charts (from `render_charts`) as HTML.
+REPORT_CSS = _CSS  # the report's stylesheet, for a page that embeds the report body
 
-    Args:
-        report: The report dict.
-        charts: Chart key -> SVG text (inlined) or PNG bytes (inlined as a data URI).
 
-    Returns:
-        A complete, self-contained HTML document.
-    """
+def render_report_body(report: dict[str, Any], charts: dict[str, str | bytes]) -> str:
+    """The report's sections (summary, data quality, arms, metrics, latency, charts, notes)
+    as an HTML fragment for the inside of a ``<body>``; `render_report_html` wraps it."""
     name = _e(report["experiment"])
     level = f'{100 * report["confidence_level"]:.0f}%'
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Experiment report: {name}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<header id="summary">
+    return f"""<header id="summary">
 <h1>Experiment report: {name}</h1>
 <p class="sub">{report["units"]} units assigned across {len(report["arms"])} arms; control arm
 <b>{_e(report["control"])}</b>. Intervals are {level} confidence intervals; p-values are two-sided;
@@ -270,6 +257,30 @@ false-positive rate above {_e(report["alpha"])}: decide the sample size or durat
 get that far (see install failures), those comparisons are among different kinds of devices.</li>
 </ul>
 </section>
-</body>
+"""
+
+
+def render_report_html(report: dict[str, Any], charts: dict[str, str | bytes]) -> str:
+    """Render a report (from `build_report`) and its charts (from `render_charts`) as HTML.
+
+    Args:
+        report: The report dict.
+        charts: Chart key -> SVG text (inlined) or PNG bytes (inlined as a data URI).
+
+    Returns:
+        A complete, self-contained HTML document.
+    """
+    name = _e(report["experiment"])
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Experiment report: {name}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+{render_report_body(report, charts)}</body>
 </html>
 """
+
