@@ -6,6 +6,11 @@ that does not parse), so they are 400s; nothing here is a server fault.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from client_sdk import errors as sdk_errors
 from registry.errors import ModelDropError
 
 __all__ = [
@@ -15,7 +20,11 @@ __all__ = [
     "InvalidGuardrailError",
     "InvalidInstallIdError",
     "InvalidTargetingError",
+    "sdk_rules",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class DeliveryError(ModelDropError):
@@ -52,3 +61,28 @@ class InvalidGuardrailError(DeliveryError):
     """A guardrail expression does not parse; the message quotes the expression."""
 
     code, title = "invalid_guardrail", "Invalid guardrail"
+
+
+# The SDK's pure rules (client_sdk.rules) raise the SDK's own errors, which carry the same
+# stable codes; the server re-raises them as its own classes, so the API answers the codes
+# of docs/http-api.md and callers catch registry errors only.
+_BY_SDK_CODE: dict[str, type[DeliveryError]] = {
+    cls.code: cls for cls in (InvalidInstallIdError, InvalidDeviceError,
+                              InvalidBucketingError, InvalidTargetingError)
+}
+
+
+def sdk_rules(function: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a ``client_sdk.rules`` function so its errors become the server's (same code)."""
+
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except sdk_errors.ValidationError as e:
+            cls = _BY_SDK_CODE.get(e.code)
+            if cls is None:
+                raise
+            raise cls(e.detail) from None
+
+    return call

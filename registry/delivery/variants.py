@@ -1,114 +1,22 @@
-"""Which converted variant of a model version a given device should download.
+"""Which converted variant of a model version a device should download: the SDK's rule.
 
-The choice uses only what was measured, because the cheap proxies mislead: on the
-reference machine the smallest TFLite variant (dynamic-range int8) was *slower* than
-float32, while full-integer int8 was the fastest (docs/delivery.md, "Variant choice").
-The rule, applied to the variants of one model version:
-
-1. Keep the variants in the platform's format (iOS -> Core ML, Android/Linux -> TFLite)
-   that are ``servable``. The converter marks a variant servable only when its fidelity
-   against the source model is within the model's threshold, so this step is also the
-   fidelity filter.
-2. If the release pins a variant by name, answer that variant — or None when it is not
-   among the candidates (wrong format, not servable, unknown): a pin is an explicit
-   decision, and silently serving something else would hide the mistake.
-3. If latency was measured on this device class for at least two candidates, answer
-   the fastest of those (median milliseconds; ties go to higher fidelity, then smaller
-   size, then name). With fewer than two measurements there is nothing to compare.
-4. Otherwise answer the smallest candidate (ties: higher fidelity, then name) — the
-   download cost is certain, a speed-up is not.
-
-``reference_latency_ms`` (measured on the server) is deliberately not used: lab numbers
-do not predict on-device speed, which is what users of hosted profilers complain about.
+The rule (measured latency on the device class when at least two candidates have it, else
+the smallest servable variant of the platform's format; a pin answers only itself) is
+implemented once, in ``client_sdk/_variants.py`` (``client_sdk.rules``), so a device that
+decides locally from a signed ruleset picks exactly the variant this server would put in
+its manifest; ``conformance/variants.json`` pins it. This module re-exports it with the
+server's :class:`~registry.delivery.errors.InvalidDeviceError` (same code).
+docs/delivery.md ("Variant choice") explains why the rule uses only what was measured.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from client_sdk import rules as _rules
 
-from .errors import InvalidDeviceError
-from .targeting import PLATFORMS
+from .errors import sdk_rules
 
 __all__ = ["FORMAT_BY_PLATFORM", "choose_variant", "platform_format"]
 
-# One entry per targeting.PLATFORMS value; tests keep the two in step.
-FORMAT_BY_PLATFORM = {"ios": "coreml", "android": "tflite", "linux": "tflite"}
-
-
-def platform_format(platform: str) -> str:
-    """The model format a platform runs: "coreml" for iOS, "tflite" otherwise.
-
-    Raises:
-        InvalidDeviceError: for a platform other than ios, android or linux.
-    """
-    try:
-        return FORMAT_BY_PLATFORM[platform]
-    except (KeyError, TypeError):
-        raise InvalidDeviceError(
-            f"platform must be one of {', '.join(PLATFORMS)}, got {platform!r}"
-        ) from None
-
-
-def choose_variant(
-    variants: Sequence[Mapping[str, Any]],
-    platform: str,
-    device_class: str | None = None,
-    pinned: str | None = None,
-) -> Mapping[str, Any] | None:
-    """Pick the variant for one device, by the rule in this module's docstring.
-
-    Args:
-        variants: Variant descriptions with keys ``name``, ``format``, ``size`` (bytes),
-            ``servable``, ``fidelity`` (agreement with the source, higher is better, may
-            be None), ``reference_latency_ms`` and ``latency_by_device`` (device class
-            -> median ms; may be empty or None).
-        platform: The device's platform; decides the format.
-        device_class: Key into ``latency_by_device``; None when unknown.
-        pinned: Name of a variant the release insists on.
-
-    Returns:
-        One of the given dicts, or None when no variant can be served to this device.
-
-    Raises:
-        InvalidDeviceError: for an unknown platform.
-    """
-    wanted_format = platform_format(platform)
-    candidates = [v for v in variants if v["format"] == wanted_format and bool(v["servable"])]
-    if pinned is not None:
-        return next((v for v in candidates if v["name"] == pinned), None)
-    if not candidates:
-        return None
-
-    if device_class is not None:
-        measured = [
-            (latency, v)
-            for v in candidates
-            if (latency := _latency_on(v, device_class)) is not None
-        ]
-        if len(measured) >= 2:
-            return min(
-                measured,
-                key=lambda pair: (pair[0], -_fidelity(pair[1]), pair[1]["size"], pair[1]["name"]),
-            )[1]
-
-    return min(candidates, key=lambda v: (v["size"], -_fidelity(v), v["name"]))
-
-
-def _latency_on(variant: Mapping[str, Any], device_class: str) -> float | None:
-    value = (variant.get("latency_by_device") or {}).get(device_class)
-    # A missing, non-numeric or non-positive figure is no measurement.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not math.isfinite(value) or value <= 0:
-        return None
-    return float(value)
-
-
-def _fidelity(variant: Mapping[str, Any]) -> float:
-    # Unknown fidelity (no evaluation set) ranks below any measured fidelity.
-    fidelity = variant.get("fidelity")
-    if isinstance(fidelity, bool) or not isinstance(fidelity, int | float):
-        return -math.inf
-    return float(fidelity) if math.isfinite(fidelity) else -math.inf
+FORMAT_BY_PLATFORM = _rules.FORMAT_BY_PLATFORM
+platform_format = sdk_rules(_rules.platform_format)
+choose_variant = sdk_rules(_rules.choose_variant)
