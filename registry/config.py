@@ -33,6 +33,12 @@ class Settings:
     job_backend: str = "inprocess"
     broker_url: str = ""  # e.g. redis://127.0.0.1:6379/0 or amqp://guest:guest@127.0.0.1:5672//
     worker_processes: int = 1
+    # A running job whose worker stopped heart-beating for this long goes back to the queue
+    # (a killed worker; `modeldrop serve` requeues at once when it sees its own worker die).
+    job_stale_after: int = 120  # seconds
+    # Redis broker only: an unacknowledged message is handed out again after this long
+    # (acks_late: a message is acknowledged when its job ends, not when it starts).
+    celery_visibility_timeout: int = 3600  # seconds
     # Uploads
     max_upload_bytes: int = 2 << 30  # bytes
     max_eval_bytes: int = 64 << 20  # bytes

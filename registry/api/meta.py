@@ -16,7 +16,9 @@ _PARAM_RE = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 # What each endpoint takes and returns, beyond what the URL map says.
 DESCRIPTIONS: dict[str, dict] = {
-    "meta.healthz": {"summary": "Liveness and database check; says whether the converter sandbox is full or degraded"},
+    "meta.healthz": {"summary": "Liveness and database check; says whether the converter sandbox is full "
+                               "or degraded, how many conversion workers are alive and how old the "
+                               "oldest queued job is (503 when `modeldrop serve` has no live worker)"},
     "meta.openapi": {"summary": "This document"},
     "models.list_models": {"summary": "List models", "response": "ModelOut", "list": True},
     "models.get_model": {"summary": "One model", "response": "ModelOut"},
@@ -108,7 +110,30 @@ def healthz():
             "sandbox": sandbox.state}
     if sandbox.reason:
         body["sandbox_reason"] = sandbox.reason
-    return respond(body)
+    status = _add_worker_health(svc, body)
+    return respond(body, status)
+
+
+def _add_worker_health(svc, body: dict) -> int:  # noqa: ANN001 - Services
+    """Worker liveness and the queue's oldest job (registry.jobs: ``workers``); 503 when this
+    process owns its workers and none is alive."""
+    from registry.jobs.worker import stale_after
+    from registry.models import utcnow
+
+    queue = svc.store.job_queue(stale_after(svc.settings))
+    oldest = queue.oldest_queued_at
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+    body["queue"] = {"queued": queue.queued, "running": queue.running,
+                     "stale_running": queue.stale_running,
+                     "oldest_queued_age": None if oldest is None
+                     else round((utcnow() - oldest).total_seconds(), 1)}
+    workers = svc.jobs.workers()
+    body["workers"] = workers
+    if svc.jobs.needs_workers() and workers is not None and not workers.get("alive"):
+        body["status"] = "no_workers"
+        return 503
+    return 200
 
 
 @bp.get("/openapi.json")

@@ -27,54 +27,89 @@ class JobQueue(ABC):
     def stop(self) -> None:  # noqa: B027 - optional hook, like start
         """Stop workers owned by this process."""
 
+    def workers(self) -> dict | None:
+        """Worker liveness for ``/healthz``: ``{"alive": n, ...}``, or None when this process
+        cannot know (workers it did not start and cannot ask)."""
+        return None
+
+    def needs_workers(self) -> bool:
+        """Whether ``/healthz`` answers 503 when no worker is alive: only where this process
+        owns its workers (``modeldrop serve``); a web tier of the scale mode stays in the
+        load balancer while the workers are down, since manifests do not need them."""
+        return False
+
 
 class InProcessQueue(JobQueue):
     """Worker processes (spawned, never forked: TensorFlow does not survive fork) that poll
-    the database. Enqueueing is just the committed ``queued`` row, so it needs no broker."""
+    the database, supervised by ``registry.jobs.supervisor``. Enqueueing is just the committed
+    ``queued`` row, so it needs no broker."""
 
     def __init__(self, settings: Settings, processes: int = 1) -> None:
         self.settings = settings
         self.processes = processes
-        self._workers: list = []
+        self._supervisor = None
 
     def enqueue(self, job_id: str) -> None:
         return None  # the queued row is the message
 
     def start(self) -> None:
         import atexit
-        import multiprocessing
-        import os
 
-        from registry.jobs.worker import worker_main
+        from registry.jobs.supervisor import WorkerSupervisor
 
-        ctx = multiprocessing.get_context("spawn")
-        for i in range(self.processes):
-            # Not daemonic: a worker starts its own pool to convert variants in parallel, and
-            # daemonic processes may not have children. ``stop`` (also at exit) ends them.
-            p = ctx.Process(target=worker_main, args=(self.settings,),
-                            kwargs={"owner_pid": os.getpid()}, name=f"modeldrop-worker-{i}")
-            p.start()
-            self._workers.append(p)
+        if self._supervisor is not None or self.processes < 1:
+            return
+        # Not daemonic: a worker starts the sandboxed converter, and daemonic processes may not
+        # have children. ``stop`` (also at exit) ends them and their process groups.
+        self._supervisor = WorkerSupervisor(self.settings, self.processes)
+        self._supervisor.start()
         atexit.register(self.stop)
 
     def stop(self) -> None:
-        for p in self._workers:
-            p.terminate()
-        for p in self._workers:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-        self._workers.clear()
+        if self._supervisor is not None:
+            self._supervisor.stop()
+            self._supervisor = None
+
+    def workers(self) -> dict | None:
+        if self._supervisor is None:
+            return None
+        status = self._supervisor.status()
+        return {"alive": status.alive, "expected": status.expected, "restarts": status.restarts,
+                "pids": self._supervisor.pids()}
+
+    def needs_workers(self) -> bool:
+        return self._supervisor is not None
 
 
 class CeleryQueue(JobQueue):
+    PING_TIMEOUT = 0.5  # seconds a broadcast ping waits for replies
+    PING_CACHE = 10.0  # seconds an answer is reused (``/healthz`` may be polled often)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._pinged: tuple[float, dict] | None = None
 
     def enqueue(self, job_id: str) -> None:
         from registry.jobs.celery_app import make_celery
 
         make_celery(self.settings).send_task("modeldrop.convert", args=[job_id])
+
+    def workers(self) -> dict | None:
+        """Workers that answer a broadcast ping on the broker (cached for ``PING_CACHE``)."""
+        import time
+
+        from registry.jobs.celery_app import make_celery
+
+        now = time.monotonic()
+        if self._pinged is not None and now - self._pinged[0] < self.PING_CACHE:
+            return self._pinged[1]
+        try:
+            replies = make_celery(self.settings).control.ping(timeout=self.PING_TIMEOUT) or []
+            answer = {"alive": len(replies), "names": sorted(n for r in replies for n in r)}
+        except Exception as e:  # noqa: BLE001 - a broker that does not answer is reported, not raised
+            answer = {"alive": None, "error": type(e).__name__}
+        self._pinged = (now, answer)
+        return answer
 
 
 def job_queue_from_settings(settings: Settings) -> JobQueue:

@@ -17,23 +17,41 @@ if TYPE_CHECKING:  # registry.services imports this package: a type only, no imp
 
 
 def make_celery(settings: Settings) -> Celery:
-    return _celery_for(settings.broker_url, settings.refresh_interval)
+    return _celery_for(settings.broker_url, settings.refresh_interval, settings.job_stale_after,
+                       settings.celery_visibility_timeout)
 
 
 @lru_cache(maxsize=4)
-def _celery_for(broker_url: str, refresh_interval: int) -> Celery:
+def _celery_for(broker_url: str, refresh_interval: int, stale_after: int,
+                visibility_timeout: int) -> Celery:
+    """A killed worker's job runs elsewhere: a message is acknowledged only when its job ends
+    (``acks_late``), so RabbitMQ hands it to another worker as soon as the dead worker's
+    connection drops and Redis after ``visibility_timeout``; a prefork child lost mid-task
+    rejects (requeues) its message. The redelivered message finds the job still ``running``
+    with the dead worker's heartbeat: it waits (retries) until the heartbeat is older than
+    ``MODELDROP_JOB_STALE_AFTER``, then takes the job over. The beat's maintenance requeues
+    such jobs too, so a job is never lost with its message either."""
     app = Celery("modeldrop", broker=broker_url)
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True,
                     worker_prefetch_multiplier=1, task_default_queue="modeldrop",
                     broker_connection_retry_on_startup=True,
+                    broker_transport_options={"visibility_timeout": visibility_timeout},
                     beat_schedule={"modeldrop-maintenance": {
-                        "task": "modeldrop.maintenance", "schedule": float(refresh_interval)}})
+                        "task": "modeldrop.maintenance",
+                        "schedule": float(min(refresh_interval, 60, max(1, stale_after // 2)))}})
 
-    @app.task(name="modeldrop.convert")
-    def convert(job_id: str) -> str:
+    @app.task(name="modeldrop.convert", bind=True, max_retries=None)
+    def convert(self, job_id: str) -> str:  # noqa: ANN001 - celery's bound task
+        from datetime import timedelta
+
         services = _services()
-        if services.store.claim_job(job_id) is None:
-            return "skipped"  # already taken (redelivered message) or finished
+        takeover = timedelta(seconds=stale_after)
+        if services.store.claim_job(job_id, take_over_after=takeover) is None:
+            if services.store.get_job(job_id).state == "running":
+                # Running elsewhere, or its worker just died: look again once the heartbeat
+                # could have gone stale (claim_job is atomic, so only one worker ever runs it).
+                raise self.retry(countdown=max(1.0, stale_after / 2))
+            return "skipped"  # finished, or requeued and taken by another message
         from registry.jobs.runner import run_job
 
         return run_job(services, job_id)

@@ -31,7 +31,9 @@ def run_job(services: Services, job_id: str) -> str:
     version_id = store.version_id(job.model, job.version)
     store.set_version_status(version_id, "converting")
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
+    # Several beats within MODELDROP_JOB_STALE_AFTER, so a live job is never taken for dead.
+    interval = min(HEARTBEAT_SECONDS, services.settings.job_stale_after / 4)
+    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop, interval), daemon=True)
     beat.start()
     try:
         with tempfile.TemporaryDirectory(prefix=f"job-{job_id[:8]}-", dir=services.work_dir) as tmp:
@@ -62,8 +64,8 @@ def run_job(services: Services, job_id: str) -> str:
     return "done"
 
 
-def _heartbeat(store, job_id: str, stop: threading.Event) -> None:  # noqa: ANN001
-    while not stop.wait(HEARTBEAT_SECONDS):
+def _heartbeat(store, job_id: str, stop: threading.Event, interval: float) -> None:  # noqa: ANN001
+    while not stop.wait(interval):
         try:
             store.heartbeat(job_id)
         except Exception:  # noqa: BLE001

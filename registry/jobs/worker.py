@@ -13,16 +13,26 @@ from registry.config import Settings
 log = logging.getLogger("modeldrop.worker")
 
 POLL_SECONDS = 0.5
-STALE_AFTER = timedelta(seconds=120)
+STALE_AFTER = timedelta(seconds=120)  # the default of MODELDROP_JOB_STALE_AFTER
 
 
-def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None = None) -> None:
+def stale_after(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.job_stale_after)
+
+
+def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None = None,
+                current_job=None) -> None:  # noqa: ANN001 - a multiprocessing Array('c')
     """Entry point of a worker process (also ``modeldrop worker``).
 
     A worker started by ``modeldrop serve`` gets the server's pid as ``owner_pid`` and stops
     when that process is gone (even if it died before this worker finished starting), so a
-    killed server never leaves orphans polling the database.
+    killed server never leaves orphans polling the database. Its supervisor
+    (``registry.jobs.supervisor``) also passes ``current_job``, a shared slot where the worker
+    writes the id of the job it runs, and the worker leads a process group of its own, so the
+    supervisor can requeue the job and kill everything the worker started if it dies.
     """
+    if current_job is not None:
+        os.setsid()
     from registry.jobs.runner import run_job
     from registry.services import build_services
 
@@ -52,7 +62,13 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
                 return
             time.sleep(POLL_SECONDS)
             continue
+        if current_job is not None:
+            with current_job.get_lock():
+                current_job.value = job.id.encode("ascii")
         run_job(services, job.id)
+        if current_job is not None:
+            with current_job.get_lock():
+                current_job.value = b""
         if once:
             return
 
@@ -61,7 +77,7 @@ def maintenance(services) -> None:  # noqa: ANN001
     """Requeue jobs of crashed workers, re-sign expiring TUF metadata, sweep abandoned
     uploads from the staging directory, check guardrails."""
     try:
-        for job_id in services.store.requeue_stale_jobs(STALE_AFTER):
+        for job_id in services.store.requeue_stale_jobs(stale_after(services.settings)):
             log.warning("job %s requeued: its worker stopped heart-beating", job_id)
             services.jobs.enqueue(job_id)
         services.signing.refresh()

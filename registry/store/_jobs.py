@@ -46,8 +46,14 @@ class JobStore(StoreBase):
             return s.exec(select(JobRow.id).where(JobRow.version_id == version_id)
                           .order_by(JobRow.created_at.desc())).first()
 
-    def claim_job(self, job_id: str | None = None) -> JobOut | None:
-        """Atomically move one queued job (or the given one) to running; None if none/taken."""
+    def claim_job(self, job_id: str | None = None, *,
+                  take_over_after: timedelta | None = None) -> JobOut | None:
+        """Atomically move one queued job (or the given one) to running; None if none/taken.
+
+        With ``take_over_after``, the given job is also taken when it is ``running`` but its
+        heartbeat is older than that (its worker died: a Celery message redelivered after
+        the worker was killed), as long as it has attempts left.
+        """
         with self.session() as s:
             if job_id is None:
                 job_id = s.exec(select(JobRow.id).where(JobRow.state == "queued")
@@ -55,7 +61,12 @@ class JobStore(StoreBase):
                 if job_id is None:
                     return None
             now = utcnow()
-            result = s.exec(update(JobRow).where(JobRow.id == job_id, JobRow.state == "queued")
+            claimable = JobRow.state == "queued"
+            if take_over_after is not None:
+                claimable = claimable | ((JobRow.state == "running")
+                                         & (JobRow.heartbeat_at < now - take_over_after)
+                                         & (JobRow.attempts < JobRow.max_attempts))
+            result = s.exec(update(JobRow).where(JobRow.id == job_id, claimable)
                             .values(state="running", started_at=now, heartbeat_at=now,
                                     attempts=JobRow.attempts + 1))
             if result.rowcount != 1:
@@ -99,14 +110,29 @@ class JobStore(StoreBase):
             rows = s.exec(select(JobRow).where(JobRow.state == "running",
                                                JobRow.heartbeat_at < cutoff)).all()
             for row in rows:
-                if row.attempts >= row.max_attempts:
-                    row.state, row.error, row.finished_at = "failed", \
-                        f"worker lost {row.attempts} times; giving up", utcnow()
-                    version = s.get(VersionRow, row.version_id)
-                    version.status, version.error = "failed", row.error
-                    s.add(version)
-                else:
-                    row.state, row.progress_note = "queued", "requeued after a worker crash"
-                s.add(row)
+                _requeue_row(s, row, "requeued after a worker crash")
                 changed.append(row.id)
         return changed
+
+    def requeue_job(self, job_id: str, note: str) -> str:
+        """Put a ``running`` job whose worker is known to be dead back in the queue (or fail
+        it once it has used its attempts); returns its state afterwards."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFoundError(f"job {job_id!r} does not exist", job=job_id)
+            if row.state == "running":
+                _requeue_row(s, row, note)
+            return row.state
+
+
+def _requeue_row(s: Session, row: JobRow, note: str) -> None:
+    if row.attempts >= row.max_attempts:
+        row.state, row.error, row.finished_at = "failed", \
+            f"worker lost {row.attempts} times; giving up", utcnow()
+        version = s.get(VersionRow, row.version_id)
+        version.status, version.error = "failed", row.error
+        s.add(version)
+    else:
+        row.state, row.progress_note = "queued", note
+    s.add(row)
