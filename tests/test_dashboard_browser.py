@@ -159,6 +159,7 @@ def test_start_and_stop_an_experiment_with_a_winner(page, live_server, services)
     start.get_by_role("button", name="Start experiment").click()
     page.get_by_role("heading", name="Start experiment v2-vs-v1 on digits/production: control v1 versus "
                                       "treatment v2, half each, at 50% coverage?").wait_for()
+    page.get_by_label("Reason").fill("is the smaller model as good?")
     page.get_by_role("button", name="Confirm").click()
     page.get_by_role("status").get_by_text("Experiment started").wait_for()
     assert page.get_by_text("overrides this channel's release").is_visible()
@@ -180,6 +181,11 @@ def test_start_and_stop_an_experiment_with_a_winner(page, live_server, services)
     assert (stopped["status"], stopped["winner"]) == ("stopped", "treatment")
     winner = _api(live_server, publisher, "/v1/models/digits/releases?channel=production")["items"][0]
     assert (winner["version"], winner["kind"]) == (second.version, "winner")
+    audit = {a.action: a for a in services.store.audit_log(actor="release-manager", limit=20)}
+    assert audit["experiment.stop"].details == {"winner": "treatment",
+                                                "reason": "treatment is as accurate and smaller"}
+    assert audit["experiment.reason"].details == {"reason": "is the smaller model as good?"}
+    assert audit["experiment.create"].details["coverage_bp"] == 5000
 
 
 def test_sign_out_and_cross_site_posts_are_refused(page, live_server, services):
