@@ -132,3 +132,26 @@ def test_an_action_posted_without_the_anti_forgery_token_changes_nothing(app, se
     bad = client.post("/dashboard/models/digits/promote",
                       data={"version": "99", "channel": "production", "rollout_percent": "10", "csrf": csrf})
     assert bad.status_code == 404 and "Nothing was changed" in bad.get_data(as_text=True)
+
+
+def test_experiment_coverage_pause_and_resume_through_the_confirmation_pages(app, services):
+    _seed_everything(services)
+    token = services.store.create_token("publisher", "pat").token
+    client = app.test_client()
+    _sign_in(client, token)
+    ask = client.get("/dashboard/experiments/ab/coverage?coverage_percent=30").get_data(as_text=True)
+    assert "Change the coverage of experiment ab to 30%?" in ask and ">Confirm</button>" in ask
+    csrf = re.search(r'name="csrf" value="([^"]+)"', ask).group(1)
+    done = client.post("/dashboard/experiments/ab/coverage",
+                       data={"coverage_percent": "30", "reason": "widen slowly", "csrf": csrf})
+    assert done.status_code == 303 and done.headers["Location"] == "/dashboard/experiments/ab?done=coverage"
+    assert services.store.get_experiment("ab").coverage_percent == 30
+    for action, status in (("pause", "paused"), ("resume", "running")):
+        resp = client.post(f"/dashboard/experiments/ab/{action}", data={"csrf": csrf, "reason": action})
+        assert resp.status_code == 303, resp.get_data(as_text=True)
+        assert services.store.get_experiment("ab").status == status
+    changes = [a for a in services.store.audit_log(actor="pat") if a.target == "experiment:ab"]
+    assert [a.details.get("reason") for a in changes] == ["resume", "pause", "widen slowly"]
+    bad = client.get("/dashboard/experiments/ab/coverage?coverage_percent=150")
+    assert bad.status_code == 400 and ">Confirm</button>" not in bad.get_data(as_text=True)
+    assert client.get("/dashboard/experiments/ab/explode").status_code == 404
