@@ -23,10 +23,5 @@ if ! port_open 5672; then
   rabbitmq-server -detached || true
   wait_port 5672
 fi
-if ! command -v chromium >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-      >/tmp/modeldrop-chromium-install.log 2>&1 || echo "could not install chromium (see /tmp/modeldrop-chromium-install.log)" >&2
-  fi
-fi
+bash "$(dirname "$0")/install-chromium.sh"  # the report page and dashboard browser tests
 exit 0

@@ -17,6 +17,7 @@ fi
 
 bash scripts/services.sh
 bash scripts/install-sandbox.sh  # the tests require the full converter sandbox
+bash scripts/install-chromium.sh  # the dashboard tests drive a real Chromium (tests/browser.py)
 
 # Lint first (ruff, configured in pyproject.toml): an unclean tree fails the run.
 .venv/bin/python -m ruff check registry client_sdk tests bench examples conformance scripts deploy

@@ -65,7 +65,7 @@ class Server:
 
     def client_visible_texts(self) -> list[str]:
         texts = []
-        pages = ["/v1/models", "/dashboard/"]
+        pages = ["/v1/models", "/dashboard/", "/dashboard/jobs"]  # the jobs page shows every job error
         for name, version, job_id in self.jobs:
             pages += [f"/v1/jobs/{job_id}", f"/v1/models/{name}", f"/v1/models/{name}/versions",
                       f"/v1/models/{name}/versions/{version}", f"/dashboard/models/{name}",

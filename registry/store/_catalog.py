@@ -24,9 +24,11 @@ def variant_out(row: VariantRow) -> VariantOut:
                       public=row.public, reason=row.reason or row.error)
 
 
-def _version_out(s: Session, model: ModelRow, row: VersionRow) -> VersionOut:
-    variants = s.exec(select(VariantRow).where(VariantRow.version_id == row.id)
-                      .order_by(VariantRow.id)).all()
+def _version_out(s: Session, model: ModelRow, row: VersionRow,
+                 variants: list[VariantRow] | None = None) -> VersionOut:
+    if variants is None:
+        variants = s.exec(select(VariantRow).where(VariantRow.version_id == row.id)
+                          .order_by(VariantRow.id)).all()
     return VersionOut(
         model=model.name, version=row.number, status=row.status,
         source={"sha256": row.source_sha256, "size": row.source_size, "format": row.source_format,
@@ -145,7 +147,13 @@ class CatalogStore(StoreBase):
             if before is not None:
                 q = q.where(VersionRow.number < before)
             rows = s.exec(q.order_by(VersionRow.number.desc()).limit(limit + 1)).all()
-            page = [_version_out(s, model, r) for r in rows[:limit]]
+            # The page's variants in one query, not one per version.
+            by_version: dict[int, list[VariantRow]] = {r.id: [] for r in rows[:limit]}
+            if by_version:
+                for v in s.exec(select(VariantRow).where(VariantRow.version_id.in_(list(by_version)))
+                                .order_by(VariantRow.id)):
+                    by_version[v.version_id].append(v)
+            page = [_version_out(s, model, r, by_version[r.id]) for r in rows[:limit]]
             return page, (rows[limit - 1].number if len(rows) > limit else None)
 
     def update_metadata(self, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:

@@ -18,11 +18,10 @@ from sqlalchemy import delete
 from sqlmodel import select
 
 from registry.errors import VersionNotFailedError
-from registry.models import JobRow, TokenRow, WebSessionRow, utcnow
+from registry.models import JobRow, ModelRow, TokenRow, VersionRow, WebSessionRow, utcnow
 from registry.schemas import JobOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
-from registry.store._jobs import _job_out
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,14 @@ class DashboardStore(StoreBase):
     def list_jobs(self, limit: int = 50, offset: int = 0) -> tuple[list[JobOut], bool]:
         """Newest first; returns (page, whether more follow)."""
         with self.session() as s:
-            rows = s.exec(select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id)
+            # One query with the model name and version number (``_job_out`` would ask two
+            # more per job).
+            rows = s.exec(select(JobRow, ModelRow.name, VersionRow.number)
+                          .join(VersionRow, VersionRow.id == JobRow.version_id)
+                          .join(ModelRow, ModelRow.id == VersionRow.model_id)
+                          .order_by(JobRow.created_at.desc(), JobRow.id)
                           .offset(offset).limit(limit + 1)).all()
-            return [_job_out(s, r) for r in rows[:limit]], len(rows) > limit
+            return [_job_from(row, model, number) for row, model, number in rows[:limit]], len(rows) > limit
 
     # -- retry ------------------------------------------------------------------------------
     def retry_version(self, name: str, number: int, *, actor: str, reason: str = "",
@@ -125,6 +129,14 @@ class DashboardStore(StoreBase):
                    {**changes, "job": job_id})
             return job_id
 
+
+
+def _job_from(row: JobRow, model: str, number: int) -> JobOut:
+    return JobOut(id=row.id, kind=row.kind, model=model, version=number, state=row.state,
+                  progress={"done": row.progress_done, "total": row.progress_total,
+                            "note": row.progress_note},
+                  results=row.results or {}, error=row.error, attempts=row.attempts,
+                  created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
 
 
 def _aware(when: datetime) -> datetime:

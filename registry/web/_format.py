@@ -8,7 +8,7 @@ from typing import Any
 
 def duration_ms(value: Any) -> str:
     """A latency given in milliseconds, as people read it: 0.0045 -> "4.5 µs", 7.123 -> "7.12 ms",
-    12.34 -> "12.3 ms", 1234.5 -> "1,235 ms"; three significant digits, "-" when unknown."""
+    12.34 -> "12.3 ms", 1234.6 -> "1,235 ms"; three significant digits, "-" when unknown."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "-"
     if value == 0:
