@@ -15,9 +15,22 @@ from tests.helpers import base_settings
 #: "<METHOD> <rule>" -> who may call it. "public": anyone, a token changes nothing it must
 #: refuse; "reader"/"publisher"/"admin": that role or higher (401 without a valid token, 403
 #: below the role); "dashboard": a reader token or cookie, else a redirect to the sign-in page;
-#: "dashboard-public": the sign-in and sign-out pages.
+#: "dashboard-public": the sign-in and sign-out pages; "dashboard-publisher"/"dashboard-admin":
+#: a dashboard page (sign-in redirect without a valid credential) whose action or content needs
+#: that role (a 403 page below it); "redirect": ``/``, a redirect to the dashboard for anyone.
 DECISIONS = {
+    "GET /": "redirect",
     "GET /dashboard/": "dashboard",
+    "GET /dashboard/audit": "dashboard-admin",
+    "GET /dashboard/experiments": "dashboard",
+    "GET /dashboard/jobs": "dashboard",
+    "GET /dashboard/experiments/<name>/<action>": "dashboard-publisher",
+    "POST /dashboard/experiments/<name>/<action>": "dashboard-publisher",
+    "GET /dashboard/models/<name>/<action>": "dashboard-publisher",
+    "POST /dashboard/models/<name>/<action>": "dashboard-publisher",
+    "GET /dashboard/models/<name>/versions/<int:number>/retry": "dashboard-publisher",
+    "POST /dashboard/models/<name>/versions/<int:number>/retry": "dashboard-publisher",
+    "POST /v1/models/<name>/versions/<int:number>/retry": "publisher",
     "GET /dashboard/experiments/<name>": "dashboard",
     "GET /dashboard/login": "dashboard-public",
     "POST /dashboard/login": "dashboard-public",
@@ -63,7 +76,7 @@ DECISIONS = {
 }
 
 CREDENTIALS = ("none", "malformed", "revoked", "reader", "publisher", "admin")
-PLACEHOLDERS = {"name": "m", "number": "1", "channel": "prod", "token_id": "999999",
+PLACEHOLDERS = {"name": "m", "action": "pause", "number": "1", "channel": "prod", "token_id": "999999",
                 "sha256": "0" * 64, "job_id": "no-such-job", "filename": "none.css",
                 "target": "m/" + "0" * 64 + ".x.tflite"}
 
@@ -149,9 +162,14 @@ def test_the_matrix(matrix_app):
                         assert resp.get_json()["code"] == "forbidden", what
                     else:
                         assert resp.status_code not in (401, 403), what
-                elif decision == "dashboard":
+                elif decision.startswith("dashboard") and decision != "dashboard-public":
                     to_login = resp.status_code == 302 and "/dashboard/login" in resp.headers["Location"]
                     assert to_login == (who in ("none", "malformed", "revoked")), what
+                    needed = decision.partition("-")[2]
+                    if needed and not to_login:
+                        assert (resp.status_code == 403) == (ROLE_RANK[who] < ROLE_RANK[needed]), what
+                elif decision == "redirect":
+                    assert resp.status_code == 302 and resp.headers["Location"].endswith("/dashboard/"), what
                 elif decision == "public":
                     assert resp.status_code not in (401, 403), what
     assert checked >= len(DECISIONS) * len(CREDENTIALS)
