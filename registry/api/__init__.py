@@ -7,7 +7,13 @@ import logging
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
-from registry.errors import HTTPProblem, ModelDropError, UploadIncompleteError, UploadTooLargeError
+from registry.errors import (
+    DatabaseUnavailableError,
+    HTTPProblem,
+    ModelDropError,
+    UploadIncompleteError,
+    UploadTooLargeError,
+)
 
 log = logging.getLogger("modeldrop.api")
 PROBLEM = "application/problem+json"
@@ -44,6 +50,16 @@ def register_api(app: Flask) -> None:
         if isinstance(e, ClientDisconnected):
             return problem_response(UploadIncompleteError("the client disconnected before the upload ended"))
         return problem_response(HTTPProblem(e.code or 500, e.name, e.description))
+
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_down(e: Exception) -> Response:
+        log.error("database unavailable on %s %s: %s", request.method, request.path,
+                  type(getattr(e, "orig", None) or e).__name__)
+        return problem_response(DatabaseUnavailableError(
+            "the database is not answering; retry shortly"))
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:
