@@ -109,11 +109,14 @@ def _sql(c: Cluster, query: str) -> list:
         engine.dispose()
 
 
-def _converting_worker(c: Cluster) -> str | None:
-    """The worker with a sandboxed converter running below it."""
+def _converting_worker(c: Cluster, job_url: str) -> str | None:
+    """The worker running the job's converter (not the sandbox probe a worker runs at its
+    first task, ``registry.convert.probe``)."""
+    if requests.get(job_url, headers=_auth(c), timeout=10).json()["state"] != "running":
+        return None
     for name in ("worker1", "worker2"):
         proc = c.procs[name]
-        if proc.popen.poll() is None and any("bwrap" in cmdline(p) or "registry.convert" in cmdline(p)
+        if proc.popen.poll() is None and any("registry.convert.confined" in cmdline(p)
                                              for p in descendants(proc.pid)):
             return name
     return None
@@ -133,12 +136,12 @@ def test_push_convert_kill_worker_promote_fetch(cluster, digits, tmp_path):
     assert created.status_code == 201, created.text
     job_url = f"{c.url('api2')}/v1/jobs/{created.json()['job']}"
 
-    victim = wait_for(lambda: _converting_worker(c), 90, "a worker to start converting")
+    victim = wait_for(lambda: _converting_worker(c, job_url), 90, "a worker to start converting")
     c.procs[victim].kill()  # SIGKILL to the worker's whole process group, mid-conversion
     survivor = "worker2" if victim == "worker1" else "worker1"
 
     job = wait_for(lambda: (j := requests.get(job_url, headers=_auth(c), timeout=10).json())["state"]
-                   in ("done", "failed") and j, 120, "the job to finish on the other worker", step=1)
+                   in ("done", "failed") and j, 180, "the job to finish on the other worker", step=1)
     assert job["state"] == "done", (job, c.logs())
     assert job["attempts"] == 2, job  # the killed run, then the one on the survivor
     assert c.procs[victim].popen.poll() is not None and c.procs[survivor].popen.poll() is None
@@ -172,6 +175,24 @@ def test_push_convert_kill_worker_promote_fetch(cluster, digits, tmp_path):
         got = client.get_model(MODEL, CHANNEL)
         assert got.sha256 == variant["sha256"]
         assert hashlib.sha256(got.path.read_bytes()).hexdigest() == variant["sha256"]
+
+    # /metrics under gunicorn sums both web workers (multiprocess mode): 20 fresh connections
+    # spread over them are all counted in one scrape of either.
+    def scrape() -> dict[str, float]:
+        text = requests.get(c.url("api2") + "/metrics", headers=_auth(c), timeout=10).text
+        return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                         if line and not line.startswith("#"))}
+
+    key = 'modeldrop_http_requests_total{method="GET",route="/v1/trusted-root",status="200"}'
+    before = scrape().get(key, 0.0)
+    for _ in range(20):
+        assert requests.get(c.url("api2") + "/v1/trusted-root", timeout=10).status_code == 200
+    samples = scrape()
+    assert samples[key] - before == 20
+    assert samples['modeldrop_jobs{kind="convert",state="done"}'] == 1
+    assert samples['modeldrop_http_requests_total{method="POST",route="/v1/models/<name>/releases",status="201"}'] == 1
+    offers = 'modeldrop_manifest_decisions_total{arm="",channel="production",decision="offer",model="digits"}'
+    assert samples[offers] >= 1  # the SDK's manifest through api2
 
 
 def test_api_killed_mid_upload_leaves_no_orphan(cluster):

@@ -20,7 +20,11 @@ PROBLEM = "application/problem+json"
 
 
 def problem_response(error: ModelDropError) -> Response:
+    from registry.observability import request_id
+
     body = error.to_problem(instance=request.path)
+    if request_id():
+        body["request_id"] = request_id()
     resp = Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:

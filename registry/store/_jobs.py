@@ -110,6 +110,31 @@ class JobStore(StoreBase):
         return JobQueueOut(queued=queued[0], oldest_queued_at=queued[1], running=running,
                            stale_running=stale)
 
+    def job_metrics(self) -> dict[str, Any]:
+        """Figures for ``/metrics``: jobs by (kind, state), the oldest queued job's age, the
+        mean run time of the last 1000 finished jobs by (kind, state), guardrail halts."""
+        from registry.models import ExperimentRow, ReleaseRow
+
+        with self.session() as s:
+            counts = {(k, st): n for k, st, n in s.exec(
+                select(JobRow.kind, JobRow.state, func.count()).group_by(JobRow.kind, JobRow.state)).all()}
+            oldest = s.exec(select(func.min(JobRow.created_at)).where(JobRow.state == "queued")).one()
+            recent = s.exec(select(JobRow.kind, JobRow.state, JobRow.started_at, JobRow.finished_at)
+                            .where(JobRow.finished_at.is_not(None), JobRow.started_at.is_not(None))
+                            .order_by(JobRow.finished_at.desc()).limit(1000)).all()
+            halts = {"release": s.exec(select(func.count()).select_from(ReleaseRow)
+                                       .where(ReleaseRow.halted_reason.is_not(None))).one(),
+                     "experiment": s.exec(select(func.count()).select_from(ExperimentRow)
+                                          .where(ExperimentRow.halted_reason.is_not(None))).one()}
+        sums: dict[tuple[str, str], list[float]] = {}
+        for kind, state, started, finished in recent:
+            sums.setdefault((kind, state), []).append((finished - started).total_seconds())
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+        return {"jobs": counts, "halts": halts,
+                "oldest_queued_seconds": None if oldest is None else (utcnow() - oldest).total_seconds(),
+                "recent_run_seconds": {k: sum(v) / len(v) for k, v in sums.items()}}
+
     def requeue_stale_jobs(self, stale_after: timedelta) -> list[str]:
         """Jobs whose worker stopped heart-beating (crashed) go back to the queue, or fail
         once they have used their attempts."""
