@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -64,26 +63,37 @@ def init_app(app: Flask) -> None:
         log.setLevel(logging.INFO)
         log.propagate = False
 
+    # The manifest path is the hot one (~0.2 ms of CPU): label children are looked up once,
+    # and the log record is made without logging's caller lookup (findCaller).
+    children: dict[tuple, tuple] = {}
+
     @app.before_request
     def _start() -> None:
         given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        g.request_id = given if REQUEST_ID_RE.match(given) else os.urandom(16).hex()
         g.request_started = time.perf_counter()
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        rid = g.get("request_id") or uuid.uuid4().hex
+        rid = g.get("request_id") or os.urandom(16).hex()
         resp.headers["X-Request-Id"] = rid
         started = g.get("request_started")
         elapsed = time.perf_counter() - started if started is not None else 0.0
         # The route pattern, never the path, as the label: a label per URL would be unbounded.
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
-        LATENCY.labels(route, request.method).observe(elapsed)
-        log.info(json.dumps({"ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                             "route": route, "path": request.path, "status": resp.status_code,
-                             "duration_ms": round(elapsed * 1000, 2), "bytes": resp.content_length,
-                             "remote_addr": request.remote_addr}, separators=(",", ":")))
+        key = (route, request.method, resp.status_code)
+        pair = children.get(key)
+        if pair is None:
+            pair = children[key] = (REQUESTS.labels(route, request.method, str(resp.status_code)),
+                                    LATENCY.labels(route, request.method))
+        pair[0].inc()
+        pair[1].observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            line = json.dumps({"ts": round(time.time(), 3), "request_id": rid, "method": request.method,
+                               "route": route, "path": request.path, "status": resp.status_code,
+                               "duration_ms": round(elapsed * 1000, 2), "bytes": resp.content_length,
+                               "remote_addr": request.remote_addr}, separators=(",", ":"))
+            log.handle(log.makeRecord(log.name, logging.INFO, __name__, 0, line, None, None))
         return resp
 
 
