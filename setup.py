@@ -40,5 +40,6 @@ setup(
         "gunicorn>=23,<24",
         "matplotlib>=3.9,<4",
         "ai-edge-litert==2.3.0",
+        "prometheus-client>=0.21,<1",
     ],
 )

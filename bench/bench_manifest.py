@@ -29,13 +29,10 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -43,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._common import free_port, start_gunicorn, stop_group, wait_http  # noqa: E402 - after the path set-up
 
 BARE_FLASK_REQ_S = 5450  # earlier run: bare Flask, gunicorn sync, 2 cores, wrk -t2 -c64
 BARE_FLASK_P99_MS = 20
@@ -90,12 +89,6 @@ def ensure_wrk() -> str:
         subprocess.run(["apt-get", "update"], check=True, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
     return shutil.which("wrk") or "wrk"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(data_dir: Path) -> None:
@@ -174,21 +167,10 @@ class Server:
             command = [gunicorn, "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
                        "registry.wsgi:app"]
         self.log = open(data_dir / f"gunicorn-{self.name}.log", "wb")
-        self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=ROOT)
+        self.proc = start_gunicorn(env, self.log, command)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn did not start; see {self.log.name}")
-            time.sleep(0.3)
+        wait_http(f"{self.base}/healthz", proc=self.proc, log=self.log.name)
         if not self.bare:
             url = self.base + QUERY + "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c"
             with urllib.request.urlopen(url) as resp:
@@ -196,12 +178,7 @@ class Server:
                 assert sample["schema"] == 1 and sample["signatures"], sample
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc)
         self.log.close()
 
 

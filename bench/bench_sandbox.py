@@ -103,6 +103,7 @@ def run_once(mode: str, source: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-src-") as src_dir:
         source = build_mobilenet_source(Path(src_dir))
@@ -128,10 +129,10 @@ def main() -> None:
         "sandboxed_over_unsandboxed": round(ratio, 3),
         "peak_work_dir_over_source": round(max(r["peak_work_dir_bytes"] for r in runs["sandboxed"]) / source_bytes, 2),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"median: unsandboxed {summary['unsandboxed']:.1f} s, sandboxed {summary['sandboxed']:.1f} s, "
-          f"ratio {ratio:.3f}; written to {RESULTS.relative_to(ROOT)}")
+          f"ratio {ratio:.3f}; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -28,15 +28,11 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +44,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._common import gunicorn as start_web  # noqa: E402 - after the path set-up
 
 PG_ADMIN = os.environ.get("MODELDROP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BATCH = 1000
@@ -90,12 +88,6 @@ def bodies(batches: int, seed: int) -> list[bytes]:
 
 
 # -- the server ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def scratch_postgres() -> Iterator[str]:
     import psycopg
@@ -112,28 +104,7 @@ def scratch_postgres() -> Iterator[str]:
 
 @contextmanager
 def gunicorn(data_dir: Path, database_url: str) -> Iterator[tuple[str, dict]]:
-    port = free_port()
-    env = dict(os.environ, MODELDROP_DATA_DIR=str(data_dir), MODELDROP_DATABASE_URL=database_url,
-               MODELDROP_BIND=f"127.0.0.1:{port}", PYTHONPATH=str(ROOT))
-    cmd = [str(Path(sys.executable).with_name("gunicorn")), "-c",
-           str(ROOT / "deploy" / "gunicorn.conf.py"), "registry.wsgi:app"]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / "gunicorn.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"gunicorn did not start; see {log.name}")
-            time.sleep(0.3)
+    with start_web(data_dir, MODELDROP_DATABASE_URL=database_url) as base:
         from importlib import util
 
         spec = util.spec_from_file_location("gconf", ROOT / "deploy" / "gunicorn.conf.py")
@@ -141,14 +112,6 @@ def gunicorn(data_dir: Path, database_url: str) -> Iterator[tuple[str, dict]]:
         spec.loader.exec_module(conf)  # type: ignore[union-attr]
         yield base, {"workers": conf.workers, "worker_class": conf.worker_class,
                      "threads": conf.threads}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 # -- the load ---------------------------------------------------------------------------------

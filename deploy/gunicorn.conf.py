@@ -10,6 +10,7 @@ Everything is read from the environment so one image serves every deployment:
 | ``MODELDROP_WEB_WORKER_CLASS`` | ``gthread`` | ``gthread`` or ``sync`` |
 | ``MODELDROP_WEB_THREADS`` | 8 | threads per ``gthread`` worker |
 | ``MODELDROP_WEB_TIMEOUT`` | 120 | seconds a worker may be silent before it is restarted |
+| ``PROMETHEUS_MULTIPROC_DIR`` | a new temporary dir | where the workers' metric files live (``/metrics``) |
 
 ``gthread`` is the default because the same process streams artifacts: a device on a slow
 link holds its thread for the whole download, and with ``sync`` workers a few such
@@ -25,6 +26,7 @@ connection or S3 client is shared across ``fork``.
 
 import multiprocessing
 import os
+import tempfile
 
 bind = os.environ.get("MODELDROP_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("MODELDROP_WEB_WORKERS", 2 * multiprocessing.cpu_count() + 1))
@@ -36,6 +38,11 @@ keepalive = 5  # seconds an idle keep-alive connection is kept (devices poll, th
 accesslog = os.environ.get("MODELDROP_ACCESS_LOG") or None  # "-" for stdout
 proc_name = "modeldrop-web"
 
+# /metrics sums every worker's counters: prometheus-client's multiprocess mode keeps them in
+# files under this directory (set before any worker starts; emptied in on_starting).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modeldrop-metrics-")
+
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """Migrate, bootstrap keys and the admin token once, in the master."""
@@ -45,3 +52,15 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
     services = build_services(Settings.load())
     ensure_admin_token(services)
     services.store.engine.dispose()
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):  # counters of an earlier run are not this run's
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """A dead worker's live gauges stop counting (its counters stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -41,4 +41,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     from registry.web import register_web
 
     register_web(app)
+    from registry.observability import init_app as init_observability
+
+    init_observability(app)  # request ids, JSON request log, request metrics
     return app

@@ -39,6 +39,9 @@ class Settings:
     # Redis broker only: an unacknowledged message is handed out again after this long
     # (acks_late: a message is acknowledged when its job ends, not when it starts).
     celery_visibility_timeout: int = 3600  # seconds
+    # Delta patches are built by the workers (jobs of kind "deltas"); bsdiff peaks near 17x
+    # the artifact in memory, so larger artifacts get no patch (64 MiB: about 1.1 GiB).
+    delta_max_bytes: int = 64 << 20  # bytes
     # Uploads
     max_upload_bytes: int = 2 << 30  # bytes
     max_eval_bytes: int = 64 << 20  # bytes

@@ -158,6 +158,15 @@ class BodyTooLargeError(ModelDropError):
     code, status, title = "body_too_large", 413, "Request body too large"
 
 
+class DatabaseUnavailableError(ModelDropError):
+    """The database did not answer (a restart, a failover, a dropped connection): nothing
+    about the request was wrong, so it may be sent again after ``Retry-After``; the pool
+    reconnects by itself (``pool_pre_ping``)."""
+
+    code, status, title = "database_unavailable", 503, "Database unavailable"
+    retry_after = 2  # seconds
+
+
 class RateLimitedError(ModelDropError):
     """Too many requests (or telemetry events) from one token, client IP or install id.
 

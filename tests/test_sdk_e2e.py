@@ -65,7 +65,11 @@ def test_fetch_update_delta_rollback_and_telemetry(live_server, tmp_path, tflite
 
     _post(server, f"/v1/models/{MODEL}/releases",
           {"version": _publish(server, v2), "channel": CHANNEL})
-    deadline = time.monotonic() + 20  # the server computes patches in the background
+    # Patches are built by a job on the workers; this live server has none, so run it here.
+    from registry.delivery.deltas import wait_for_deltas
+
+    assert wait_for_deltas(30)
+    deadline = time.monotonic() + 20
     info = client.check_for_update(MODEL, CHANNEL)
     while not info.is_delta and time.monotonic() < deadline:
         time.sleep(0.2)

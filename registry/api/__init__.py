@@ -10,6 +10,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from werkzeug.routing import IntegerConverter
 
 from registry.errors import (
+    DatabaseUnavailableError,
     HTTPProblem,
     ModelDropError,
     StorageFullError,
@@ -45,7 +46,11 @@ def storage_full_cause(exc: BaseException) -> BaseException | None:
 
 
 def problem_response(error: ModelDropError) -> Response:
+    from registry.observability import request_id
+
     body = error.to_problem(instance=request.path)
+    if request_id():
+        body["request_id"] = request_id()
     resp = Response(json.dumps(body), status=error.status, mimetype=PROBLEM)
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
@@ -99,6 +104,18 @@ def register_api(app: Flask) -> None:
         return problem_response(StorageFullError(
             "the server's disk or database is full, so this request was not carried out; "
             "retry once the operator has made room"))
+
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_down(e: Exception) -> Response:
+        if storage_full_cause(e) is not None:  # SQLite's "database or disk is full"
+            return _full(e)
+        log.error("database unavailable on %s %s: %s", request.method, request.path,
+                  type(getattr(e, "orig", None) or e).__name__)
+        return problem_response(DatabaseUnavailableError(
+            "the database is not answering; retry shortly"))
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:

@@ -14,6 +14,7 @@ from registry.delivery import experiments, releases
 from registry.delivery.guardrail_check import check_guardrails
 from registry.delivery.manifest import manifest_answer
 from registry.errors import ValidationError
+from registry.observability import record_manifest
 from registry.services import current_services
 
 bp = Blueprint("delivery", __name__)
@@ -38,6 +39,7 @@ def manifest():
     """Signed manifest for one device (public)."""
     answer = manifest_answer(current_services(), request.args, artifact_url=artifact_url,
                              etag_matches=request.if_none_match.contains_weak)
+    record_manifest(answer.status, answer.document, request.args)
     headers = {"Cache-Control": f"private, max-age={current_services().settings.manifest_max_age}"}
     if answer.status == 204:
         return Response(status=204, headers=headers)

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app
 
 from registry import __version__
 from registry.api._util import respond
+from registry.auth import require_role
 from registry.services import current_services
 
 bp = Blueprint("meta", __name__)
@@ -16,6 +17,10 @@ _PARAM_RE = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 # What each endpoint takes and returns, beyond what the URL map says.
 DESCRIPTIONS: dict[str, dict] = {
+    "meta.metrics": {"summary": "Prometheus metrics (text/plain exposition, reader): requests and "
+                                "latency by route and status, manifest decisions by model, channel "
+                                "and arm, telemetry events by outcome, jobs by kind and state, queue "
+                                "depth and oldest job age, guardrail halts"},
     "meta.healthz": {"summary": "Liveness and database check; says whether the converter sandbox is full "
                                "or degraded, how many conversion workers are alive and how old the "
                                "oldest queued job is (503 when `modeldrop serve` has no live worker)"},
@@ -134,6 +139,15 @@ def _add_worker_health(svc, body: dict) -> int:  # noqa: ANN001 - Services
         body["status"] = "no_workers"
         return 503
     return 200
+
+
+@bp.get("/metrics")
+@require_role("reader")
+def metrics():
+    """Prometheus metrics (text exposition format)."""
+    from registry.observability import metrics_response
+
+    return metrics_response(current_services())
 
 
 @bp.get("/openapi.json")

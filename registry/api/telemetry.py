@@ -11,6 +11,7 @@ from flask import Blueprint, Response, request
 from registry.api._util import loads_strict, respond
 from registry.auth import require_role
 from registry.errors import UnsupportedMediaTypeError
+from registry.observability import record_telemetry
 from registry.ratelimit import telemetry_budget
 from registry.services import current_services
 from registry.telemetry.errors import TelemetryBatchTooLargeError
@@ -44,9 +45,10 @@ def _telemetry_body() -> object:
 @bp.post("/v1/telemetry")
 def ingest():
     """Store a batch of device telemetry events (public)."""
-    return respond(record_batch(current_services(), _telemetry_body(),
-                                client_ip=request.remote_addr or "unknown",
-                                budget=telemetry_budget()))
+    result = record_batch(current_services(), _telemetry_body(),
+                          client_ip=request.remote_addr or "unknown", budget=telemetry_budget())
+    record_telemetry(result)
+    return respond(result)
 
 
 @bp.get("/v1/models/<name>/versions/<int:number>/latency")

@@ -14,11 +14,16 @@ both are public (``registry.delivery.publication``); a pair with a confidential 
 skipped, not recorded, and tried again by a later release. Public never reverts, so the
 check cannot go stale, and a recorded patch with a sha256 is always a public artifact.
 
-Where it runs: a daemon thread in the process that published the release — the web
-process in the embedded default. bsdiff4 holds both files and a suffix array in memory
-(roughly 17x the base size at peak), so artifacts above ``DELTA_MAX_BYTES`` are skipped.
-A computation lost with its process (restart mid-patch) is retried the next time a
-release is published on the channel, because pairs already recorded are skipped.
+Where it runs: a job of kind ``deltas`` on the conversion workers (in-process or Celery),
+enqueued when a release is published, never a thread of the web process. The job computes
+the patches of every release of its version (pairs already recorded are skipped, so a
+job that runs twice, or after its worker died, does no work twice), publishes each kept patch
+as a TUF target from the worker (the trusted side that holds the targets key) and is
+retried like a conversion: a worker lost mid-job is requeued by the heartbeat check, an error
+is retried up to the job's attempts. Memory is bounded by ``MODELDROP_DELTA_MAX_BYTES``:
+bsdiff4 holds both files and a suffix array, measured here at 15x the artifact on top of
+the two files (32 MiB: +480 MiB, 36 s), so the default of 64 MiB peaks near 1.1 GiB per
+worker; larger artifacts get no patch. One patch at a time per process.
 """
 
 from __future__ import annotations
@@ -32,17 +37,18 @@ __all__ = [
     "DELTA_MAX_BYTES",
     "compute_release_deltas",
     "delta_target_path",
+    "run_delta_job",
     "schedule_release_deltas",
     "wait_for_deltas",
 ]
 
 log = logging.getLogger("modeldrop.deltas")
 
-DELTA_MAX_BYTES = 128 << 20  # bytes; larger artifacts get no patch (bsdiff memory ~17x)
+DELTA_MAX_BYTES = 64 << 20  # bytes; the default of MODELDROP_DELTA_MAX_BYTES
 
-_threads: list[threading.Thread] = []
-_threads_lock = threading.Lock()
 _compute_lock = threading.Lock()  # one patch at a time per process: bounded memory
+_scheduled: list[Any] = []  # the services that enqueued delta jobs here (wait_for_deltas)
+_scheduled_lock = threading.Lock()
 
 
 def delta_target_path(model: str, version: int, variant: str, base_sha256: str) -> str:
@@ -69,9 +75,10 @@ def compute_release_deltas(services: Any, model: str, channel: str, counter: int
                 continue  # a confidential end: the patch would leak it (see module doc)
             if store.find_delta(base_sha, target.sha256) is not None:
                 continue
-            if max(base_size or 0, target.size) > DELTA_MAX_BYTES:
+            limit = getattr(services.settings, "delta_max_bytes", DELTA_MAX_BYTES)
+            if max(base_size or 0, target.size) > limit:
                 log.info("no delta %s -> %s: larger than %d bytes", base_sha[:12],
-                         target.sha256[:12], DELTA_MAX_BYTES)
+                         target.sha256[:12], limit)
                 continue
             with _compute_lock:
                 patch = bsdiff4.diff(blobs.read_bytes(base_sha), blobs.read_bytes(target.sha256))
@@ -103,34 +110,78 @@ def _publish(services: Any, model: str, version: int, variant: str, base_sha: st
     return path
 
 
-def schedule_release_deltas(services: Any, release: Any) -> threading.Thread | None:
-    """Compute the release's patches in a daemon thread (see the module docstring)."""
+def schedule_release_deltas(services: Any, release: Any) -> str:
+    """Enqueue a ``deltas`` job for the release's version; returns the job id."""
+    store = services.store
+    job_id = store.create_job(store.version_id(release.model, release.version), kind="deltas")
+    services.jobs.enqueue(job_id)
+    with _scheduled_lock:
+        if not any(s is services for s in _scheduled):
+            _scheduled.append(services)
+    return job_id
 
-    def run() -> None:
-        try:
-            results = compute_release_deltas(services, release.model, release.channel,
-                                             release.counter, release.version)
-            kept = sum(1 for r in results if r["kept"])
-            if results:
-                log.info("deltas for %s/%s release %d: %d of %d kept", release.model,
-                         release.channel, release.counter, kept, len(results))
-        except Exception:  # noqa: BLE001 - a patch is an optimisation; log and carry on
-            log.exception("computing deltas for %s/%s release %d failed", release.model,
-                          release.channel, release.counter)
 
-    thread = threading.Thread(target=run, name=f"deltas-{release.model}-{release.counter}",
-                              daemon=True)
-    with _threads_lock:
-        _threads[:] = [t for t in _threads if t.is_alive()]
-        _threads.append(thread)
-    thread.start()
-    return thread
+def run_delta_job(services: Any, job: Any) -> str:
+    """Run a claimed ``deltas`` job: the patches of every release of its version.
+
+    Returns the final state; an error puts the job back in the queue while it has attempts
+    left (``registry.jobs`` retries it like a conversion), then fails it.
+    """
+    from registry.jobs.results import scrub
+    from registry.jobs.runner import HEARTBEAT_SECONDS, _heartbeat
+
+    store = services.store
+    stop = threading.Event()
+    interval = min(HEARTBEAT_SECONDS, services.settings.job_stale_after / 4)
+    threading.Thread(target=_heartbeat, args=(store, job.id, stop, interval), daemon=True).start()
+    try:
+        releases = [r for r in store.list_releases(job.model, limit=1000) if r.version == job.version]
+        results = []
+        for i, release in enumerate(releases):
+            store.job_progress(job.id, i, len(releases), f"release {release.channel} #{release.counter}")
+            results += compute_release_deltas(services, job.model, release.channel, release.counter,
+                                              job.version)
+    except Exception as e:  # noqa: BLE001 - a job failure is data; retried below
+        log.exception("delta job %s failed", job.id)
+        error = scrub(f"{type(e).__name__}: {e}")
+        if store.requeue_job(job.id, f"retrying after: {error}") == "queued":
+            services.jobs.enqueue(job.id)
+            return "queued"
+        store.finish_job(job.id, "failed", {}, error)
+        return "failed"
+    finally:
+        stop.set()
+    kept = sum(1 for r in results if r["kept"])
+    if results:
+        log.info("deltas for %s version %d: %d of %d kept", job.model, job.version, kept, len(results))
+    store.job_progress(job.id, len(releases), len(releases), "")
+    store.finish_job(job.id, "done", {"tried": len(results), "kept": kept,
+                                      "patches": [r.get("target_path") for r in results if r["kept"]]})
+    return "done"
 
 
 def wait_for_deltas(timeout: float = 60.0) -> bool:
-    """Wait for this process's delta threads (tests, orderly shutdown); True if all ended."""
-    with _threads_lock:
-        pending = list(_threads)
-    for thread in pending:
-        thread.join(timeout)
-    return not any(t.is_alive() for t in pending)
+    """Drain the delta jobs enqueued by this process (tests, benchmarks): queued ones are run
+    here, ones a worker is running are waited for. True if none is left queued or running."""
+    import time
+
+    with _scheduled_lock:
+        targets = list(_scheduled)
+    deadline = time.monotonic() + timeout
+    for services in targets:
+        try:
+            while True:
+                job = services.store.claim_job(kind="deltas")
+                if job is not None:
+                    run_delta_job(services, job)
+                    continue
+                if not services.store.has_jobs(kind="deltas", states=("queued", "running")):
+                    break
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.1)
+        except Exception:  # noqa: BLE001 - services of a finished test whose database is gone
+            log.debug("cannot drain the delta jobs of %r", services, exc_info=True)
+        with _scheduled_lock:  # drained (or gone): forget it
+            _scheduled[:] = [s for s in _scheduled if s is not services]
+    return True

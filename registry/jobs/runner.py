@@ -27,6 +27,10 @@ def run_job(services: Services, job_id: str) -> str:
     """Run a claimed job to its end; returns the final job state."""
     store = services.store
     job = store.get_job(job_id)
+    if job.kind == "deltas":  # delta patches for a released version (registry.delivery.deltas)
+        from registry.delivery.deltas import run_delta_job
+
+        return run_delta_job(services, job)
     version = store.get_version(job.model, job.version)
     version_id = store.version_id(job.model, job.version)
     store.set_version_status(version_id, "converting")

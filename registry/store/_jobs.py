@@ -43,10 +43,11 @@ class JobStore(StoreBase):
 
     def latest_job_for_version(self, version_id: int) -> str | None:
         with self.session() as s:
-            return s.exec(select(JobRow.id).where(JobRow.version_id == version_id)
+            return s.exec(select(JobRow.id).where(JobRow.version_id == version_id,
+                                                  JobRow.kind == "convert")
                           .order_by(JobRow.created_at.desc())).first()
 
-    def claim_job(self, job_id: str | None = None, *,
+    def claim_job(self, job_id: str | None = None, *, kind: str | None = None,
                   take_over_after: timedelta | None = None) -> JobOut | None:
         """Atomically move one queued job (or the given one) to running; None if none/taken.
 
@@ -56,8 +57,10 @@ class JobStore(StoreBase):
         """
         with self.session() as s:
             if job_id is None:
-                job_id = s.exec(select(JobRow.id).where(JobRow.state == "queued")
-                                .order_by(JobRow.created_at).limit(1)).first()
+                q = select(JobRow.id).where(JobRow.state == "queued")
+                if kind is not None:
+                    q = q.where(JobRow.kind == kind)
+                job_id = s.exec(q.order_by(JobRow.created_at).limit(1)).first()
                 if job_id is None:
                     return None
             now = utcnow()
@@ -72,6 +75,12 @@ class JobStore(StoreBase):
             if result.rowcount != 1:
                 return None
             return _job_out(s, s.get(JobRow, job_id))
+
+    def has_jobs(self, kind: str, states: tuple[str, ...]) -> bool:
+        """Whether a job of ``kind`` is in one of ``states``."""
+        with self.session() as s:
+            return s.exec(select(JobRow.id).where(JobRow.kind == kind, JobRow.state.in_(states))
+                          .limit(1)).first() is not None
 
     def job_progress(self, job_id: str, done: int, total: int, note: str = "") -> None:
         with self.session() as s:
@@ -100,6 +109,31 @@ class JobStore(StoreBase):
                                                       JobRow.heartbeat_at < cutoff)).one()
         return JobQueueOut(queued=queued[0], oldest_queued_at=queued[1], running=running,
                            stale_running=stale)
+
+    def job_metrics(self) -> dict[str, Any]:
+        """Figures for ``/metrics``: jobs by (kind, state), the oldest queued job's age, the
+        mean run time of the last 1000 finished jobs by (kind, state), guardrail halts."""
+        from registry.models import ExperimentRow, ReleaseRow
+
+        with self.session() as s:
+            counts = {(k, st): n for k, st, n in s.exec(
+                select(JobRow.kind, JobRow.state, func.count()).group_by(JobRow.kind, JobRow.state)).all()}
+            oldest = s.exec(select(func.min(JobRow.created_at)).where(JobRow.state == "queued")).one()
+            recent = s.exec(select(JobRow.kind, JobRow.state, JobRow.started_at, JobRow.finished_at)
+                            .where(JobRow.finished_at.is_not(None), JobRow.started_at.is_not(None))
+                            .order_by(JobRow.finished_at.desc()).limit(1000)).all()
+            halts = {"release": s.exec(select(func.count()).select_from(ReleaseRow)
+                                       .where(ReleaseRow.halted_reason.is_not(None))).one(),
+                     "experiment": s.exec(select(func.count()).select_from(ExperimentRow)
+                                          .where(ExperimentRow.halted_reason.is_not(None))).one()}
+        sums: dict[tuple[str, str], list[float]] = {}
+        for kind, state, started, finished in recent:
+            sums.setdefault((kind, state), []).append((finished - started).total_seconds())
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+        return {"jobs": counts, "halts": halts,
+                "oldest_queued_seconds": None if oldest is None else (utcnow() - oldest).total_seconds(),
+                "recent_run_seconds": {k: sum(v) / len(v) for k, v in sums.items()}}
 
     def requeue_stale_jobs(self, stale_after: timedelta) -> list[str]:
         """Jobs whose worker stopped heart-beating (crashed) go back to the queue, or fail
@@ -130,9 +164,10 @@ def _requeue_row(s: Session, row: JobRow, note: str) -> None:
     if row.attempts >= row.max_attempts:
         row.state, row.error, row.finished_at = "failed", \
             f"worker lost {row.attempts} times; giving up", utcnow()
-        version = s.get(VersionRow, row.version_id)
-        version.status, version.error = "failed", row.error
-        s.add(version)
+        if row.kind == "convert":  # a lost delta job leaves its (ready) version alone
+            version = s.get(VersionRow, row.version_id)
+            version.status, version.error = "failed", row.error
+            s.add(version)
     else:
         row.state, row.progress_note = "queued", note
     s.add(row)
