@@ -38,6 +38,7 @@ DECISIONS = {
     "GET /dashboard/models/<name>": "dashboard",
     "GET /dashboard/models/<name>/versions/<int:number>": "dashboard",
     "GET /healthz": "public",
+    "GET /metrics": "reader",
     "GET /openapi.json": "public",
     "GET /static/<path:filename>": "public",
     "GET /tuf/metadata/<name>": "public",
