@@ -63,6 +63,8 @@ class Settings:
     # Delivery
     manifest_ttl: int = 86400  # seconds a signed manifest stays valid
     manifest_max_age: int = 300  # seconds, Cache-Control max-age of manifests
+    ruleset_ttl: int = 7 * 86400  # seconds a published ruleset stays valid (re-published at half)
+    ruleset_max_age: int = 60  # seconds, Cache-Control max-age of GET /v1/rulesets/...
     # Auth: create <data_dir>/admin-token on first start.
     bootstrap_admin_token: bool = True
     # Telemetry
