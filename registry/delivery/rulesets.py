@@ -28,11 +28,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from client_sdk.rules import RULESET_KIND, RULESET_SCHEMA, ruleset_target_path
+from registry.delivery.bucketing import arm_ranges, assign_arm, in_rollout
 from registry.delivery.manifest import _with_latency
+from registry.delivery.targeting import TargetingRules
 
 __all__ = [
     "build_ruleset",
     "canonical_ruleset_bytes",
+    "check_local_decision",
     "publish_ruleset",
     "published_ruleset",
     "refresh_rulesets",
@@ -187,6 +190,66 @@ def refresh_rulesets(services: Any, *, now: datetime | None = None) -> list[str]
         except Exception:  # noqa: BLE001 - one broken channel must not stop the others
             log.exception("could not refresh the ruleset %s", path)
     return done
+
+
+def check_local_decision(services: Any, model: str, channel: str, release_counter: int,
+                         version: int | None, variant: str | None, experiment: str | None,
+                         arm: str | None, install_id: str, *,
+                         platform: str | None = None) -> bool:
+    """Recompute a device's local decision from its install id; if it holds, record the
+    device as served (and its arm as assigned), as a manifest would have.
+
+    Telemetry carries no region or app version, so targeting is checked only as far as the
+    event shows (platform); what is recomputed exactly is what the install id decides: the
+    rollout gate of a release of that version at or below ``release_counter``, and the arm
+    (a recorded assignment, or the experiment's seed and ranges). Never raises.
+    """
+    try:
+        if version is None or variant is None:
+            return False
+        state = services.store.channel_state(model, channel, max_age=1.0)
+        if release_counter > state.counter:
+            return False
+        release = None
+        for r in state.releases:
+            if r.counter > release_counter:
+                continue
+            rules = TargetingRules.from_dict(r.targeting)
+            if rules.platforms is not None and platform not in rules.platforms:
+                continue
+            if in_rollout(r.rollout_seed, install_id, r.rollout_bp):
+                release = r
+                break
+        if release is None:
+            return False
+        exp = state.experiment
+        if experiment is not None:
+            if exp is None or exp.name != experiment:
+                return False
+            chosen = next((a for a in exp.arms if a.name == arm), None)
+            if chosen is None or chosen.version != version:
+                return False
+            recorded = services.store.assignment(exp.id, install_id)
+            if recorded is None:
+                index = assign_arm(exp.seed, install_id,
+                                   arm_ranges([a.weight for a in exp.arms], exp.coverage_bp))
+                if index is None or exp.arms[index].name != arm or exp.status != "running":
+                    return False
+                recorded = services.store.record_assignment(exp.id, install_id, arm)
+            if recorded != arm:
+                return False
+        elif release.version != version:
+            return False
+        if variant not in {v["name"] for v in services.store.servable_variants(
+                services.store.version_id(model, version), max_age=1.0)}:
+            return False
+        services.store.record_served(model, channel, version, variant, install_id,
+                                     release.counter)
+        return True
+    except Exception:  # noqa: BLE001 - a check that cannot run counts the device as unserved
+        log.exception("could not check the local decision of %s for %s/%s", install_id,
+                      model, channel)
+        return False
 
 
 def _stable(document: Mapping[str, Any]) -> dict[str, Any]:
