@@ -27,16 +27,18 @@ import requests
 
 from ._http import read_body, request, response_error
 from ._manifest import Artifact, Manifest
-from ._ruleset import Decision, Ruleset, evaluate_ruleset, parse_ruleset, ruleset_target_path
+from ._ruleset import (
+    Decision,
+    Ruleset,
+    check_ruleset_freshness,
+    evaluate_ruleset,
+    parse_ruleset,
+    ruleset_target_path,
+)
 from ._store import atomic_write_bytes, atomic_write_json, file_lock, read_json
 from ._trust import TrustCycle
 from ._types import ClientConfig
-from .errors import (
-    HashMismatchError,
-    RulesetExpiredError,
-    RulesetRollbackError,
-    TargetMismatchError,
-)
+from .errors import HashMismatchError, TargetMismatchError
 
 __all__ = ["LocalResolver"]
 
@@ -99,24 +101,18 @@ class LocalResolver:
         Raises:
             RulesetExpiredError, RulesetRollbackError.
         """
-        now = datetime.now(timezone.utc)
-        if now > ruleset.expires_at + self._config.clock_skew:
-            raise RulesetExpiredError(
-                f"ruleset of {ruleset.model}/{ruleset.channel} expired at "
-                f"{ruleset.expires_at.strftime(_TIME)} (device time {now.strftime(_TIME)})")
         seen = read_json(self._dir / "seen.json")
         entry = seen.get(f"{ruleset.model}/{ruleset.channel}") if isinstance(seen, dict) else None
-        if not isinstance(entry, dict):
-            return
+        entry = entry if isinstance(entry, dict) else {}
         counter, issued = entry.get("release_counter"), entry.get("issued_at")
-        if isinstance(counter, int) and ruleset.release_counter < counter:
-            raise RulesetRollbackError(
-                f"ruleset release_counter {ruleset.release_counter} is below {counter}, "
-                "which this device already used")
-        if isinstance(issued, str) and ruleset.issued_at.strftime(_TIME) < issued:
-            raise RulesetRollbackError(
-                f"ruleset issued at {ruleset.issued_at.strftime(_TIME)} is older than the "
-                f"one this device already used ({issued})")
+        issued_at = None
+        if isinstance(issued, str):
+            try:
+                issued_at = datetime.strptime(issued, _TIME).replace(tzinfo=timezone.utc)
+            except ValueError:
+                issued_at = None
+        check_ruleset_freshness(ruleset, datetime.now(timezone.utc), self._config.clock_skew,
+                                counter if isinstance(counter, int) else None, issued_at)
 
     def manifest_for(self, decision: Decision, ruleset: Ruleset) -> Manifest:
         """The decision in the shape the rest of the update cycle takes (no signature: its

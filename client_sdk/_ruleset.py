@@ -30,20 +30,26 @@ import math
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from ._bucketing import BASIS_POINTS, arm_ranges, assign_arm, in_rollout, validate_install_id
 from ._names import validate_channel, validate_model_name
 from ._targeting import TargetingRules, meets_min_app_version
 from ._variants import choose_variant
-from .errors import RulesetInvalidError, ValidationError
+from .errors import (
+    RulesetExpiredError,
+    RulesetInvalidError,
+    RulesetRollbackError,
+    ValidationError,
+)
 
 __all__ = [
     "RULESET_KIND",
     "RULESET_SCHEMA",
     "Decision",
     "Ruleset",
+    "check_ruleset_freshness",
     "evaluate_ruleset",
     "parse_ruleset",
     "ruleset_target_path",
@@ -56,6 +62,7 @@ MAX_ATTRIBUTE = 128  # characters of a device attribute, as the manifest route a
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SEED = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _TOP = {"schema", "kind", "model", "channel", "release_counter", "issued_at", "expires_at",
         "releases", "experiment", "versions"}
@@ -246,6 +253,31 @@ def parse_ruleset(data: bytes, model: str, channel: str) -> Ruleset:
             raise _bad(f"experiment weights: {e.detail}") from None
     return Ruleset(model=model, channel=channel, release_counter=counter, issued_at=issued,
                    expires_at=expires, document=doc)
+
+
+def check_ruleset_freshness(ruleset: Ruleset, now: datetime, skew: timedelta,
+                            seen_counter: Optional[int] = None,
+                            seen_issued_at: Optional[datetime] = None) -> None:
+    """Refuse an expired ruleset, or one older than what this device already used.
+
+    Raises:
+        RulesetExpiredError: ``expires_at + skew`` is before ``now`` (a frozen mirror).
+        RulesetRollbackError: ``release_counter`` below ``seen_counter``, or ``issued_at``
+            before ``seen_issued_at`` (an older ruleset replayed).
+    """
+    if now > ruleset.expires_at + skew:
+        raise RulesetExpiredError(
+            f"ruleset of {ruleset.model}/{ruleset.channel} expired at "
+            f"{ruleset.expires_at.strftime(_TIME_FORMAT)} "
+            f"(device time {now.strftime(_TIME_FORMAT)})")
+    if seen_counter is not None and ruleset.release_counter < seen_counter:
+        raise RulesetRollbackError(
+            f"ruleset release_counter {ruleset.release_counter} is below {seen_counter}, "
+            "which this device already used")
+    if seen_issued_at is not None and ruleset.issued_at < seen_issued_at:
+        raise RulesetRollbackError(
+            f"ruleset issued at {ruleset.issued_at.strftime(_TIME_FORMAT)} is older than "
+            f"the one this device already used ({seen_issued_at.strftime(_TIME_FORMAT)})")
 
 
 def _refuse_constant(name: str) -> None:
