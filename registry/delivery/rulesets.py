@@ -46,6 +46,7 @@ __all__ = [
 log = logging.getLogger("modeldrop.delivery")
 
 _VOLATILE = ("issued_at", "expires_at")
+_BYTES: dict[str, bytes] = {}  # sha256 -> published ruleset bytes, per process
 _PREFIX = "rulesets/"
 
 
@@ -129,9 +130,18 @@ def published_ruleset(services: Any, model: str, channel: str) -> bytes | None:
     if info is None:
         return None
     sha256 = info.get("hashes", {}).get("sha256")
-    if not sha256 or not services.blobs.exists(sha256):
+    if not sha256:
         return None
-    return services.blobs.read_bytes(sha256)
+    cached = _BYTES.get(sha256)  # content-addressed: a cached copy never goes stale
+    if cached is not None:
+        return cached
+    if not services.blobs.exists(sha256):
+        return None
+    data = services.blobs.read_bytes(sha256)
+    if len(_BYTES) >= 64:
+        _BYTES.clear()
+    _BYTES[sha256] = data
+    return data
 
 
 def publish_ruleset(services: Any, model: str, channel: str, *, now: datetime | None = None,
