@@ -32,6 +32,7 @@ from ._download import Downloader, DownloadRequest
 from ._http import read_body, request, response_error
 from ._install import Installer
 from ._loadcheck import format_kind
+from ._local import LocalResolver
 from ._manifest import (
     Manifest,
     check_binding,
@@ -90,8 +91,10 @@ class UpdateEngine:
                  trusted_root: bytes, tuf_dir: Path, session: requests.Session,
                  config: ClientConfig, installer: Installer, downloader: Downloader,
                  counters: ReleaseCounters, rejected: RejectedArtifacts,
-                 telemetry: Telemetry, status: StatusSink) -> None:
+                 telemetry: Telemetry, status: StatusSink,
+                 local: LocalResolver | None = None) -> None:
         self._base = base_url.rstrip("/")
+        self._local = local  # set: resolve="local" (decide from the signed ruleset)
         self._install_id = install_id
         self._device = device
         self._trusted_root = trusted_root
@@ -114,7 +117,15 @@ class UpdateEngine:
 
     def _manifest_fields(self, m: Manifest) -> dict[str, Any]:
         return self.event_fields(m.model, version=m.version, variant=m.variant,
-                                 experiment=m.experiment, arm=m.arm)
+                                 experiment=m.experiment, arm=m.arm,
+                                 **self.decision_fields(m.channel, m.release_counter))
+
+    def decision_fields(self, channel: str, release_counter: int) -> dict[str, Any]:
+        """In local mode, events say which decision the device made (the server recomputes
+        it from the install id to check it); a server-resolved device sends none."""
+        if self._local is None:
+            return {}
+        return {"channel": channel, "release_counter": release_counter}
 
     # -- recovery --------------------------------------------------------------------
 
@@ -136,6 +147,8 @@ class UpdateEngine:
         """Fetch and fully verify the offer for (name, channel); download nothing."""
         self._status(name, channel, UpdateState.CHECKING)
         local = self._installer.current(name, channel)
+        if self._local is not None:
+            return self._check_local(name, channel, local)
         response = self._get_manifest(name, channel, local)
         if response.status_code == 304:
             response.close()
@@ -174,6 +187,34 @@ class UpdateEngine:
                 "model": name, "version": manifest.version, "variant": manifest.variant,
                 "format": manifest.format, "kind": "variant"})
             delta_req, delta_base = self._delta_plan(manifest, trust)
+        return self._plan(manifest, etag, local, delta_req, delta_base)
+
+    def _check_local(self, name: str, channel: str, local: LocalModel | None) -> UpdateInfo:
+        """The same checks, decided on the device from the TUF-verified ruleset."""
+        assert self._local is not None
+        with file_lock(self._tuf_dir.parent / ".tuf.lock"):
+            trust = TrustCycle(self._base, self._tuf_dir, self._trusted_root, self._session,
+                               self._config)
+            trust.refresh()
+            decision, ruleset = self._local.decide(name, channel, trust, self._device)
+            if decision is None:
+                if local is None:
+                    raise NoModelAvailableError(f"no release of {name!r}/{channel!r} "
+                                                "targets this device")
+                return UpdateInfo(name, channel, False, installed=local)
+            manifest = self._local.manifest_for(decision, ruleset)
+            if format_kind(manifest.format, manifest.artifact.target) is None:
+                raise ManifestInvalidError(f"format {manifest.format!r} is not supported here")
+            self._check_current(manifest, local)
+            art = manifest.artifact
+            trust.cross_check(art.target, art.length, art.sha256, {
+                "model": name, "version": manifest.version, "variant": manifest.variant,
+                "format": manifest.format, "kind": "variant"})
+        return self._plan(manifest, None, local, None, None)
+
+    def _plan(self, manifest: Manifest, etag: str | None, local: LocalModel | None,
+              delta_req: DownloadRequest | None, delta_base: Path | None) -> UpdateInfo:
+        name, channel, art = manifest.model, manifest.channel, manifest.artifact
         self._counters.record(name, channel, manifest.release_counter)
 
         rejected = self._rejected.is_rejected(art.sha256, self._device.app_version)
@@ -256,6 +297,8 @@ class UpdateEngine:
 
     def _artifact_urls(self, manifest: Manifest) -> tuple[str, ...]:
         art = manifest.artifact
+        if self._local is not None:  # a static mirror has exactly these two paths
+            return art.urls
         urls = [urljoin(self._base + "/", u) for u in art.urls]
         for fallback in (f"{self._base}/v1/artifacts/{art.sha256}",
                          self._tuf_target_url(art.target, art.sha256)):

@@ -24,6 +24,7 @@ from ._download import Downloader, discard_stale
 from ._http import make_session
 from ._install import Installer
 from ._loadcheck import check_model
+from ._local import LocalResolver
 from ._names import validate_channel, validate_model_name
 from ._store import (
     RejectedArtifacts,
@@ -76,6 +77,11 @@ class ModelClient:
         config: the remaining tunables.
         contracts: per model name, the tensors this app version expects; a model that
             disagrees is refused at install time and the previous one stays active.
+        resolve: ``"server"`` (default): ask ``GET /v1/manifest`` which model to run;
+            ``"local"``: decide on the device from the signed ruleset, fetched through
+            TUF, so ``base_url`` may be a static mirror or CDN (``modeldrop mirror``).
+        telemetry_url: where events go (default ``<base_url>/v1/telemetry``); set it when
+            ``base_url`` is a mirror that cannot take POSTs.
     """
 
     def __init__(self, base_url: str, cache_dir: str | Path, *, trusted_root: bytes,
@@ -84,7 +90,10 @@ class ModelClient:
                  download_deadline: timedelta | None = None,
                  http: requests.Session | None = None, state_dir: str | Path | None = None,
                  config: ClientConfig | None = None,
-                 contracts: Mapping[str, ModelContract] | None = None) -> None:
+                 contracts: Mapping[str, ModelContract] | None = None,
+                 resolve: str = "server", telemetry_url: str | None = None) -> None:
+        if resolve not in ("server", "local"):
+            raise ValueError(f"resolve must be 'server' or 'local', got {resolve!r}")
         if not isinstance(trusted_root, (bytes, bytearray)):
             raise TypeError("trusted_root must be the TUF root metadata as bytes")
         try:
@@ -114,7 +123,8 @@ class ModelClient:
                                                         contract=self._contracts.get(name)))
         self._downloader = Downloader(self._cache / "staging", self._session, config)
         self._telemetry = Telemetry(self._state / "telemetry.sqlite",
-                                    f"{self._base}/v1/telemetry", self._session, config)
+                                    telemetry_url or f"{self._base}/v1/telemetry",
+                                    self._session, config)
         self._statuses: dict[tuple[str, str], UpdateStatus] = {}
         self._status_lock = threading.Lock()
         self._threads: dict[tuple[str, str], threading.Thread] = {}
@@ -124,7 +134,9 @@ class ModelClient:
             session=self._session, config=config, installer=self._installer,
             downloader=self._downloader, counters=ReleaseCounters(self._state),
             rejected=RejectedArtifacts(self._state), telemetry=self._telemetry,
-            status=self._set_status)
+            status=self._set_status,
+            local=(LocalResolver(self._base, self._state, self._session, config,
+                                 self._install_id) if resolve == "local" else None))
 
     # -- identity & status -------------------------------------------------------------
 
@@ -328,7 +340,8 @@ class ModelClient:
     def _model_fields(self, model: LocalModel) -> dict[str, Any]:
         return self._engine.event_fields(model.name, version=model.version,
                                          variant=model.variant, experiment=model.experiment,
-                                         arm=model.arm)
+                                         arm=model.arm, **self._engine.decision_fields(
+                                             model.channel, model.release_counter))
 
     def close(self) -> None:
         """Wait briefly for background work and release the HTTP session."""

@@ -42,6 +42,9 @@ __all__ = [
     "ProtocolError",
     "ReleaseRollbackError",
     "RemoteError",
+    "RulesetExpiredError",
+    "RulesetInvalidError",
+    "RulesetRollbackError",
     "ServerError",
     "TargetMismatchError",
     "TargetNotFoundError",
@@ -189,6 +192,24 @@ class ReleaseRollbackError(UpdateRejectedError):
     """The manifest's release counter is lower than one already seen (replay)."""
 
     code = "release_counter_rollback"
+
+
+class RulesetInvalidError(UpdateRejectedError):
+    """The ruleset is not a valid schema-1 ruleset of this model and channel."""
+
+    code = "ruleset_invalid"
+
+
+class RulesetExpiredError(UpdateRejectedError):
+    """The ruleset's ``expires_at`` has passed (a frozen mirror or CDN)."""
+
+    code = "ruleset_expired"
+
+
+class RulesetRollbackError(UpdateRejectedError):
+    """The ruleset is older than one this device already used (counter or issue time)."""
+
+    code = "ruleset_rollback"
 
 
 class UnsafeTargetPathError(UpdateRejectedError):

@@ -586,6 +586,216 @@ def deltas() -> None:
                           "cases": cases})
 
 
+# --- rulesets ----------------------------------------------------------------------------
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _v(name: str, fmt: str, size: int, fidelity: float | None, latency: dict) -> dict:
+    ext = "tflite" if fmt == "tflite" else "mlpackage.zip"
+    return {"name": name, "format": fmt, "size": size, "sha256": _sha(name + str(size)),
+            "target": f"digits/{{n}}/{name}.{ext}", "fidelity": fidelity,
+            "latency_by_device": latency}
+
+
+def _versions() -> list[dict]:
+    out = []
+    for n, min_app in ((1, None), (2, None), (3, "3.1")):
+        table = [_v("tflite-fp32", "tflite", 6000 + n, 0.999, {"pixel7": 9.0, "pixel8": 4.0}),
+                 _v("tflite-int8-full", "tflite", 2500 + n, 0.98, {"pixel7": 3.5}),
+                 _v("tflite-int8-dynamic", "tflite", 2400 + n, 0.97, {"pixel8": 5.0}),
+                 _v("coreml-fp16", "coreml", 3000 + n, 0.99, {})]
+        for v in table:
+            v["target"] = v["target"].format(n=n)
+            v["sha256"] = _sha(f"{n}/{v['name']}")
+        out.append({"version": n, "min_app_version": min_app, "variants": table})
+    return out
+
+
+def ref_choose(variants: list[dict], platform: str, device_class: str | None,
+               pinned: str | None) -> dict | None:
+    """Variant choice from the README's prose: format, pin, >= 2 latencies, smallest."""
+    fmt = "coreml" if platform == "ios" else "tflite"
+    cands = [v for v in variants if v["format"] == fmt]
+    if pinned is not None:
+        return next((v for v in cands if v["name"] == pinned), None)
+    if not cands:
+        return None
+    timed = [v for v in cands if device_class and device_class in v["latency_by_device"]]
+    if len(timed) >= 2:
+        return min(timed, key=lambda v: (v["latency_by_device"][device_class],
+                                         -(v["fidelity"] or -1), v["size"], v["name"]))
+    return min(cands, key=lambda v: (v["size"], -(v["fidelity"] or -1), v["name"]))
+
+
+def ref_meets(app: str, minimum: str | None) -> bool:
+    if minimum is None:
+        return True
+    parts = [int(x) for x in app.split(".")] if app and all(
+        x.isdigit() for x in app.split(".")) else None
+    want = [int(x) for x in minimum.split(".")]
+    if parts is None:
+        return False
+    width = max(len(parts), len(want))
+    return parts + [0] * (width - len(parts)) >= want + [0] * (width - len(want))
+
+
+def ref_matches(rules: dict, device: dict) -> bool:
+    """Only the fields these vectors use: platforms and regions (case-insensitive)."""
+    if "platforms" in rules and device["platform"] not in rules["platforms"]:
+        return False
+    if "regions" in rules and (device.get("region") or "").upper() not in rules["regions"]:
+        return False
+    return True
+
+
+def ref_evaluate(doc: dict, install_id: str, device: dict, sticky: dict) -> dict | None:
+    versions = {v["version"]: v for v in doc["versions"]}
+
+    def pick(number: int, pinned: str | None) -> dict | None:
+        entry = versions[number]
+        if not ref_meets(device.get("app_version", ""), entry["min_app_version"]):
+            return None
+        return ref_choose(entry["variants"], device["platform"],
+                          device.get("device_model") or None, pinned)
+
+    got = None
+    for r in doc["releases"]:
+        if not ref_matches(r["targeting"], device):
+            continue
+        if ref_bucket(r["rollout_seed"], install_id) >= r["rollout_bp"]:
+            continue
+        variant = pick(r["version"], r["variant"])
+        if variant is None:
+            continue
+        got = {"release_counter": doc["release_counter"], "served_counter": r["counter"],
+               "version": r["version"], "variant": variant["name"], "experiment": None,
+               "arm": None}
+        break
+    exp = doc["experiment"]
+    if got is None or exp is None:
+        return got
+    key = f"{exp['name']}@{exp['seed']}"
+    arm_name = sticky.get(key)
+    if arm_name is None:
+        if exp["status"] != "running" or not ref_matches(exp["targeting"], device):
+            return got
+        if any(pick(a["version"], a["variant"]) is None for a in exp["arms"]):
+            return got
+        index = ref_arm(ref_bucket(exp["seed"], install_id),
+                        ref_ranges([a["weight"] for a in exp["arms"]], exp["coverage_bp"]))
+        if index is None:
+            return got
+        arm_name = sticky[key] = exp["arms"][index]["name"]
+    arm = next(a for a in exp["arms"] if a["name"] == arm_name)
+    variant = pick(arm["version"], arm["variant"])
+    if variant is None:
+        return got
+    return {**got, "version": arm["version"], "variant": variant["name"],
+            "experiment": exp["name"], "arm": arm["name"]}
+
+
+def rulesets() -> None:
+    doc = {
+        "schema": 1, "kind": "modeldrop-ruleset", "model": "digits", "channel": "production",
+        "release_counter": 4, "issued_at": "2026-12-01T00:00:00Z",
+        "expires_at": "2026-12-08T00:00:00Z",
+        "releases": [
+            {"counter": 4, "version": 3, "variant": None, "rollout_bp": 3000,
+             "rollout_seed": SEED_ROLLOUT, "targeting": {"platforms": ["android", "ios"]},
+             "paused": True, "min_app_version": "3.1"},
+            {"counter": 3, "version": 2, "variant": "tflite-int8-full", "rollout_bp": 10000,
+             "rollout_seed": "5d2b8e0f1a3c7964", "targeting": {"regions": ["DE", "FR"]},
+             "paused": False, "min_app_version": None},
+            {"counter": 1, "version": 1, "variant": None, "rollout_bp": 10000,
+             "rollout_seed": "0a1b2c3d4e5f6071", "targeting": {"platforms": ["android", "ios"]},
+             "paused": False, "min_app_version": None}],
+        "experiment": {"name": "digits-exp", "seed": SEED, "status": "running",
+                       "coverage_bp": 5000, "targeting": {"platforms": ["android"]},
+                       "arms": [{"name": "control", "version": 1, "variant": None, "weight": 1},
+                                {"name": "treatment", "version": 2, "variant": "tflite-fp32",
+                                 "weight": 2}]},
+        "versions": _versions(),
+    }
+    paused_exp = json.loads(json.dumps(doc))
+    paused_exp["experiment"]["status"] = "paused"
+    docs = {"main": doc, "experiment-paused": paused_exp}
+    devices = [
+        {"platform": "android", "device_model": "pixel7", "app_version": "3.2.0", "region": "de"},
+        {"platform": "android", "device_model": "pixel8", "app_version": "3.0.0", "region": "us"},
+        {"platform": "android", "device_model": "", "app_version": "", "region": "fr"},
+        {"platform": "ios", "device_model": "iPhone15,2", "app_version": "3.5", "region": "us"},
+        {"platform": "linux", "device_model": "pi5", "app_version": "3.2.0", "region": "de"},
+        {"platform": "linux", "device_model": "pi5", "app_version": "3.2.0", "region": "us"},
+    ]
+    cases = []
+    for name in docs:
+        for n in range(36):
+            device = devices[n % len(devices)]
+            iid = install_id(1000 + n * 7)
+            sticky: dict = {}
+            if name == "experiment-paused" and n % 3 == 0:
+                sticky = {f"digits-exp@{SEED}": "treatment" if n % 2 else "control"}
+            before = dict(sticky)
+            expect = ref_evaluate(docs[name], iid, device, sticky)
+            cases.append({"ruleset": name, "install_id": iid, "device": device,
+                          "sticky": before, "expect": expect, "sticky_after": sticky})
+    assert any(c["expect"] is None for c in cases)
+    assert {c["expect"]["arm"] for c in cases if c["expect"]} >= {None, "control", "treatment"}
+
+    def broken(note: str, **change: Any) -> dict:
+        bad = json.loads(json.dumps(doc))
+        for path, value in change.items():
+            target = bad
+            keys = path.split("__")
+            for k in keys[:-1]:
+                target = target[int(k)] if isinstance(target, list) else target[k]
+            if value is _DELETE:
+                del target[keys[-1]]
+            else:
+                target[keys[-1]] = value
+        return {"note": note, "document": bad, "expect": {"error": "ruleset_invalid"}}
+    invalid = [
+        broken("unknown top-level field", extra=1),
+        broken("missing field", experiment=_DELETE),
+        broken("schema 2 is not understood", schema=2),
+        broken("another model's ruleset", model="other"),
+        broken("counter is not the newest release's", release_counter=5),
+        broken("releases out of order", releases__1__counter=9),
+        broken("rollout above 10000 basis points", releases__0__rollout_bp=10001),
+        broken("a boolean is not an integer", releases__0__rollout_bp=True),
+        broken("unknown targeting field", releases__0__targeting={"platform": ["ios"]}),
+        broken("a release naming an unlisted version", releases__2__version=9),
+        broken("experiment weights all zero", experiment__arms__0__weight=0,
+               experiment__arms__1__weight=0),
+        broken("bad sha256", versions__0__variants__0__sha256="ABC"),
+        broken("non-positive latency", versions__0__variants__0__latency_by_device={"a": 0}),
+        broken("issued_at not RFC 3339 UTC", issued_at="2026-12-01 00:00:00"),
+    ]
+    freshness = [
+        {"note": "fresh", "now": "2026-12-02T00:00:00Z", "skew_seconds": 300,
+         "seen_counter": 4, "seen_issued_at": "2026-12-01T00:00:00Z", "expect": {"ok": True}},
+        {"note": "expired beyond the skew", "now": "2026-12-08T00:05:01Z",
+         "skew_seconds": 300, "seen_counter": None, "seen_issued_at": None,
+         "expect": {"error": "ruleset_expired"}},
+        {"note": "expired, but within the skew", "now": "2026-12-08T00:05:00Z",
+         "skew_seconds": 300, "seen_counter": None, "seen_issued_at": None,
+         "expect": {"ok": True}},
+        {"note": "counter went down (a replayed older ruleset)", "now": "2026-12-02T00:00:00Z",
+         "skew_seconds": 300, "seen_counter": 5, "seen_issued_at": None,
+         "expect": {"error": "ruleset_rollback"}},
+        {"note": "same counter, older issue time", "now": "2026-12-02T00:00:00Z",
+         "skew_seconds": 300, "seen_counter": 4, "seen_issued_at": "2026-12-01T00:00:01Z",
+         "expect": {"error": "ruleset_rollback"}},
+    ]
+    write("rulesets.json", {"spec": SPEC + ", Rulesets", "rulesets": docs, "cases": cases,
+                            "invalid": invalid, "freshness": freshness})
+
+
+_DELETE = object()
+
+
 if __name__ == "__main__":
     names()
     bucketing()
@@ -593,3 +803,4 @@ if __name__ == "__main__":
     variants()
     manifests()
     deltas()
+    rulesets()

@@ -72,6 +72,12 @@ class Settings:
     # Delivery
     manifest_ttl: int = 86400  # seconds a signed manifest stays valid
     manifest_max_age: int = 300  # seconds, Cache-Control max-age of manifests
+    ruleset_ttl: int = 7 * 86400  # seconds a published ruleset stays valid (re-published at half)
+    ruleset_max_age: int = 60  # seconds, Cache-Control max-age of GET /v1/rulesets/...
+    # "presigned": public artifact downloads answer 302 to a short-lived presigned URL of the
+    # S3 backend (the bytes never pass through the API); "" streams them as before.
+    artifact_redirect: str = ""
+    artifact_redirect_ttl: int = 300  # seconds a redirect's presigned URL stays valid
     # Auth: create <data_dir>/admin-token on first start.
     bootstrap_admin_token: bool = True
     # Telemetry

@@ -240,3 +240,75 @@ def test_every_error_code_the_sdk_mirrors_exists_on_the_server():
     assert mirrored, "the SDK mirrors no server codes?"
     missing = mirrored - _server_codes()
     assert not missing, f"the SDK mirrors codes the server never sends: {sorted(missing)}"
+
+
+# -- rulesets: the manifest's resolution over the state a ruleset describes ------------------
+
+class _RulesetStore:
+    """The store calls ``manifest.resolve`` makes, answered from a ruleset vector."""
+
+    def __init__(self, doc: dict, sticky: dict[str, str]) -> None:
+        from registry.store._delivery_types import (
+            ChannelState,
+            ServingArm,
+            ServingExperiment,
+            ServingRelease,
+        )
+
+        self.sticky = sticky
+        self.versions = {v["version"]: v for v in doc["versions"]}
+        releases = tuple(ServingRelease(
+            counter=r["counter"], version=r["version"], version_id=r["version"],
+            variant=r["variant"], rollout_bp=r["rollout_bp"], rollout_seed=r["rollout_seed"],
+            targeting=r["targeting"], paused=r["paused"], min_app_version=r["min_app_version"])
+            for r in doc["releases"])
+        exp = doc["experiment"]
+        experiment = None if exp is None else ServingExperiment(
+            id=1, name=exp["name"], seed=exp["seed"], coverage_bp=exp["coverage_bp"],
+            status=exp["status"], targeting=exp["targeting"], arms=tuple(ServingArm(
+                name=a["name"], version=a["version"], version_id=a["version"],
+                variant=a["variant"], weight=a["weight"],
+                min_app_version=self.versions[a["version"]]["min_app_version"])
+                for a in exp["arms"]))
+        self.key = None if exp is None else f"{exp['name']}@{exp['seed']}"
+        self.state = ChannelState(model=doc["model"], channel=doc["channel"],
+                                  counter=doc["release_counter"], releases=releases,
+                                  experiment=experiment)
+
+    def channel_state(self, model, channel, max_age=0.0):
+        return self.state
+
+    def servable_variants(self, version_id, max_age=0.0):
+        return [{**v, "target_path": v["target"], "servable": True}
+                for v in self.versions[version_id]["variants"]]
+
+    def assignment(self, experiment_id, install_id):
+        return self.sticky.get(self.key)
+
+    def record_assignment(self, experiment_id, install_id, arm):
+        self.sticky[self.key] = arm
+        return arm
+
+
+@pytest.mark.parametrize("case", cases("rulesets.json"),
+                         ids=lambda c: f"{c['ruleset']}-{c['install_id'][:8]}")
+def test_ruleset_cases_through_the_manifest_resolution(case):
+    from types import SimpleNamespace
+
+    from registry.delivery.manifest import ManifestQuery, resolve
+
+    doc = json.loads((VECTORS / "rulesets.json").read_text())["rulesets"][case["ruleset"]]
+    sticky = dict(case["sticky"])
+    services = SimpleNamespace(store=_RulesetStore(doc, sticky))
+    d = case["device"]
+    device = delivery.DeviceInfo(platform=d["platform"], device_model=d["device_model"] or None,
+                                 app_version=d["app_version"] or None, region=d["region"] or None)
+    offer = resolve(services, ManifestQuery(doc["model"], doc["channel"], case["install_id"],
+                                            device))
+    got = None if offer is None else {
+        "release_counter": offer.release_counter, "served_counter": offer.served_counter,
+        "version": offer.version, "variant": offer.variant["name"],
+        "experiment": offer.experiment, "arm": offer.arm}
+    assert got == case["expect"]
+    assert sticky == case["sticky_after"]
+

@@ -189,4 +189,49 @@ def test_deltas(case, tmp_path):
 def test_every_vector_file_is_exercised():
     names = {p.name for p in VECTORS.glob("*.json")}
     assert names == {"names.json", "bucketing.json", "targeting.json", "versions.json",
-                     "variants.json", "manifests.json", "deltas.json"}
+                     "variants.json", "manifests.json", "deltas.json", "rulesets.json"}
+
+
+# -- rulesets ---------------------------------------------------------------------------------
+
+def _ruleset(doc: dict) -> rules.Ruleset:
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return rules.parse_ruleset(data, doc["model"], doc["channel"])
+
+
+@pytest.mark.parametrize("case", cases("rulesets.json"),
+                         ids=lambda c: f"{c['ruleset']}-{c['install_id'][:8]}")
+def test_ruleset_evaluation(case):
+    ruleset = _ruleset(load("rulesets.json")["rulesets"][case["ruleset"]])
+    sticky = dict(case["sticky"])
+    got = rules.evaluate_ruleset(ruleset, case["install_id"], SimpleNamespace(**case["device"]),
+                                 sticky)
+    if case["expect"] is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert {"release_counter": got.release_counter, "served_counter": got.served_counter,
+                "version": got.version, "variant": got.variant["name"],
+                "experiment": got.experiment, "arm": got.arm} == case["expect"]
+    assert sticky == case["sticky_after"]
+
+
+@pytest.mark.parametrize("case", cases("rulesets.json", "invalid"), ids=lambda c: c["note"])
+def test_invalid_rulesets(case):
+    doc = case["document"]
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert code_of(lambda: rules.parse_ruleset(data, "digits", "production")) == \
+        case["expect"]["error"]
+
+
+@pytest.mark.parametrize("case", cases("rulesets.json", "freshness"), ids=lambda c: c["note"])
+def test_ruleset_freshness(case):
+    ruleset = _ruleset(load("rulesets.json")["rulesets"]["main"])
+
+    def at(text):
+        return None if text is None else datetime.strptime(
+            text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    got = code_of(lambda: rules.check_ruleset_freshness(
+        ruleset, at(case["now"]), timedelta(seconds=case["skew_seconds"]),
+        case["seen_counter"], at(case["seen_issued_at"])))
+    assert got == case["expect"].get("error")

@@ -63,6 +63,25 @@ def get_artifact(sha256: str):
     if visibility is None:
         raise ArtifactNotFoundError(f"no artifact with sha256 {sha256[:64]!r}")
     if visibility == "public":
-        return stream_blob(sha256)
+        return _redirect(sha256) or stream_blob(sha256)
     authenticate("reader")  # 401 before anything (even a 304) says more about the bytes
     return stream_blob(sha256, cache_control=PRIVATE_IMMUTABLE)
+
+
+def _redirect(sha256: str) -> Response | None:
+    """With ``MODELDROP_ARTIFACT_REDIRECT=presigned`` and a backend that presigns (S3): a 302
+    to a short-lived URL of the bucket, so the bytes travel from the object store. Range and
+    If-Range go with the redirected request (clients resend their headers), so resuming works;
+    a conditional GET the ETag answers is still a 304 from here. The redirect itself is cached
+    privately and for less than the URL lives; the manifest keeps naming this stable URL."""
+    services = current_services()
+    if services.settings.artifact_redirect != "presigned":
+        return None
+    if request.if_none_match and request.if_none_match.contains(sha256):
+        return None  # stream_blob answers 304 without touching the bucket
+    ttl = services.settings.artifact_redirect_ttl
+    url = services.blobs.presigned_url(sha256, ttl)
+    if url is None:
+        return None
+    return Response(status=302, headers={
+        "Location": url, "Cache-Control": f"private, max-age={max(0, ttl // 2)}"})

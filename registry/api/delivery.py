@@ -52,6 +52,28 @@ def manifest():
     return resp
 
 
+@bp.get("/v1/rulesets/<model>/<channel>")
+def ruleset(model: str, channel: str):
+    """The signed ruleset of (model, channel) (public): the TUF target's exact bytes, with a
+    strong ETag (their sha256), 304 and public cache headers, so any cache may serve it."""
+    from registry.delivery.errors import RulesetNotFoundError
+    from registry.delivery.rulesets import published_ruleset, ruleset_etag
+    from registry.uploads import validate_name
+
+    services = current_services()
+    data = published_ruleset(services, validate_name(model), releases.validate_channel(channel))
+    if data is None:
+        raise RulesetNotFoundError(f"no ruleset is published for {model}/{channel}")
+    etag = ruleset_etag(data)
+    headers = {"Cache-Control": f"public, max-age={services.settings.ruleset_max_age}"}
+    if request.if_none_match.contains(etag):
+        resp = Response(status=304, headers=headers)
+    else:
+        resp = Response(data, status=200, headers=headers, mimetype="application/json")
+    resp.set_etag(etag)
+    return resp
+
+
 # -- releases -----------------------------------------------------------------------------
 
 @bp.post("/v1/models/<name>/releases")

@@ -57,6 +57,8 @@ DESCRIPTIONS: dict[str, dict] = {
     "tuf.target": {"summary": "TUF target file (consistent snapshot name)", "binary": True},
     "tuf.trusted_root": {"summary": "Current TUF root metadata"},
     "tuf.public_keys": {"summary": "Manifest (director) public keys"},
+    "delivery.ruleset": {"summary": "Signed ruleset of (model, channel) (public): the TUF target "
+                         "rulesets/<model>/<channel>.json, strong ETag, 304, public caching"},
     "delivery.manifest": {"summary": "Signed manifest for one device (public): model, channel, "
                                      "platform, install_id, os_version, device_model, "
                                      "app_version, region, installed_sha256. 200 signed JSON "

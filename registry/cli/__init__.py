@@ -10,6 +10,7 @@ from registry.cli import (
     _device,
     _doctor,
     _example,
+    _mirror,
     _registry,
     _reports,
     _serve,
@@ -31,5 +32,6 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
 
 
 # _reports attaches `experiment report` to the group that _delivery registers, so it comes last.
-for module in (_serve, _registry, _admin, _delivery, _reports, _example, _device, _doctor):
+for module in (_serve, _registry, _admin, _delivery, _reports, _example, _device, _doctor,
+               _mirror):
     module.register(main)

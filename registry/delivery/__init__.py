@@ -7,8 +7,10 @@ is unit-testable and the same rules can be re-implemented on devices (docs/deliv
 The services that apply them to stored state are imported by module name and not
 re-exported here, so importing the rules never pulls in the database layer:
 ``releases`` (promote, rollout, rollback), ``experiments``, ``manifest`` (resolution and
-the signed document), ``deltas`` (bsdiff4 patches) and ``guardrail_check`` (evaluate
-guardrails, halt what breaks them).
+the signed document), ``rulesets`` (the same decision as one signed TUF target per channel,
+for devices that decide locally), ``deltas`` (bsdiff4 patches) and ``guardrail_check``
+(evaluate guardrails, halt what breaks them). ``bucketing``, ``targeting`` and ``variants``
+are the SDK's ``client_sdk.rules`` with the server's errors: one implementation.
 """
 
 from .bucketing import (

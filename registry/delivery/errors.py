@@ -20,6 +20,7 @@ __all__ = [
     "InvalidGuardrailError",
     "InvalidInstallIdError",
     "InvalidTargetingError",
+    "RulesetNotFoundError",
     "sdk_rules",
 ]
 
@@ -55,6 +56,12 @@ class InvalidTargetingError(DeliveryError):
     """A targeting rule definition does not validate; the message names the field."""
 
     code, title = "invalid_targeting", "Invalid targeting"
+
+
+class RulesetNotFoundError(ModelDropError):
+    """No ruleset is published for this model and channel (it has had no release yet)."""
+
+    code, status, title = "ruleset_not_found", 404, "Ruleset not found"
 
 
 class InvalidGuardrailError(DeliveryError):

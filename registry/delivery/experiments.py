@@ -97,9 +97,11 @@ def create_experiment(services: Any, name: object, *, model: object, channel: ob
     # become public (TUF targets first) before the experiment can reach a manifest.
     services.store.check_experiment_free(name, model, channel)
     publish_deliverable(services, model, [(a["version"], a["variant"]) for a in parsed], actor)
-    return services.store.create_experiment(
+    created = services.store.create_experiment(
         name, model=model, channel=channel, seed=seed, coverage_bp=coverage_bp, arms=parsed,
         targeting=rules, guardrails=checks, actor=actor)
+    _republish(services, created)
+    return created
 
 
 def _arms(arms: Any, weights: Any) -> list[dict[str, Any]]:
@@ -167,8 +169,10 @@ def update_experiment(services: Any, name: str, *, actor: str, coverage_percent:
         raise InvalidExperimentError("paused must be true or false", field="paused")
     bp = None if coverage_percent is None else percent_to_bp(coverage_percent,
                                                              "coverage_percent")
-    return services.store.update_experiment(name, actor=actor, coverage_bp=bp, paused=paused,
-                                            reason=_reason(reason))
+    updated = services.store.update_experiment(name, actor=actor, coverage_bp=bp,
+                                                paused=paused, reason=_reason(reason))
+    _republish(services, updated)
+    return updated
 
 
 def stop_experiment(services: Any, name: str, *, actor: str, winner: str | None = None,
@@ -201,4 +205,12 @@ def stop_experiment(services: Any, name: str, *, actor: str, winner: str | None 
         from registry.delivery.deltas import schedule_release_deltas
 
         schedule_release_deltas(services, release)
+    _republish(services, stopped)
     return stopped, release
+
+
+def _republish(services: Any, experiment: ExperimentOut) -> None:
+    # The signed ruleset follows every change of the channel (registry.delivery.rulesets).
+    from registry.delivery.rulesets import republish
+
+    republish(services, experiment.model, experiment.channel)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry.delivery.guardrails import Breach, evaluate, parse_guardrails
+from registry.delivery.rulesets import republish
 
 __all__ = ["ArmRef", "Halt", "MetricsProvider", "check_guardrails", "default_metrics_provider"]
 
@@ -88,6 +89,7 @@ def check_guardrails(services: Any,
                         release.counter, reason)
             halts.append(Halt("release", f"{release.model}/{release.channel}#{release.counter}",
                               reason, tuple(details["breaches"])))
+            republish(services, release.model, release.channel)
     for experiment in services.store.guarded_experiments():
         found: list[tuple[str, Breach]] = []
         for arm in experiment.arms[1:]:
@@ -102,6 +104,7 @@ def check_guardrails(services: Any,
             log.warning("halted experiment %s: %s", experiment.name, reason)
             halts.append(Halt("experiment", experiment.name, reason,
                               tuple(details["breaches"])))
+            republish(services, experiment.model, experiment.channel)
     return halts
 
 

@@ -126,6 +126,7 @@ def promote(services: Any, model: str, version: object, *, channel: object, acto
         rollout_seed=new_seed(), targeting=rules, guardrails=checks, kind="promote",
         reason=reason, actor=actor)
     _schedule_deltas(services, release)
+    _republish(services, model, channel)
     return release
 
 
@@ -145,9 +146,11 @@ def set_rollout(services: Any, model: str, channel: object, *, actor: str,
     bp = None if rollout_percent is None else percent_to_bp(rollout_percent, "rollout_percent")
     if paused is not None and not isinstance(paused, bool):
         raise ValidationError("paused must be true or false", field="paused")
-    return services.store.update_current_release(model, channel, actor=actor,
-                                                 reason=_reason(reason), rollout_bp=bp,
-                                                 paused=paused)
+    release = services.store.update_current_release(model, channel, actor=actor,
+                                                    reason=_reason(reason), rollout_bp=bp,
+                                                    paused=paused)
+    _republish(services, model, channel)
+    return release
 
 
 def rollback(services: Any, model: str, channel: object, *, actor: str,
@@ -180,6 +183,7 @@ def rollback(services: Any, model: str, channel: object, *, actor: str,
         details={"from_counter": current.counter, "from_version": current.version,
                  "restores_counter": source.counter})
     _schedule_deltas(services, release)
+    _republish(services, model, channel)
     return release
 
 
@@ -205,3 +209,10 @@ def _schedule_deltas(services: Any, release: ReleaseOut) -> None:
     from registry.delivery.deltas import schedule_release_deltas
 
     schedule_release_deltas(services, release)
+
+
+def _republish(services: Any, model: str, channel: str) -> None:
+    # The signed ruleset follows every change of the channel (registry.delivery.rulesets).
+    from registry.delivery.rulesets import republish
+
+    republish(services, model, channel)

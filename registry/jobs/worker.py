@@ -81,6 +81,9 @@ def maintenance(services) -> None:  # noqa: ANN001
             log.warning("job %s requeued: its worker stopped heart-beating", job_id)
             services.jobs.enqueue(job_id)
         services.signing.refresh()
+        from registry.delivery.rulesets import refresh_rulesets  # stale or expiring rulesets
+
+        refresh_rulesets(services)
         for path in services.blobs.sweep_staging(services.settings.staging_max_age):
             log.warning("removed abandoned upload %s", path.name)
     except Exception:  # noqa: BLE001 - maintenance must not kill the worker

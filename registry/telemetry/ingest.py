@@ -53,7 +53,11 @@ _FAILURES = frozenset({"download_failed", "install_failed", "crash"})
 
 #: Fields every event may carry, and the extra fields allowed per kind.
 _COMMON = frozenset({"id", "kind", "install_id", "ts", "model", "version", "variant",
-                     "experiment", "arm", "device_model", "platform"})
+                     "experiment", "arm", "device_model", "platform",
+                     # sent by devices that decide locally (resolve="local"): the decision's
+                     # channel and release counter, which the service checks, not stores
+                     "channel", "release_counter"})
+_CHANNEL = re.compile(r"[a-z0-9-]{1,32}")
 _KIND_FIELDS: dict[str, frozenset[str]] = {
     kind: frozenset(
         ({"bytes", "seconds"} if kind in _DOWNLOADS else set())
@@ -100,6 +104,8 @@ class ValidatedBatch:
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # local decisions the events report (resolve="local"), checked by the service
+    decisions: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     repeats: int = 0
 
@@ -261,6 +267,27 @@ def validate_event(event: object, received_at: datetime) -> dict[str, Any]:
     }
 
 
+def local_decision(event: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision a locally-resolving device says it made (``channel`` and
+    ``release_counter`` with the row's model, version, variant, arm), or None; not stored,
+    the service recomputes it.
+
+    Raises:
+        _Bad: a malformed channel or counter.
+    """
+    channel = _text(event, "channel", pattern=_CHANNEL, max_len=32)
+    counter = _int(event, "release_counter", lo=1)
+    if channel is None and counter is None:
+        return None
+    if channel is None or counter is None:
+        raise _Bad("channel" if channel is None else "release_counter",
+                   "channel and release_counter come together (a local decision) or not at all")
+    return {"model": row["model"], "channel": channel, "release_counter": counter,
+            "version": row["version"], "variant": row["variant"],
+            "experiment": row["experiment"], "arm": row["arm"],
+            "install_id": row["install_id"], "platform": row["platform"]}
+
+
 def validate_batch(body: object, max_events: int,
                    received_at: datetime | None = None) -> ValidatedBatch:
     """Split a request body into rows to store and per-event rejections.
@@ -291,6 +318,7 @@ def validate_batch(body: object, max_events: int,
     for index, event in enumerate(events):
         try:
             row = validate_event(event, received_at)
+            decision = local_decision(event, row)
         except _Bad as bad:
             out.rejected.append(Rejection(index, bad.field, bad.error))
             continue
@@ -299,4 +327,6 @@ def validate_batch(body: object, max_events: int,
             continue
         seen.add(row["event_id"])
         out.rows.append(row)
+        if decision is not None:
+            out.decisions.append(decision)
     return out

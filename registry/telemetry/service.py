@@ -38,6 +38,8 @@ def record_batch(services: Any, body: object, *, client_ip: str | None = None,
         if client_ip is not None:
             budget.charge_ip(client_ip, len(batch.rows))
         _drop_over_budget(batch, budget, body)
+    kept = {r["install_id"] for r in batch.rows}  # not the ones over their budget
+    _register_local_decisions(services, [d for d in batch.decisions if d["install_id"] in kept])
     _flag_unserved(services, batch.rows)
     accepted = services.store.insert_telemetry(batch.rows)
     if batch.rejected:
@@ -65,6 +67,23 @@ def _drop_over_budget(batch: Any, budget: Any, body: Any) -> None:
         else:
             kept.append(row)
     batch.rows[:] = kept
+
+
+def _register_local_decisions(services: Any, decisions: list[dict[str, Any]]) -> None:
+    """Devices that decided locally report their decision with their events: the server
+    recomputes it from the install id and, when it agrees, records the device as served
+    (and its arm as assigned), so guardrails and reports count it as if it had been sent a
+    manifest; otherwise its events stay flagged unserved."""
+    from registry.delivery.rulesets import check_local_decision
+
+    done: set[tuple] = set()
+    for d in decisions:
+        key = tuple(sorted(d.items()))
+        if key not in done:
+            done.add(key)
+            check_local_decision(services, d["model"], d["channel"], d["release_counter"],
+                                 d["version"], d["variant"], d["experiment"], d["arm"],
+                                 d["install_id"], platform=d["platform"])
 
 
 def _flag_unserved(services: Any, rows: list[dict[str, Any]]) -> None:

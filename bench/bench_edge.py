@@ -1,0 +1,232 @@
+"""Edge delivery, side by side: what a poll and a download cost in each mode.
+
+    .venv/bin/python bench/bench_edge.py [--duration 10] [--artifact-mb 100]
+
+One data dir (bench_manifest.prepare: two versions, v2 at a 50% staged rollout) served by
+gunicorn (deploy/gunicorn.conf.py), exported with ``modeldrop mirror export`` and served by
+nginx (``apt-get install -y nginx`` when missing; benchmarks only). Then, in one run:
+
+1. ``wrk -t2 -c64``: the ruleset from nginx (the exported mirror), the dynamic ruleset route,
+   the dynamic manifest route (10,000 install ids), and a bare Flask app (constant 800 B);
+2. the SDK's local decision (``client_sdk.rules.evaluate_ruleset``), microseconds per
+   decision over 100,000 install ids in CPython;
+3. the bytes on the wire of a "no update" poll: server mode (manifest with ``If-None-Match``,
+   answered 304) and local mode (what python-tuf fetches when nothing changed: the next root,
+   404, and timestamp.json; the cached ruleset's hash still matches, so nothing else), plus
+   a 304 of the ruleset route for reference;
+4. a large artifact (``--artifact-mb``) through the API and from nginx: MB/s.
+
+Writes bench/results/edge.json. Everything listens on 127.0.0.1 and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_manifest import LUA, QUERY, Server, ensure_wrk, free_port, measure, prepare  # noqa: E402
+
+FIXED_LUA = r"""
+function request()
+  return wrk.format("GET", "%(path)s")
+end
+""" + LUA[LUA.index("function done"):]
+
+NGINX_CONF = """
+worker_processes 2;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  types { application/json json; }
+  server {
+    listen 127.0.0.1:%(port)d;
+    root %(mirror)s;
+    location /v1/rulesets/ { default_type application/json; etag on;
+                             add_header Cache-Control "public, max-age=60"; }
+    location /tuf/metadata/ { add_header Cache-Control "no-cache"; }
+  }
+}
+"""
+
+
+def wire_bytes(port: int, path: str, headers: dict[str, str]) -> int:
+    """Bytes of one request and its whole response on a fresh connection (both directions)."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1",
+             "User-Agent: modeldrop-sdk-python/0.1", "Accept-Encoding: identity",
+             "Accept: application/json", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(request)
+        received = 0
+        while chunk := s.recv(65536):
+            received += len(chunk)
+    return len(request) + received
+
+
+def throughput(url: str, size: int) -> float:
+    started = time.monotonic()
+    got = 0
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        while chunk := resp.read(1 << 20):
+            got += len(chunk)
+    assert got == size, (got, size)
+    return round(size / (1 << 20) / (time.monotonic() - started), 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--artifact-mb", type=int, default=100)
+    args = ap.parse_args()
+    wrk = ensure_wrk()
+    if not shutil.which("nginx"):
+        subprocess.run(["apt-get", "install", "-y", "nginx"], check=True, capture_output=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    work.chmod(0o755)  # nginx workers run as another user
+    data_dir, mirror = work / "data", work / "mirror"
+    prepare(data_dir)
+
+    # a large public artifact for the download figures
+    from registry.config import Settings
+    from registry.services import build_services
+
+    services = build_services(Settings.load({"data_dir": data_dir}))
+    big = random.Random(7).randbytes(args.artifact_mb << 20)
+    info = services.blobs.put_bytes(big)
+    services.signing.add_targets([services.target_spec(
+        "digits/99/big.tflite", info.sha256, info.size, model="digits", version=99,
+        variant="big", format="tflite", kind="variant")])
+    services.store.engine.dispose()
+
+    results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+    api = Server(data_dir, "sync", 5, bare=False)
+    bare = Server(data_dir, "sync", 5, bare=True)
+    nginx_port = free_port()
+    conf = work / "nginx.conf"
+    nginx = None
+    try:
+        api.wait_ready()
+        bare.wait_ready()
+        subprocess.run([sys.executable, "-m", "registry.cli", "--url", api.base, "mirror",
+                        "export", str(mirror)], check=True, capture_output=True, cwd=ROOT)
+        # the big artifact is a TUF target but no release names it: copy it by hand
+        (mirror / "v1/artifacts").mkdir(parents=True, exist_ok=True)
+        (mirror / "v1/artifacts" / info.sha256).write_bytes(big)
+        conf.write_text(NGINX_CONF % {"dir": work, "port": nginx_port, "mirror": mirror})
+        nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
+                                 start_new_session=True)
+        time.sleep(1)
+        ruleset_path = "/v1/rulesets/digits/production"
+        nginx_base = f"http://127.0.0.1:{nginx_port}"
+        with urllib.request.urlopen(nginx_base + ruleset_path) as resp:
+            ruleset_bytes = resp.read()
+        with urllib.request.urlopen(api.base + ruleset_path) as resp:
+            assert resp.read() == ruleset_bytes
+
+        ids = [f"{random.Random(i).getrandbits(128):032x}" for i in range(10_000)]
+        ids = [f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}" for h in ids]
+        (work / "ids.txt").write_text("\n".join(ids) + "\n")
+        manifest_lua = work / "manifest.lua"
+        manifest_lua.write_text(LUA % {"ids": work / "ids.txt", "query": QUERY})
+        ruleset_lua = work / "ruleset.lua"
+        ruleset_lua.write_text(FIXED_LUA % {"path": ruleset_path})
+        bare_lua = work / "bare.lua"
+        bare_lua.write_text(FIXED_LUA % {"path": "/v1/manifest"})
+
+        class Static:
+            base = nginx_base
+        rows = {
+            "ruleset from nginx (exported mirror)": measure(wrk, Static, ruleset_lua,
+                                                            args.duration, 64),
+            "ruleset route (gunicorn sync)": measure(wrk, api, ruleset_lua, args.duration, 64),
+            "manifest route (gunicorn sync)": measure(wrk, api, manifest_lua, args.duration, 64),
+            "bare Flask, constant 800 B": measure(wrk, bare, bare_lua, args.duration, 64),
+        }
+        base_rps = rows["bare Flask, constant 800 B"]["requests_per_s"]
+        for row in rows.values():
+            row["ratio_vs_bare_flask"] = round(row["requests_per_s"] / base_rps, 2)
+        results["throughput"] = rows
+        results["ruleset_bytes"] = len(ruleset_bytes)
+
+        # 2. local decisions per second in CPython
+        from client_sdk import DeviceInfo
+        from client_sdk.rules import evaluate_ruleset, parse_ruleset
+
+        ruleset = parse_ruleset(ruleset_bytes, "digits", "production")
+        devices = [DeviceInfo(platform=p, os_version="14", device_model=m, app_version="3.2.0",
+                              region=r) for p, m, r in (("android", "pixel7", "DE"),
+                                                         ("ios", "iPhone15,2", "us"),
+                                                         ("android", "sm-s918b", "fr"))]
+        decision_ids = [f"{random.Random(i).getrandbits(64):016x}-id" for i in range(100_000)]
+        started = time.perf_counter()
+        for n, install_id in enumerate(decision_ids):
+            evaluate_ruleset(ruleset, install_id, devices[n % 3], {})
+        per = (time.perf_counter() - started) / len(decision_ids) * 1e6
+        results["local_decision_us"] = round(per, 1)
+
+        # 3. bytes on the wire of a poll with nothing new
+        with urllib.request.urlopen(api.base + QUERY + ids[0]) as resp:
+            etag = resp.headers["ETag"]
+        api_port = int(api.base.rsplit(":", 1)[1])
+        with urllib.request.urlopen(nginx_base + ruleset_path) as resp:
+            ruleset_etag = resp.headers["ETag"]
+        root_versions = len(list((mirror / "tuf/metadata").glob("*.root.json")))
+        results["no_update_poll_bytes"] = {
+            "server mode: manifest 304": wire_bytes(api_port, QUERY + ids[0],
+                                                     {"If-None-Match": etag}),
+            "local mode via nginx: next root 404 + timestamp.json": (
+                wire_bytes(nginx_port, f"/tuf/metadata/{root_versions + 1}.root.json", {})
+                + wire_bytes(nginx_port, "/tuf/metadata/timestamp.json", {})),
+            "local mode via API: next root 404 + timestamp.json": (
+                wire_bytes(api_port, f"/tuf/metadata/{root_versions + 1}.root.json", {})
+                + wire_bytes(api_port, "/tuf/metadata/timestamp.json", {})),
+            "ruleset 304 from nginx (reference)": wire_bytes(
+                nginx_port, ruleset_path, {"If-None-Match": ruleset_etag}),
+        }
+
+        # 4. the artifact: through the API vs nginx
+        results["artifact_mb"] = args.artifact_mb
+        results["artifact_mb_per_s"] = {
+            # the TUF target route streams with the artifact route's code (stream_blob)
+            "through the API (gunicorn sync, local blob store)": throughput(
+                f"{api.base}/tuf/targets/digits/99/{info.sha256}.big.tflite", len(big)),
+            "nginx (exported mirror)": throughput(
+                f"{nginx_base}/v1/artifacts/{info.sha256}", len(big)),
+        }
+    finally:
+        api.stop()
+        bare.stop()
+        if nginx is not None:
+            os.killpg(nginx.pid, signal.SIGTERM)
+            nginx.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    out = ROOT / "bench" / "results" / "edge.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
