@@ -57,6 +57,7 @@ DECISIONS = {
     "GET /v1/keys": "public",
     "POST /v1/keys/rotate": "admin",
     "GET /v1/manifest": "public",
+    "GET /v1/rulesets/<model>/<channel>": "public",
     "GET /v1/models": "reader",
     "GET /v1/models/<name>": "reader",
     "PATCH /v1/models/<name>": "publisher",
