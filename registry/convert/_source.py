@@ -127,11 +127,14 @@ def _load_torch_source(source_path: Path, eval_path: Path | None) -> SourceModel
     from ._evalset import peek_input_shape
 
     input_shape = peek_input_shape(eval_path) if eval_path is not None else None
-    program, _ = _torch.load_program(source_path, input_shape)
-    input_name, shape, output_name, _ = _torch.describe_program(program, source_path.name)
+    program, script = _torch.load_program(source_path, input_shape)
+    if script is not None:
+        input_name, shape, output_name, _ = _torch.describe_script(script, input_shape, source_path.name)
+    else:
+        input_name, shape, output_name, _ = _torch.describe_program(program, source_path.name)
     signature = ModelSignature(saved_model_dir=str(source_path), input_name=input_name,
                                output_name=output_name, input_shape=shape, framework="torch")
-    return SourceModel(signature, _torch.TorchPredictor(program), kind="torch")
+    return SourceModel(signature, _torch.TorchPredictor(program, script), kind="torch")
 
 
 def _load_saved_model_source(saved_model_dir: Path) -> SourceModel:

@@ -82,6 +82,29 @@ def load_program(path: Path, input_shape: tuple[int, ...] | None = None):
     return program, script
 
 
+def describe_script(script, input_shape: tuple[int, ...],
+                    filename: str) -> tuple[str, tuple[int, ...], str, tuple[int, ...]]:
+    """The same for TorchScript, whose shape comes from the eval set: one run on zeros
+    shows that it takes that input and returns one tensor.
+
+    (``TS2EPConverter`` marks dimensions dynamic, so the program's own shapes say nothing.)
+    """
+    import torch
+
+    try:
+        with torch.no_grad():
+            result = script(torch.zeros((1, *input_shape), dtype=torch.float32))
+    except Exception as exc:
+        raise ConversionError(f"the TorchScript module {filename} does not run on an input of shape "
+                              f"(1, {', '.join(map(str, input_shape))}) (from the eval set): {exc}") from exc
+    if isinstance(result, (tuple, list)) and len(result) == 1:
+        (result,) = result
+    if not isinstance(result, torch.Tensor):
+        count = len(result) if isinstance(result, (tuple, list, dict)) else "no tensor"
+        raise ConversionError(f"only single-input, single-output models are supported; {filename} returns {count}")
+    return "input", tuple(input_shape), "output", tuple(int(d) for d in result.shape[1:])
+
+
 def describe_program(program, filename: str) -> tuple[str, tuple[int, ...], str, tuple[int, ...]]:
     """(input name, input shape without batch, output name, output shape) of a program.
 
@@ -130,11 +153,12 @@ def _static_shape(value, name: str, role: str) -> tuple[int, ...]:
 
 
 class TorchPredictor:
-    """Reference outputs from the uploaded program, one batch-1 sample at a time
-    (an exported program is specialised to the batch it was exported with)."""
+    """Reference outputs from the uploaded model (the TorchScript module itself, else the
+    exported program), one batch-1 sample at a time: an exported program is specialised to
+    the batch it was exported with."""
 
-    def __init__(self, program):
-        self._module = program.module()
+    def __init__(self, program, script=None):
+        self._module = script if script is not None else program.module()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
