@@ -138,3 +138,17 @@ def test_catalogue_lists_torch_formats():
 
     assert ".pt2" in SOURCE_FORMATS and ".pt" in SOURCE_FORMATS
     assert all(VARIANTS[n].format in ("tflite", "coreml") for n in VARIANT_NAMES)
+
+
+def test_a_worker_without_the_torch_toolchain_says_so(torch_digits, tmp_path, monkeypatch):
+    """A deployment whose conversion image holds only TensorFlow: the job's error names what is
+    missing instead of a bare ImportError. (In this process: the import fails before anything loads.)"""
+    import sys
+
+    from registry.convert import convert_version as convert_in_this_process
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # "import litert_torch" now raises ImportError
+    with pytest.raises(ConversionError, match="toolchain_missing: .pt2 is a PyTorch upload") as raised:
+        convert_in_this_process(torch_digits["paths"].pt2_path, tmp_path / "work", variants=["tflite-fp32"],
+                                max_parallel=1)
+    assert raised.value.code == "toolchain_missing" and "litert_torch" in str(raised.value)

@@ -122,7 +122,21 @@ def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
     return SourceModel(signature, predict, kind="keras")
 
 
+class ToolchainMissingError(ConversionError):
+    """This worker's environment lacks the converters the upload's framework needs."""
+
+    code = "toolchain_missing"
+
+
 def _load_torch_source(source_path: Path, eval_path: Path | None) -> SourceModel:
+    try:
+        import litert_torch  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ToolchainMissingError(
+            f"toolchain_missing: {source_path.suffix} is a PyTorch upload and this worker has no PyTorch "
+            f"toolchain ({exc.name or exc} is not installed); install the convert extra "
+            "(torch==2.13.0, litert-torch==0.10.0) on the conversion workers") from exc
     from . import _torch
     from ._evalset import peek_input_shape
 
