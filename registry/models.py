@@ -36,7 +36,7 @@ class VersionRow(SQLModel, table=True):
     status: str = "uploaded"  # uploaded -> converting -> ready | failed
     source_sha256: str = Field(max_length=64)
     source_size: int
-    source_format: str  # keras | h5 | zip
+    source_format: str  # keras | h5 | zip | pt2 | pt
     source_filename: str = ""
     eval_sha256: str | None = None
     metadata_json: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -26,7 +26,17 @@ from registry.errors import (
 from registry.schemas import NAME_RE, VersionMetadata, parse_as
 from registry.services import current_services
 
-SOURCE_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".zip": "zip"}
+SOURCE_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".zip": "zip", ".pt2": "pt2", ".pt": "pt"}
+# Formats that are zip archives by construction: anything else is refused at upload.
+_ZIP_FORMATS = {"pt2": "a torch.export ExportedProgram (torch.export.save)",
+                "pt": "a TorchScript module (torch.jit.save)"}
+_REFUSED_EXTENSIONS = {
+    ".onnx": "ONNX is not converted here: coremltools 9 does not read ONNX, and onnx2tf needs Python 3.12 "
+             "and pins versions that conflict with the other converters; export from PyTorch with "
+             "torch.export.save (.pt2) instead",
+    ".pth": "a .pth file is usually a pickled state_dict or module, which carries no graph: save the model "
+            "with torch.export.save (.pt2) or torch.jit.save (.pt)",
+}
 
 
 class HashingSpool:
@@ -127,9 +137,29 @@ def source_format(filename: str) -> str:
     for ext, fmt in SOURCE_EXTENSIONS.items():
         if lower.endswith(ext):
             return fmt
+    for ext, why in _REFUSED_EXTENSIONS.items():
+        if lower.endswith(ext):
+            raise UnsupportedFormatError(f"unsupported model file {filename!r}: {why}", field="file")
     raise UnsupportedFormatError(
-        f"unsupported model file {filename!r}: expected .keras, .h5 or a SavedModel directory as .zip",
+        f"unsupported model file {filename!r}: expected .keras, .h5, a SavedModel directory as .zip, "
+        "a torch.export program (.pt2) or TorchScript (.pt)",
         field="file")
+
+
+def check_container(fmt: str, path: Path, filename: str) -> None:
+    """Refuse, before anything is stored, a file that cannot be what its extension claims.
+
+    Only the container is checked here (the web process never opens a model): a ``.pt2``
+    or ``.pt`` must be a zip archive (a bare pickle from ``torch.save(model)`` is not).
+    Whether it really is a torch program is learnt in the sandbox, where a mismatch fails
+    the job with the loader's reason.
+    """
+    import zipfile
+
+    if fmt in _ZIP_FORMATS and not zipfile.is_zipfile(path):
+        raise UnsupportedFormatError(
+            f"{filename!r} is not {_ZIP_FORMATS[fmt]}: that format is a zip archive and this file is not one",
+            field="file")
 
 
 def take_spool(file_storage, field: str) -> HashingSpool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from registry.errors import UploadTooLargeError, VersionFailedError
 from registry.schemas import VersionOut
-from registry.uploads import parse_metadata, source_format, take_spool, validate_name
+from registry.uploads import check_container, parse_metadata, source_format, take_spool, validate_name
 
 
 def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: str | None,
@@ -21,6 +21,7 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     metadata = parse_metadata(metadata_raw)
     spool = take_spool(file_part, "file")
     fmt = source_format(file_part.filename)
+    check_container(fmt, spool.path, file_part.filename)
     eval_spool = None
     if eval_part is not None and getattr(eval_part, "filename", None):
         eval_spool = take_spool(eval_part, "eval")

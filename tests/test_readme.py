@@ -24,12 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 
 
-def first_steps_block(readme: str) -> str:
-    """The first ```bash block under the "First steps" heading."""
-    section = readme.split("## First steps", 1)[1]
-    match = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert match, "README.md: no ```bash block under ## First steps"
-    return match.group(1)
+def first_steps_block(readme: str, index: int = 0) -> str:
+    """The first (or ``index``-th) ```bash block under the "First steps" heading."""
+    section = readme.split("## First steps", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) > index, "README.md: no such ```bash block under ## First steps"
+    return blocks[index]
 
 
 def _free_port() -> int:
@@ -79,9 +79,7 @@ def served(tmp_path):
         log.close()
 
 
-def test_first_steps_run_verbatim(served):
-    work, port, serve_log = served
-    block = first_steps_block((REPO / "README.md").read_text())
+def _run_block(block: str, work: Path, port: int) -> str:
     assert "127.0.0.1:8080" in block
     lines = [line for line in block.replace("127.0.0.1:8080", f"127.0.0.1:{port}").splitlines()
              if line.strip()]
@@ -92,6 +90,23 @@ def test_first_steps_run_verbatim(served):
                             capture_output=True, text=True, timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
+    return out
+
+
+def test_pytorch_first_steps_run_verbatim(served):
+    """README command 1's server converts PyTorch uploads too: the PyTorch block, verbatim."""
+    work, port, _ = served
+    out = _run_block(first_steps_block((REPO / "README.md").read_text(), 1), work, port)
+    assert "conversion done; version status ready" in out, out
+    assert "digits-torch/production release 1: version 1" in out, out
+    assert re.search(r"device runs digits-torch v1 \(tflite-[a-z0-9-]+\), release counter 1", out), out
+    accuracy = float(re.search(r"accuracy (\d\.\d+) on \d+ eval samples", out).group(1))
+    assert accuracy > 0.7, out
+
+
+def test_first_steps_run_verbatim(served):
+    work, port, serve_log = served
+    out = _run_block(first_steps_block((REPO / "README.md").read_text()), work, port)
     assert "conversion done; version status ready" in out, out
     assert "digits/production release 1: version 1" in out, out
     assert re.search(r"device runs digits v1 \(tflite-[a-z0-9-]+\), release counter 1", out), out

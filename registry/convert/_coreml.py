@@ -46,7 +46,13 @@ def convert_coreml(
 
     if variant in ("coreml-fp32", "coreml-fp16"):
         precision = ct.precision.FLOAT32 if variant == "coreml-fp32" else ct.precision.FLOAT16
-        mlmodel = _convert_saved_model(signature, precision)
+        if signature.framework == "torch":
+            from ._torch import convert_coreml as convert_torch_coreml
+
+            mlmodel = convert_torch_coreml(Path(signature.saved_model_dir), signature.input_shape, precision,
+                                           INPUT_NAME, OUTPUT_NAME)
+        else:
+            mlmodel = _convert_saved_model(signature, precision)
     else:
         if base_package is None:
             raise ValueError(f"{variant} is built from {BASE_VARIANT[variant]}, which is missing")

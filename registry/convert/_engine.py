@@ -77,10 +77,11 @@ def convert_version(
     builds = plan_builds(names)
     workers = min(max_parallel or default_parallelism(), len(builds))
     # Start the workers first: their imports overlap the parent's load and export.
-    executor = _start_pool(workers) if workers > 1 else _InlineExecutor()
+    framework = "torch" if Path(source_path).suffix.lower() in (".pt2", ".pt") else "tensorflow"
+    executor = _start_pool(workers, framework) if workers > 1 else _InlineExecutor()
     try:
         source = load_source(Path(source_path), workdir, max_extract_bytes=max_extract_bytes,
-                             check_ops=check_ops)
+                             check_ops=check_ops, eval_path=Path(eval_path) if eval_path is not None else None)
         signature = source.signature
         evalset = (
             load_eval_set(Path(eval_path), signature.input_shape)
@@ -127,10 +128,10 @@ def plan_builds(names: list[str]) -> list[str]:
     return [n for n in _SCHEDULE_ORDER if n in needed]
 
 
-def _start_pool(workers: int) -> ProcessPoolExecutor:
+def _start_pool(workers: int, framework: str = "tensorflow") -> ProcessPoolExecutor:
     # spawn, not fork: forking a process that has TensorFlow loaded can hang.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_tasks.warm_up_worker)
+                               initializer=_tasks.warm_up_worker, initargs=(framework,))
     for _ in range(workers):
         pool.submit(_tasks.worker_ready)
     return pool
@@ -209,7 +210,7 @@ class _Run:
                     try:
                         future = executor.submit(run_task, self._task(name))
                     except BrokenProcessPool:
-                        executor = _start_pool(workers)
+                        executor = _start_pool(workers, self.signature.framework)
                         future = executor.submit(run_task, self._task(name))
                     running[future] = (name, executor)
                 if not running:
@@ -225,7 +226,7 @@ class _Run:
                         outcome = TaskOutcome(name, None, None, 0.0, f"conversion worker died: {describe_error(exc)}")
                         if ran_on is executor:
                             executor.shutdown(wait=False, cancel_futures=True)
-                            executor = _start_pool(workers)
+                            executor = _start_pool(workers, self.signature.framework)
                     self._on_outcome(outcome, defer_latency=parallel)
             executor.shutdown(wait=True)
         finally:

@@ -57,6 +57,24 @@ def synthetic_eval_set(input_shape: tuple[int, ...]) -> EvalSet:
     return EvalSet(x=x, y=None, source="synthetic")
 
 
+def peek_input_shape(eval_path: Path) -> tuple[int, ...] | None:
+    """The per-sample shape of the eval set's ``x`` (None without one), read from the npy
+    header only: for a source that does not record its own input shape (TorchScript)."""
+    try:
+        with zipfile.ZipFile(eval_path) as archive, archive.open("x.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(fh)
+    except KeyError:
+        return None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ConversionError(f"cannot read evaluation set {eval_path.name}: {exc}") from exc
+    if len(shape) < 2 or any(int(d) < 1 for d in shape[1:]):
+        raise ConversionError(f"evaluation set x has shape {tuple(shape)}, expected (N, ...input shape)")
+    return tuple(int(d) for d in shape[1:])
+
+
 def load_eval_set(eval_path: Path, input_shape: tuple[int, ...]) -> EvalSet:
     """Read an uploaded ``.npz`` with ``x`` (N, *input_shape) and optional integer ``y`` (N,).
 

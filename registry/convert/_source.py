@@ -1,9 +1,10 @@
 """Loading the uploaded model and reducing every input format to one SavedModel.
 
-Whatever was uploaded (.keras, .h5, zipped SavedModel), the converters see the same
-thing: a SavedModel directory with a ``serving_default`` signature taking one float32
-tensor. TFLite converts fastest from a SavedModel, and Core ML converts reliably from a
-tf.function wrapping that signature (this also covers Sequential models, which
+Whatever TensorFlow upload arrived (.keras, .h5, zipped SavedModel), the converters see
+the same thing: a SavedModel directory with a ``serving_default`` signature taking one
+float32 tensor. PyTorch uploads (.pt2, .pt) are loaded by ``_torch`` instead and keep
+their own file (``framework == "torch"``). TFLite converts fastest from a SavedModel, and
+Core ML converts reliably from a tf.function wrapping that signature (this also covers Sequential models, which
 ``ct.convert`` rejects directly). The parent exports it once; workers only read it.
 """
 
@@ -35,10 +36,11 @@ class SourceTooLargeError(ConversionError):
 class ModelSignature:
     """What a worker process needs to find and call the model (picklable)."""
 
-    saved_model_dir: str
+    saved_model_dir: str  # the SavedModel (TensorFlow) or the uploaded .pt2/.pt file (torch)
     input_name: str
     output_name: str
     input_shape: tuple[int, ...]  # without the batch dimension
+    framework: str = "tensorflow"  # "tensorflow" | "torch"
 
 
 class SourceModel:
@@ -46,7 +48,7 @@ class SourceModel:
 
     def __init__(self, signature: ModelSignature, predict_fn, kind: str):
         self.signature = signature
-        self.kind = kind  # "keras" | "saved_model"
+        self.kind = kind  # "keras" | "saved_model" | "torch"
         self._predict_fn = predict_fn
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -59,12 +61,13 @@ class SourceModel:
 
 
 def load_source(source_path: Path, workdir: Path, *, max_extract_bytes: int = MAX_SAVEDMODEL_BYTES,
-                check_ops: bool = True) -> SourceModel:
+                check_ops: bool = True, eval_path: Path | None = None) -> SourceModel:
     """Load the upload and make sure a SavedModel for the converters exists in workdir.
 
     A zipped SavedModel is extracted within ``max_extract_bytes`` and, with ``check_ops``,
     its graph is checked for file, network and process operations before TensorFlow
-    loads it (``_opcheck``).
+    loads it (``_opcheck``). A TorchScript ``.pt`` takes its input shape from the eval
+    set at ``eval_path`` (TorchScript does not record one).
 
     Raises:
         ConversionError: unsupported extension, unsafe or broken zip, the loader's
@@ -77,6 +80,8 @@ def load_source(source_path: Path, workdir: Path, *, max_extract_bytes: int = MA
         )
     if not source_path.is_file():
         raise ConversionError(f"source model {source_path} does not exist")
+    if suffix in (".pt2", ".pt"):
+        return _load_torch_source(source_path, eval_path)
     if suffix == ".zip":
         saved_model_dir = _extract_saved_model_zip(source_path, workdir / "source", max_extract_bytes)
         if check_ops:
@@ -115,6 +120,35 @@ def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
         return model(batch, training=False)
 
     return SourceModel(signature, predict, kind="keras")
+
+
+class ToolchainMissingError(ConversionError):
+    """This worker's environment lacks the converters the upload's framework needs."""
+
+    code = "toolchain_missing"
+
+
+def _load_torch_source(source_path: Path, eval_path: Path | None) -> SourceModel:
+    try:
+        import litert_torch  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ToolchainMissingError(
+            f"toolchain_missing: {source_path.suffix} is a PyTorch upload and this worker has no PyTorch "
+            f"toolchain ({exc.name or exc} is not installed); install the convert extra "
+            "(torch==2.13.0, litert-torch==0.10.0) on the conversion workers") from exc
+    from . import _torch
+    from ._evalset import peek_input_shape
+
+    input_shape = peek_input_shape(eval_path) if eval_path is not None else None
+    program, script = _torch.load_program(source_path, input_shape)
+    if script is not None:
+        input_name, shape, output_name, _ = _torch.describe_script(script, input_shape, source_path.name)
+    else:
+        input_name, shape, output_name, _ = _torch.describe_program(program, source_path.name)
+    signature = ModelSignature(saved_model_dir=str(source_path), input_name=input_name,
+                               output_name=output_name, input_shape=shape, framework="torch")
+    return SourceModel(signature, _torch.TorchPredictor(program, script), kind="torch")
 
 
 def _load_saved_model_source(saved_model_dir: Path) -> SourceModel:

@@ -34,11 +34,16 @@ class TaskOutcome:
     error: str | None = None
 
 
-def warm_up_worker() -> None:
-    """Pool initializer: pay the TensorFlow/coremltools import (~4 s) while the parent
-    is still loading the source and exporting the SavedModel, not on the first task."""
+def warm_up_worker(framework: str = "tensorflow") -> None:
+    """Pool initializer: pay the TensorFlow/coremltools import (~4 s; torch and litert-torch
+    ~7 s) while the parent is still loading the source, not on the first task."""
     import coremltools  # noqa: F401
-    import tensorflow  # noqa: F401
+
+    if framework == "torch":
+        import litert_torch  # noqa: F401
+        import torch  # noqa: F401
+    else:
+        import tensorflow  # noqa: F401
 
 
 def worker_ready() -> int:
@@ -63,7 +68,13 @@ def run_task(task: ConvertTask) -> TaskOutcome:
             from ._tflite import convert_tflite
 
             calibration = Path(task.calibration_path) if task.calibration_path else None
-            convert_tflite(task.signature, task.variant, artifact, calibration)
+            if task.signature.framework == "torch":
+                from ._torch import convert_tflite as convert_torch_tflite
+
+                convert_torch_tflite(Path(task.signature.saved_model_dir), task.signature.input_shape,
+                                     task.variant, artifact, Path(task.build_dir), calibration)
+            else:
+                convert_tflite(task.signature, task.variant, artifact, calibration)
         else:
             from ._coreml import convert_coreml, zip_package
 

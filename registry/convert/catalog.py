@@ -94,8 +94,9 @@ VARIANTS: dict[str, VariantSpec] = {
 
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 
-# Accepted upload file extensions. ".zip" is a zipped TensorFlow SavedModel directory.
-SOURCE_FORMATS: tuple[str, ...] = (".keras", ".h5", ".zip")
+# Accepted upload file extensions. ".zip" is a zipped TensorFlow SavedModel directory,
+# ".pt2" a torch.export ExportedProgram (torch.export.save), ".pt" TorchScript (torch.jit.save).
+SOURCE_FORMATS: tuple[str, ...] = (".keras", ".h5", ".zip", ".pt2", ".pt")
 
 
 def validate_variants(variants: Iterable[str] | None) -> list[str]:
