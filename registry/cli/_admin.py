@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from registry.cli._common import client, echo_json, pass_ctx, table
@@ -22,13 +24,39 @@ def token() -> None:
 @click.option("--role", type=click.Choice(["reader", "publisher", "admin"]), required=True,
               help="What the token may do.")
 @click.option("--name", default="", help="A label to recognise the token by.")
+@click.option("--data-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=None,
+              help="Offline, on the server's machine: write the token straight into the "
+                   "registry in this data dir (its database from MODELDROP_DATABASE_URL if "
+                   "set), without the server or any token. The way back in when no admin "
+                   "token is left.")
 @pass_ctx
-def token_create(ctx, role, name) -> None:
+def token_create(ctx, role, name, data_dir) -> None:
     """Create a token; it is printed once and stored only as a hash."""
-    created = client(ctx).post("/v1/tokens", {"role": role, "name": name})
+    if data_dir is not None:
+        created = _create_offline(data_dir, role, name)
+    else:
+        created = client(ctx).post("/v1/tokens", {"role": role, "name": name})
     click.echo(created["token"])
     click.echo(f"(token {created['id']}, role {created['role']}; store it now, it is not shown again)",
                err=True)
+
+
+def _create_offline(data_dir: Path, role: str, name: str) -> dict:
+    # Like `serve`, this runs on the server's machine with its files: it opens the database
+    # itself (the one place the CLI does), so it needs neither the server nor a token.
+    from registry import db
+    from registry.config import Settings
+    from registry.store import Store
+
+    settings = Settings.load({"data_dir": data_dir.resolve()})
+    engine = db.make_engine(settings.sqlalchemy_url)
+    try:
+        db.upgrade(engine)
+        made = Store(engine).create_token(role, name or f"offline-{role}", created_by="cli:offline")
+    finally:
+        engine.dispose()
+    return made.model_dump(mode="json")
 
 
 @token.command("list")
