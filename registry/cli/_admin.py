@@ -13,6 +13,7 @@ def register(main: click.Group) -> None:
     main.add_command(token)
     main.add_command(keys)
     main.add_command(audit)
+    main.add_command(fsck)
 
 
 @click.group()
@@ -116,3 +117,32 @@ def audit(ctx, limit, action, actor, show_all, as_json) -> None:
     click.echo(table(["WHEN", "WHO", "ACTION", "TARGET"],
                      [(a["ts"][:19], a["actor"], a["action"], a["target"]) for a in data["items"]]))
     return None
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              envvar="MODELDROP_DATA_DIR", required=True,
+              help="The server's data dir (with its settings from MODELDROP_*: the database, "
+                   "the blob backend). Run on the server's machine.")
+@click.option("--repair", is_flag=True, help="Fix what is found (see docs/cli.md for what each fix is).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def fsck(data_dir: Path, repair: bool, as_json: bool) -> None:
+    """Check the database, blob store and TUF repository against each other (offline)."""
+    from registry.config import Settings
+    from registry.fsck import fsck as run_fsck
+    from registry.services import build_services
+
+    services = build_services(Settings.load({"data_dir": data_dir.resolve()}))
+    try:
+        findings = run_fsck(services, repair=repair)
+    finally:
+        services.store.engine.dispose()
+    if as_json:
+        echo_json({"findings": [f.to_dict() for f in findings], "repaired": repair})
+    else:
+        for f in findings:
+            mark = "repaired" if f.repaired else ("found" if not repair else "left")
+            click.echo(f"{f.kind:20} {f.subject}  {f.detail}  [{mark}]")
+        click.echo(f"{len(findings)} finding(s)" + (", repaired" if repair and findings else ""))
+    if findings and not repair:
+        raise SystemExit(1)
