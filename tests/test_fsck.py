@@ -116,7 +116,7 @@ def test_a_refused_upload_leaves_no_blob_and_no_staging_file(api, services):
 
 
 @pytest.mark.parametrize("backend", ["local"])
-def test_serve_sweeps_staging_at_start_whatever_its_age(tmp_path, backend):
+def test_serve_sweeps_staging_and_work_folders_at_start(tmp_path, backend):
     """A crash mid-upload leaves a staging file; the next `modeldrop serve` removes it even
     though it is seconds old (it used to stay 6 hours)."""
     import socket
@@ -125,6 +125,9 @@ def test_serve_sweeps_staging_at_start_whatever_its_age(tmp_path, backend):
     staging = settings.data_dir / "blobs" / ".staging"
     staging.mkdir(parents=True)
     (staging / "upload-leftover").write_bytes(b"\0" * 1024)
+    job_dir = settings.data_dir / "work" / "job-deadbeef-x1"  # a conversion killed with -9
+    (job_dir / "work").mkdir(parents=True)
+    (job_dir / "work" / "model.tflite").write_bytes(b"\0" * 1024)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -143,7 +146,9 @@ def test_serve_sweeps_staging_at_start_whatever_its_age(tmp_path, backend):
             except requests.ConnectionError:
                 time.sleep(0.1)
         assert not (staging / "upload-leftover").exists()
+        assert not job_dir.exists()
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert "removed the abandoned upload upload-leftover" in err
+    assert "removed the abandoned conversion folder job-deadbeef-x1" in err
