@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from registry.cli._common import client, echo_json, pass_ctx, table
+from registry.errors import ModelDropError
 
 
 def register(main: click.Group) -> None:
@@ -14,6 +15,8 @@ def register(main: click.Group) -> None:
     main.add_command(keys)
     main.add_command(audit)
     main.add_command(fsck)
+    main.add_command(backup_cmd)
+    main.add_command(restore_cmd)
 
 
 @click.group()
@@ -146,3 +149,44 @@ def fsck(data_dir: Path, repair: bool, as_json: bool) -> None:
         click.echo(f"{len(findings)} finding(s)" + (", repaired" if repair and findings else ""))
     if findings and not repair:
         raise SystemExit(1)
+
+
+_DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), envvar="MODELDROP_DATA_DIR",
+                         required=True, help="The server's data dir (its database from "
+                                             "MODELDROP_DATABASE_URL when set). Run on the server's machine.")
+
+
+@click.command("backup")
+@click.argument("directory", type=click.Path(path_type=Path))
+@_DATA_DIR
+def backup_cmd(directory: Path, data_dir: Path) -> None:
+    """Back up database, blobs, signing keys and TUF metadata into DIRECTORY (new)."""
+    from registry.backup import backup
+    from registry.config import Settings
+    from registry.services import build_services
+
+    services = build_services(Settings.load({"data_dir": data_dir.resolve()}))
+    try:
+        summary = backup(services, directory)
+    except ModelDropError as e:
+        raise click.ClickException(e.detail) from e
+    finally:
+        services.store.engine.dispose()
+    click.echo(f"backed up {sum(summary['tables'].values())} rows and {summary['blobs']} blobs "
+               f"into {directory}")
+
+
+@click.command("restore")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@_DATA_DIR
+def restore_cmd(directory: Path, data_dir: Path) -> None:
+    """Restore the backup in DIRECTORY into a fresh data dir and an empty database."""
+    from registry.backup import restore
+    from registry.config import Settings
+
+    try:
+        summary = restore(Settings.load({"data_dir": data_dir.resolve()}), directory)
+    except ModelDropError as e:
+        raise click.ClickException(e.detail) from e
+    click.echo(f"restored {sum(summary['tables'].values())} rows and {summary['blobs']} blobs "
+               f"into {data_dir}")
