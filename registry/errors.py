@@ -123,6 +123,10 @@ class ConflictError(ModelDropError):
     code, status, title = "conflict", 409, "Conflict"
 
 
+class LastAdminTokenError(ConflictError):
+    code, title = "last_admin_token", "Cannot revoke the last admin token"
+
+
 class VersionConflictError(ConflictError):
     code, title = "version_conflict", "Version already exists with different content"
 

@@ -33,7 +33,8 @@ def parse_as(model: type[BaseModel], data: Any, error: type[ValidationError] = V
 
 class _Strict(BaseModel):
     # allow_inf_nan: the string "NaN" would otherwise become a float nan, stored as null.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: false is not 0.0 and "5" is not 5 (what the OpenAPI document promises).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class TensorSpec(_Strict):
@@ -105,16 +106,9 @@ class MetadataPatch(_Strict):
 class ModelPatch(_Strict):
     """Model-wide settings; ``None`` leaves a field unchanged."""
 
-    description: str | None = Field(default=None, max_length=10_000)
+    # Leaving it out leaves it unchanged; null is refused (it would blank a required column).
+    description: str = Field(default=None, max_length=10_000)  # type: ignore[assignment]
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
-
-    @field_validator("description", mode="before")
-    @classmethod
-    def _description_not_null(cls, v: Any) -> Any:
-        # Leaving it out leaves it unchanged; null would blank a required column.
-        if v is None:
-            raise ValueError("description cannot be null; send \"\" to clear it")
-        return v
 
 
 class VariantOut(BaseModel):

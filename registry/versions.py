@@ -33,10 +33,18 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     eval_sha = None
     if eval_spool is not None:
         eval_sha = services.blobs.adopt_file(eval_spool.path, eval_spool.sha256, eval_spool.size).sha256
-    version, created = services.store.create_version(
-        name, sha256=source.sha256, size=source.size, source_format=fmt,
-        filename=file_part.filename, metadata=metadata, eval_sha256=eval_sha, actor=actor,
-        number=number)
+    try:
+        version, created = services.store.create_version(
+            name, sha256=source.sha256, size=source.size, source_format=fmt,
+            filename=file_part.filename, metadata=metadata, eval_sha256=eval_sha, actor=actor,
+            number=number)
+    except BaseException:
+        # A 409 (or any failure) after the bytes were stored: no row will refer to them, so
+        # they go too, unless another version already has the same bytes.
+        for sha in {source.sha256, eval_sha} - {None}:
+            if not services.store.blob_referenced(sha):
+                services.blobs.delete(sha)
+        raise
     if not created and version.status == "failed":
         # Re-pushing the same bytes cannot fix a failed conversion (and would silently drop a
         # new eval set or metadata): say so and point at retry.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 
 from flask import Flask, Response, json, request
-from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 from registry.errors import (
@@ -22,6 +23,7 @@ log = logging.getLogger("modeldrop.api")
 PROBLEM = "application/problem+json"
 
 
+UNREAD_BODY_BYTES = 1 << 20  # an unread body above this is not drained after an early error
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # SQLSTATE 53100 disk_full, 53200 out_of_memory, 53300 too_many_connections are class 53
 # ("insufficient resources"); SQLite says SQLITE_FULL as "database or disk is full".
@@ -81,6 +83,26 @@ def register_api(app: Flask) -> None:
 
     app.teardown_request(lambda exc: discard_spools())
 
+    @app.after_request
+    def _refuse_unread_body(resp: Response) -> Response:
+        """An error answered before the body was read (role, name, declared size: all known
+        from the URL and headers) does not then swallow the upload: the connection closes and
+        its read side is shut, so the server's drain-before-close (werkzeug's reads up to 10 GB
+        to let the client see the answer) stops at once and the client's send fails."""
+        if resp.status_code >= 400 and (request.content_length or 0) > UNREAD_BODY_BYTES:
+            # request.stream is made on first use (and raises 413 for an oversized body):
+            # never made means never read.
+            stream = request.__dict__.get("stream")
+            if stream is None or not getattr(stream, "is_exhausted", True):
+                resp.headers["Connection"] = "close"
+                sock = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
+        return resp
+
     @app.errorhandler(ModelDropError)
     def _modeldrop_error(e: ModelDropError) -> Response:
         if e.status >= 500 and not isinstance(e, StorageFullError) and storage_full_cause(e):
@@ -97,7 +119,10 @@ def register_api(app: Flask) -> None:
             return problem_response(UploadTooLargeError("the request body is larger than the upload limit"))
         if isinstance(e, ClientDisconnected):
             return problem_response(UploadIncompleteError("the client disconnected before the upload ended"))
-        return problem_response(HTTPProblem(e.code or 500, e.name, e.description))
+        resp = problem_response(HTTPProblem(e.code or 500, e.name, e.description))
+        if isinstance(e, MethodNotAllowed) and e.valid_methods:  # RFC 9110: a 405 says what is
+            resp.headers["Allow"] = ", ".join(sorted(e.valid_methods))
+        return resp
 
     def _full(e: BaseException) -> Response:
         log.error("storage full on %s %s: %s", request.method, request.path, storage_full_cause(e))

@@ -5,7 +5,8 @@ telemetry batches) goes through :func:`loads_strict`: the size is checked before
 are read, the nesting depth before they are parsed (Python's parser recurses, and a
 document 900 deep that parses still breaks every later read of it), and the values while
 they are parsed: ``NaN``/``Infinity`` (not JSON, silently stored as null before) and
-integers outside 64 bits (no column holds them) are a 400 naming the field.
+numbers outside the 64-bit integer range (no column holds such an integer; one rule for
+every number keeps the OpenAPI document simple and true) are a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ def loads_strict(raw: bytes | str, *, field: str = "body", max_bytes: int | None
 
     def parse_float(s: str) -> Any:
         value = float(s)
-        return value if math.isfinite(value) else refuse("is a number too large to represent")
+        if not math.isfinite(value) or not INT64_MIN <= value <= INT64_MAX:
+            return refuse("is a number outside the 64-bit range")
+        # 3.0 is the integer 3 in JSON (and JSON Schema): a version number may be sent so.
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
     try:
         data = json.loads(text, parse_int=parse_int, parse_float=parse_float,

@@ -47,7 +47,11 @@ def audit_log():
 @bp.post("/v1/keys/rotate")
 @require_role("admin")
 def rotate_key():
-    role = json_body().get("role")
+    body = json_body()
+    unknown = sorted(set(body) - {"role"})
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r}; send only 'role'", field=unknown[0])
+    role = body.get("role")
     if role not in ROTATABLE:
         raise ValidationError(f"role must be one of {', '.join(ROTATABLE)}", field="role")
     svc, actor = current_services(), current_actor()

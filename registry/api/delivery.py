@@ -18,6 +18,7 @@ from registry.observability import record_manifest
 from registry.services import current_services
 
 bp = Blueprint("delivery", __name__)
+MAX_REASON = 1000  # characters of a reason (kept in the release, the experiment and the audit log)
 
 
 def _body(allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, Any]:
@@ -29,6 +30,10 @@ def _body(allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, Any
     for name in required:
         if body.get(name) is None:
             raise ValidationError(f"{name!r} is required", field=name)
+    reason = body.get("reason", "")
+    if not isinstance(reason, str | None) or len(reason or "") > MAX_REASON:  # {} was taken as ""
+        raise ValidationError(f"'reason' must be a string of at most {MAX_REASON} characters",
+                              field="reason")
     return body
 
 

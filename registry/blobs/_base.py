@@ -128,6 +128,10 @@ class BlobStore(ABC):
 
     # -- public behaviour ----------------------------------------------------------
 
+    def iter_sha256(self) -> Iterator[str]:
+        """Every stored blob's sha256 (the store's own listing; for ``modeldrop fsck``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its blobs")
+
     def sweep_staging(self, older_than: float) -> list[Path]:
         """Remove upload files nobody has written to for ``older_than`` seconds.
 

@@ -53,6 +53,11 @@ class LocalBlobStore(BlobStore):
         except OSError as e:
             raise StorageError(f"cannot stat blob {sha256}") from e
 
+    def iter_sha256(self) -> Iterator[str]:
+        for path in sorted(self.root.glob("??/??/*")):
+            if path.is_file() and len(path.name) == 64 and path.parent.parent.name == path.name[:2]:
+                yield path.name
+
     def delete(self, sha256: str) -> None:
         try:
             self._path_for(sha256).unlink(missing_ok=True)

@@ -198,6 +198,16 @@ class S3BlobStore(BlobStore):
         with _storage_errors("HeadObject", sha256):
             return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
 
+    def iter_sha256(self) -> Iterator[str]:
+        with _storage_errors("ListObjectsV2"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=KEY_PREFIX)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(KEY_PREFIX):]
+                    if len(name) == 64:
+                        yield name
+
     def delete(self, sha256: str) -> None:
         key = self._key(sha256)
         with _storage_errors("DeleteObject"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -42,6 +43,16 @@ def serve(data_dir: Path, host: str, port: int, worker_processes: int | None) ->
                         settings.bootstrap_admin_token):
         click.echo(line)
     sys.stdout.flush()  # before any log line on stderr, also when both go to one file
+    # This process is the only web process of the data dir and holds no upload yet: whatever
+    # is staged was left by a crash, however recent (the age rule is for shared staging).
+    from registry.blobs import blob_store_from_settings
+
+    for path in blob_store_from_settings(settings).sweep_staging(0):
+        click.echo(f"removed the abandoned upload {path.name} from staging", err=True)
+    if settings.job_backend == "inprocess":  # its workers are this process's: none runs yet
+        for job_dir in sorted((Path(settings.data_dir) / "work").glob("job-*")):
+            shutil.rmtree(job_dir, ignore_errors=True)
+            click.echo(f"removed the abandoned conversion folder {job_dir.name}", err=True)
     app = create_app(settings, start_workers=settings.job_backend == "inprocess")
     if settings.bootstrap_admin_token and not token_file.exists():
         click.echo(f"note: {token_file} is missing and tokens already exist, so none was "

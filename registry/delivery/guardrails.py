@@ -183,7 +183,7 @@ def parse_guardrails(items: Iterable[str | Mapping[str, Any]] | None) -> list[Gu
     """
     if items is None:
         return []
-    if isinstance(items, str | Mapping):
+    if not isinstance(items, list | tuple):  # a string, an object, true/false, a number
         raise InvalidGuardrailError("guardrails must be a list of expressions")
     guardrails = []
     for item in items:

@@ -60,6 +60,12 @@ GUARDRAIL_INPUT_NAMES = (
 )
 _QUANTILES = (0.5, 0.9)
 _FEW_EVENTS = 5  # expected events per arm below which the z-test is only a rough guide
+# No test at all below this many units (devices) in either arm, or when a test that uses each
+# arm's own variance (accuracy, latency) meets an arm whose variance is zero: 3 devices that
+# were all correct are not "certain". This is gbstats's rule (its frequentist tests return no
+# result when either side has zero variance). The proportion z-test pools the two arms'
+# variance, so an arm with no events still has a defined test there.
+MIN_TEST_UNITS = 10
 _PERCENTILES = np.arange(0, 101)  # device-latency distribution kept for the chart
 
 
@@ -158,6 +164,9 @@ def _latency_row(t: Arm, c: Arm, alpha: float, guardrail: bool) -> dict[str, Any
         row["ratio"] = row["value"] / row["control_value"]
         row["lift"] = row["ratio"] - 1.0
     welch = _stats.welch_log_ratio(lt, lc, alpha)
+    zero = [a for a, x in ((t.name, lt), (c.name, lc)) if len(x) > 1 and not x.var(ddof=1) > 0.0]
+    if zero:
+        row.update(_zero_variance=True, _zero_variance_arm=", ".join(zero))
     if welch is not None:
         row.update(ratio=welch.ratio, ci95=welch.ci, p_value=welch.p_value, welch_df=welch.df,
                    lift_ci95=(welch.ci[0] - 1.0, welch.ci[1] - 1.0))
@@ -182,10 +191,31 @@ def _accuracy_row(t: Arm, c: Arm, alpha: float, guardrail: bool) -> dict[str, An
     if est_c is not None:
         row.update(control_value=est_c[0], control_value_ci95=ci(est_c))
     if est_t is not None and est_c is not None:
+        zero = [a for a, est in ((t.name, est_t), (c.name, est_c)) if not est[1] > 0.0]
+        if zero:
+            row.update(_zero_variance=True, _zero_variance_arm=", ".join(zero))
         diff, diff_ci, p = _stats.normal_diff_test(est_t[0], est_t[1], est_c[0], est_c[1], alpha)
         lift, lift_ci = _stats.relative_lift_interval(est_t[0], est_t[1], est_c[0], est_c[1], alpha)
         row.update(diff=diff, ci95=diff_ci, p_value=p, lift=lift, lift_ci95=lift_ci)
     return row
+
+
+def _refuse_degenerate_test(m: dict[str, Any], health: list) -> None:
+    """Drop the p-value and intervals of a test gbstats would not run (see MIN_TEST_UNITS)."""
+    if m["p_value"] is None:
+        return
+    why = None
+    if min(m["n"], m["control_n"]) < MIN_TEST_UNITS:
+        why = (f"{m['metric']}: {m['n']} vs {m['control_n']} units; no test below "
+               f"{MIN_TEST_UNITS} per arm")
+    elif m.pop("_zero_variance", None):
+        why = f"{m['metric']}: an arm has zero variance ({m.pop('_zero_variance_arm', '')}); no test"
+    m.pop("_zero_variance_arm", None)
+    if why is None:
+        return
+    m.update(p_value=None, ci95=None, lift_ci95=None, no_test=why)
+    health.append(health_entry("warning", "no_test", why + " (the difference is shown, not judged).",
+                               arm=m["arm"], metric=m["metric"]))
 
 
 def _verdict(m: dict[str, Any]) -> str | None:
@@ -349,6 +379,8 @@ def build_report(exp: ExperimentDef, units: Iterable[UnitSummary], *, alpha: flo
             metrics.append(_accuracy_row(t, control, alpha,
                                          _is_guardrail("accuracy", exp.guardrail_metrics)))
 
+    for m in metrics:
+        _refuse_degenerate_test(m, health)
     # Holm across every non-guardrail metric x arm; guardrails keep their raw p-value because
     # missing a real regression costs more than a false alarm that a person then checks.
     family = [m for m in metrics if not m["guardrail"]]

@@ -13,6 +13,7 @@ from registry.store._auth import AuthStore, hash_token
 from registry.store._catalog import CatalogStore
 from registry.store._dashboard import DashboardStore, WebSession
 from registry.store._delivery import DeliveryStore
+from registry.store._fsck import FsckStore
 from registry.store._jobs import JobStore
 from registry.store._served import ServedStore
 from registry.store._telemetry import TelemetryStore
@@ -22,7 +23,7 @@ __all__ = ["Store", "WebSession", "hash_token"]
 
 
 class Store(CatalogStore, AuthStore, JobStore, TufMetadataStoreMixin, TelemetryStore,
-            DeliveryStore, ServedStore, DashboardStore):
+            DeliveryStore, ServedStore, DashboardStore, FsckStore):
     """The one store: each part needs only ``StoreBase`` (sessions, ``_model``/``_version``,
     the delivery cache), so the order of the bases does not matter."""
 

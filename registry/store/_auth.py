@@ -6,8 +6,10 @@ import hashlib
 import secrets
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, or_, select
 
+from registry.errors import LastAdminTokenError
 from registry.models import AuditRow, TokenRow
 from registry.schemas import AuditOut, TokenOut
 from registry.store._base import StoreBase
@@ -50,10 +52,29 @@ class AuthStore(StoreBase):
             return [_token_out(r) for r in s.exec(select(TokenRow).order_by(TokenRow.id))]
 
     def revoke_token(self, token_id: int, actor: str) -> bool:
+        """Revoke a token; False if there is no such token.
+
+        Raises:
+            LastAdminTokenError: it is the last unrevoked admin token (nobody could then
+                administer the server over HTTP; `modeldrop token create --data-dir` is the
+                offline way back, not a reason to allow this).
+        """
         with self.session() as s:
+            # Take the write lock first (a no-op UPDATE; SELECT ... FOR UPDATE locks nothing
+            # on SQLite) so two revocations of the last two admin tokens cannot both pass.
+            s.exec(update(TokenRow).where(TokenRow.id == token_id).values(revoked=TokenRow.revoked))
             row = s.get(TokenRow, token_id)
             if row is None:
                 return False
+            if row.role == "admin" and not row.revoked:
+                # FOR UPDATE (PostgreSQL) locks the admin rows themselves.
+                others = [i for i in s.exec(select(TokenRow.id).where(
+                    TokenRow.role == "admin", TokenRow.revoked == False)  # noqa: E712 - SQL
+                    .with_for_update()).all() if i != token_id]
+                if not others:
+                    raise LastAdminTokenError(
+                        f"token {token_id} is the last admin token; create another admin token "
+                        "first (modeldrop token create --role admin)", token=token_id)
             row.revoked = True
             _audit(s, actor, "token.revoke", f"token:{token_id}", {})
             return True
