@@ -160,7 +160,7 @@ def metrics_response(services: Any) -> Response:
     else:
         from prometheus_client import REGISTRY as registry
     return Response(generate_latest(_Both(registry, _DatabaseCollector(services))),
-                    mimetype=CONTENT_TYPE_LATEST)
+                    content_type=CONTENT_TYPE_LATEST)
 
 
 class _Both:

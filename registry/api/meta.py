@@ -24,7 +24,7 @@ _NAME = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]{0,63}$"}
 _CHANNEL = {"type": "string", "pattern": r"^[a-z0-9-]{1,32}$"}
 _SHA256 = {"type": "string", "pattern": r"^[0-9a-f]{64}$"}
 _TEXT = {"type": "string", "maxLength": 128}
-PATH_PARAMS = {"name": _NAME, "channel": _CHANNEL, "sha256": _SHA256,
+PATH_PARAMS = {"name": _NAME, "model": _NAME, "channel": _CHANNEL, "sha256": _SHA256,
                "job_id": {"type": "string", "minLength": 1}, "target": {"type": "string"}}
 
 
@@ -134,7 +134,7 @@ DESCRIPTIONS: dict[str, dict] = {
     "meta.metrics": {"summary": "Prometheus metrics (text/plain exposition, reader): requests and "
                                 "latency by route and status, manifest decisions by model, channel "
                                 "and arm, telemetry events by outcome, jobs by kind and state, queue "
-                                "depth and oldest job age, guardrail halts"},
+                                "depth and oldest job age, guardrail halts", "text": True},
     "meta.healthz": {"summary": "Liveness and database check; says whether the converter sandbox is full "
                                "or degraded, how many conversion workers are alive and how old the "
                                "oldest queued job is (503 when `modeldrop serve` has no live worker)"},
@@ -389,6 +389,8 @@ def _responses(endpoint: str, info: dict, schema_names: set[str]) -> dict:
                                   "content": _HTML | _PROBLEM}}
     if info.get("html"):
         ok = {"description": "HTML page", "content": _HTML}
+    elif info.get("text"):
+        ok = {"description": "Plain text", "content": {"text/plain": {"schema": {"type": "string"}}}}
     elif info.get("binary"):
         ok = {"description": "Bytes", "content": _BYTES}
     elif info.get("raw_json"):
