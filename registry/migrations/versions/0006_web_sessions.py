@@ -4,7 +4,7 @@ The dashboard cookie held the API token itself; it now holds a random session id
 sha256 is a row here, with the session's anti-forgery (CSRF) token and its expiry. Signing
 out deletes the row.
 
-Revision ID: 0008
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-02
 """
