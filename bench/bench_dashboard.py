@@ -29,7 +29,7 @@ BUDGET_MS = 300.0
 VERSIONS, RELEASES, JOBS = 1000, 200, 1000
 
 
-def seed(services) -> None:  # noqa: ANN001 - registry.services.Services
+def seed(services) -> None:
     """Rows as the upload, conversion and release paths leave them. Only the two versions the
     experiment uses get stored bytes (it publishes them as TUF targets); the others' variant
     rows name digests whose bytes the pages never read, and their releases are inserted as
@@ -38,7 +38,7 @@ def seed(services) -> None:  # noqa: ANN001 - registry.services.Services
 
     from registry.delivery import experiments
     from registry.delivery.bucketing import new_seed
-    from registry.jobs.publish import variant_target_path
+    from registry.signing import variant_target_path
     from tests.makers import DEFAULT_VARIANTS, make_ready_version
 
     store = services.store
@@ -91,7 +91,7 @@ PAGES = [
 ]
 
 
-def measure(app, admin_token: str, repeat: int) -> dict[str, dict[str, float]]:  # noqa: ANN001
+def measure(app, admin_token: str, repeat: int) -> dict[str, dict[str, float]]:
     client = app.test_client()
     form = client.get("/dashboard/login").get_data(as_text=True)
     csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_convert import RESULTS, measure_end_to_end  # noqa: E402
+from bench_convert import RESULTS, measure_end_to_end
 
 
 def run_through_jobs(source: Path) -> None:

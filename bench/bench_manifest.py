@@ -95,8 +95,8 @@ def prepare(data_dir: Path) -> None:
     """A model with two ready versions, published as the job runner does, and releases."""
     from registry.config import Settings
     from registry.delivery import releases
-    from registry.jobs.publish import variant_target_path
     from registry.services import build_services
+    from registry.signing import variant_target_path
 
     services = build_services(Settings.load({"data_dir": data_dir}))
     variants = {"tflite-fp32": ("tflite", "tflite", 200_000),

@@ -150,7 +150,7 @@ def publish_version(services: Any, number: int) -> None:
     """A ready version with servable variants, recorded as the job runner does (bytes, then
     rows), without running a converter. Its variants stay confidential until the release or
     experiment that delivers them publishes them as TUF targets."""
-    from registry.jobs.publish import variant_target_path
+    from registry.signing import variant_target_path
 
     source = services.blobs.put_bytes(f"{MODEL} source {number} {uuid.uuid4()}".encode())
     version, _ = services.store.create_version(

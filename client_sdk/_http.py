@@ -48,7 +48,7 @@ class _BoundedRetry(Retry):
     """urllib3's retry, honouring ``Retry-After`` only up to :data:`RETRY_AFTER_CAP` (urllib3
     alone sleeps whatever the server says, an hour or a year, inside the call)."""
 
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None,  # noqa: ANN001, ANN201 - urllib3's signature
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
                   _stacktrace=None):
         if response is not None and self.respect_retry_after_header:
             wait = self.get_retry_after(response)

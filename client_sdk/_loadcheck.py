@@ -91,7 +91,7 @@ def _check_tflite(path: Path, contract: ModelContract | None) -> None:
 
 
 def _check_contract(kind: str, details: list[dict], expected: tuple[TensorSpec, ...],
-                    np) -> None:  # noqa: ANN001 - numpy, imported lazily
+                    np) -> None:
     if not expected:
         return
     if len(details) != len(expected):

@@ -325,7 +325,7 @@ def verify_signatures(manifest: Manifest, trusted: ManifestKeys) -> None:
             continue
         try:
             key.verify_signature(Signature(keyid, sig), payload)
-        except Exception:  # UnverifiedSignatureError, VerificationError, bad hex
+        except Exception:  # noqa: BLE001 - UnverifiedSignatureError, VerificationError, bad hex
             continue
         valid_public_keys.add(key.keyval.get("public", keyid))
     if len(valid_public_keys) < trusted.threshold:

@@ -114,7 +114,7 @@ class TargetingRules:
         """Whether every constraint holds for ``device`` (fail closed on missing data).
 
         ``device`` is anything with ``platform``, ``os_version``, ``device_model``,
-        ``app_version`` and ``region`` attributes (the SDK's or the server's DeviceInfo).
+        ``app_version`` and ``region`` attributes (the SDK's DeviceInfo or the server's DeviceProfile).
         """
         platform, os_version, model, app_version, region = (
             getattr(device, name, None) or None

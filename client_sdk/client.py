@@ -314,7 +314,7 @@ class ModelClient:
                 f"unexpected {type(e).__name__}: {e}"))
             raise
 
-    def _model_lock(self, name: str):  # noqa: ANN202 - a context manager
+    def _model_lock(self, name: str):
         return file_lock(self._cache / "models" / name / ".lock")
 
     # -- telemetry -------------------------------------------------------------------------

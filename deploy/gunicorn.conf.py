@@ -44,7 +44,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modeldrop-metrics-")
 
 
-def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def on_starting(server):
     """Migrate, bootstrap keys and the admin token once, in the master."""
     from registry.config import Settings
     from registry.services import build_services, ensure_admin_token
@@ -59,7 +59,7 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
             os.unlink(os.path.join(metrics_dir, name))
 
 
-def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def child_exit(server, worker):
     """A dead worker's live gauges stop counting (its counters stay in the sums)."""
     from prometheus_client import multiprocess
 

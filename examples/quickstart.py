@@ -59,7 +59,7 @@ class Registry:
     """The few HTTP calls the example needs (the `modeldrop` CLI makes the same ones)."""
 
     def __init__(self, url: str, token: str) -> None:
-        from registry.client import RegistryClient
+        from registry.api_client import RegistryClient
 
         self.api = RegistryClient(url, token)
 

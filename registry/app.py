@@ -25,7 +25,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     Sandbox(settings).announce()  # one line: is the converter sandbox full or degraded?
 
     from registry.api import register_api
-    from registry.uploads import UploadRequest
+    from registry.upload_stream import UploadRequest
 
     app = Flask(__name__)
     app.request_class = UploadRequest

@@ -37,7 +37,7 @@ class BackupError(ModelDropError):
 
 
 def _tables() -> list:
-    import registry.models  # noqa: F401 - registers the tables on SQLModel.metadata
+    import registry.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 
     return list(SQLModel.metadata.sorted_tables)
 
@@ -50,7 +50,7 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode(value: Any, column) -> Any:  # noqa: ANN001 - a sqlalchemy Column
+def _decode(value: Any, column) -> Any:
     # Only in columns of those types: a JSON column may hold {"$dt": ...} of a user's own.
     kind = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
     if isinstance(value, dict) and set(value) == {"$b64"} and isinstance(kind, LargeBinary):
@@ -68,7 +68,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def backup(services, out: Path) -> dict[str, Any]:  # noqa: ANN001 - registry.services.Services
+def backup(services, out: Path) -> dict[str, Any]:
     """Write the registry of ``services`` into the new directory ``out``; returns the summary."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -108,7 +108,7 @@ def backup(services, out: Path) -> dict[str, Any]:  # noqa: ANN001 - registry.se
     return summary
 
 
-def restore(settings, src: Path) -> dict[str, Any]:  # noqa: ANN001 - registry.config.Settings
+def restore(settings, src: Path) -> dict[str, Any]:
     """Restore the backup in ``src`` into ``settings``' data dir and database, both fresh.
 
     Raises:

@@ -41,14 +41,14 @@ class Finding:
                 "repaired": self.repaired}
 
 
-def _hash_of(blobs, sha256: str) -> str:  # noqa: ANN001 - registry.blobs.BlobStore
+def _hash_of(blobs, sha256: str) -> str:
     h = hashlib.sha256()
     for chunk in blobs.open_range(sha256):
         h.update(chunk)
     return h.hexdigest()
 
 
-def fsck(services, *, repair: bool = False) -> list[Finding]:  # noqa: ANN001 - registry.services.Services
+def fsck(services, *, repair: bool = False) -> list[Finding]:
     """Check everything; with ``repair`` fix what can be fixed. Returns the findings."""
     store, blobs, signing = services.store, services.blobs, services.signing
     findings: list[Finding] = []

@@ -127,7 +127,7 @@ class _DatabaseCollector:
     def __init__(self, services: Any) -> None:
         self.services = services
 
-    def collect(self):  # noqa: ANN201 - prometheus-client collector protocol
+    def collect(self):
         stats = self.services.store.job_metrics()
         depth = GaugeMetricFamily("modeldrop_job_queue_depth", "Jobs waiting for a worker", labels=["kind"])
         oldest = GaugeMetricFamily("modeldrop_job_oldest_queued_seconds", "Age of the oldest queued job")
@@ -170,6 +170,6 @@ class _Both:
     def __init__(self, registry: Any, extra: Any) -> None:
         self.registry, self.extra = registry, extra
 
-    def collect(self):  # noqa: ANN201 - prometheus-client registry protocol
+    def collect(self):
         yield from self.registry.collect()
         yield from self.extra.collect()

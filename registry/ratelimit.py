@@ -96,7 +96,7 @@ def _not_limited() -> bool:
     return request.method in READ_METHODS or request.endpoint in EXEMPT_ENDPOINTS
 
 
-def _breach(scope: str):  # noqa: ANN202 - flask-limiter's on_breach callback
+def _breach(scope: str):
     def on_breach(limit: RequestLimit) -> Response:
         from registry.api import problem_response
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from registry.errors import ValidationError
+from registry.errors import InvalidNameError, ValidationError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CHANNEL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -37,7 +37,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
-class TensorSpec(_Strict):
+class TensorSignature(_Strict):
+    """One declared input or output of a model: its name, shape (null for a free dimension) and dtype."""
+
     name: str = Field(min_length=1, max_length=128)
     shape: list[int | None]
     dtype: str = "float32"
@@ -64,8 +66,8 @@ class VersionMetadata(_Strict):
     description: str = Field(default="", max_length=10_000)
     tags: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
-    input: list[TensorSpec] = Field(default_factory=list)
-    output: list[TensorSpec] = Field(default_factory=list)
+    input: list[TensorSignature] = Field(default_factory=list)
+    output: list[TensorSignature] = Field(default_factory=list)
     accuracy: dict[str, float] = Field(default_factory=dict)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     min_app_version: str | None = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
@@ -259,3 +261,12 @@ class DeltaOut(BaseModel):
     sha256: str | None
     size: int | None
     target_path: str | None
+
+
+def validate_name(name: str, what: str = "model name") -> str:
+    """``name`` if it is a valid model or experiment name, else ``InvalidNameError``."""
+    if not NAME_RE.fullmatch(name or ""):
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-64 characters [a-z0-9._-], starting with a letter or digit",
+            field="name")
+    return name

@@ -56,13 +56,13 @@ class DatabaseMetadata(MetadataStore):
     def put(self, name: str, data: bytes) -> None:
         self.store.put_tuf_metadata(name, data)
 
-    def transaction(self):  # noqa: ANN201 - a context manager
+    def transaction(self):
         return self.store.atomic()
 
 
 def build_services(settings: Settings, *, start_workers: bool = False) -> Services:
     """Open the database (migrating it), blob storage, keys and the job queue."""
-    from registry.versions import unlist_sources
+    from registry.upload_service import unlist_sources
 
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

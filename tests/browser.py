@@ -45,7 +45,7 @@ def launch() -> Iterator:
             browser.close()
 
 
-def sign_in(page, base_url: str, token: str) -> None:  # noqa: ANN001 - playwright Page
+def sign_in(page, base_url: str, token: str) -> None:
     """Open the dashboard, get sent to the sign-in form, paste the token, press Sign in."""
     page.goto(base_url + "/dashboard/")
     page.get_by_label("API token").fill(token)
@@ -59,14 +59,14 @@ def serve_html(html: str) -> Iterator[str]:
     body = html.encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

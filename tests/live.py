@@ -34,7 +34,7 @@ class LiveServer:
 
 
 @contextmanager
-def serve_app(app) -> Iterator[str]:  # noqa: ANN001 - flask.Flask
+def serve_app(app) -> Iterator[str]:
     """Serve ``app`` on a free loopback port for the life of the block; yields the base URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from registry.jobs.publish import variant_target_path
+from registry.signing import variant_target_path
 
 __all__ = ["DEFAULT_VARIANTS", "fleet_ids", "make_ready_version", "variant_bytes"]
 
@@ -41,7 +41,7 @@ def variant_bytes(model: str, variant: str, version: int, size: int) -> bytes:
 def make_ready_version(services: Any, name: str, *,
                        variants: Mapping[str, Mapping[str, Any]] | None = None,
                        min_app_version: str | None = None, number: int | None = None,
-                       actor: str = "tests"):  # noqa: ANN201 - registry.schemas.VersionOut
+                       actor: str = "tests"):
     """Create a ``ready`` version of ``name`` whose variants are stored and recorded (not yet
     public: promoting the version publishes them).
 

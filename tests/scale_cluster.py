@@ -37,7 +37,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check, seconds: float, what: str, step: float = 0.2):  # noqa: ANN001
+def wait_for(check, seconds: float, what: str, step: float = 0.2):
     """Call ``check`` until it returns something true; raise after ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -124,7 +124,7 @@ class Proc:
     popen: subprocess.Popen | None = None
 
     def start(self) -> Proc:
-        out = open(self.log, "ab")  # noqa: SIM115 - the child keeps it; closed with the process
+        out = open(self.log, "ab")
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()

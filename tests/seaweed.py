@@ -178,7 +178,7 @@ def _wait_until_ready(proc: subprocess.Popen, endpoint_url: str, timeout: float)
         try:
             client.list_buckets()
             return True
-        except Exception:  # not listening yet, or filer not ready: poll again
+        except Exception:  # noqa: BLE001 - not listening yet, or filer not ready: poll again
             time.sleep(0.1)
     return False
 

@@ -18,7 +18,7 @@ def test_first_start_writes_admin_token_0600(app, services, admin_api):
 def test_tokens_are_stored_hashed(services, admin_token):
     from sqlmodel import Session, select
 
-    from registry.models import TokenRow
+    from registry.tables import TokenRow
 
     with Session(services.store.engine) as s:
         hashes = [r.token_hash for r in s.exec(select(TokenRow))]

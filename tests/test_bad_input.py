@@ -202,14 +202,14 @@ def audit_refused(services):
 
 def test_key_rotation_is_undone_when_its_audit_row_fails(app, admin_api, services, audit_refused):
     root_before = admin_api.get("/v1/trusted-root").get_json()["signed"]["version"]
-    keys_before = sorted(p.name for p in services.signing._keys._dir.rglob("*") if p.is_file())  # noqa: SLF001
+    keys_before = sorted(p.name for p in services.signing._keys._dir.rglob("*") if p.is_file())
     audit_refused()
     resp = admin_api.post("/v1/keys/rotate", json={"role": "timestamp"})
     assert resp.status_code == 500
     assert admin_api.get("/v1/trusted-root").get_json()["signed"]["version"] == root_before
     assert services.store.get_tuf_metadata(f"{root_before + 1}.root.json") is None
     # The old key is still the active one: the new one waits as pending, unpublished.
-    active = sorted(p.name for p in services.signing._keys._dir.rglob("*") if p.is_file()  # noqa: SLF001
+    active = sorted(p.name for p in services.signing._keys._dir.rglob("*") if p.is_file()
                     if ".next." not in p.name)
     assert active == [n for n in keys_before if ".next." not in n]
 

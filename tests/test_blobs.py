@@ -505,7 +505,7 @@ def test_concurrent_threads_putting_the_same_blob(backend, store):
     assert store.read_bytes(DATA_SHA) == DATA
 
 
-def _put_in_child(store: BlobStore, data: bytes, start) -> None:  # noqa: ANN001
+def _put_in_child(store: BlobStore, data: bytes, start) -> None:
     start.wait()
     info = store.put_bytes(data)
     os._exit(0 if info.sha256 == hashlib.sha256(data).hexdigest() else 3)

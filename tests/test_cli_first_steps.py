@@ -103,7 +103,7 @@ def test_doctor_reports_a_missing_data_dir_without_creating_it(cli, tmp_path):
     assert not missing.exists()
 
 
-def test_doctor_flags_an_expired_timestamp(live_server):  # noqa: F811
+def test_doctor_flags_an_expired_timestamp(live_server):
     from datetime import datetime
 
     from registry.cli._doctor import _timestamp

@@ -56,7 +56,7 @@ def assert_problem(resp: requests.Response, status: int, code: str) -> dict:
 
 
 @pytest.fixture
-def http(live_server):  # noqa: F811
+def http(live_server):
     """(anonymous, reader, publisher) clients of the live server."""
     store = live_server.services.store
     return (Http(live_server.base_url),
@@ -97,7 +97,7 @@ def _promote(publisher: Http, model: str, version: int, **body) -> dict:
     return resp.json()
 
 
-def test_source_and_eval_need_a_reader_token(live_server, http):  # noqa: F811
+def test_source_and_eval_need_a_reader_token(live_server, http):
     anon, reader, publisher = http
     data, eval_set = os.urandom(40_000), os.urandom(3_000)
     resp = requests.post(f"{live_server.base_url}/v1/models/digits/versions",
@@ -135,7 +135,7 @@ def test_source_and_eval_need_a_reader_token(live_server, http):  # noqa: F811
                         timeout=10).status_code == 404
 
 
-def test_variant_is_public_from_its_first_release_and_after_rollback(  # noqa: F811
+def test_variant_is_public_from_its_first_release_and_after_rollback(
         live_server, http, tmp_path):
     anon, reader, publisher = http
     services, base = live_server.services, live_server.base_url
@@ -188,7 +188,7 @@ def test_variant_is_public_from_its_first_release_and_after_rollback(  # noqa: F
                                                   "model:digits/version:2"]
 
 
-def test_pinned_release_publishes_only_its_variant(live_server, http, tmp_path):  # noqa: F811
+def test_pinned_release_publishes_only_its_variant(live_server, http, tmp_path):
     anon, reader, publisher = http
     v1 = make_ready_version(live_server.services, "digits")
     _promote(publisher, "digits", 1, variant="tflite-int8-dynamic")
@@ -200,7 +200,7 @@ def test_pinned_release_publishes_only_its_variant(live_server, http, tmp_path):
         assert reader.get(f"/v1/artifacts/{v.sha256}").status_code == 200
 
 
-def test_experiment_arm_publishes_its_version(live_server, http, tmp_path):  # noqa: F811
+def test_experiment_arm_publishes_its_version(live_server, http, tmp_path):
     anon, _, publisher = http
     services = live_server.services
     make_ready_version(services, "digits")

@@ -2,7 +2,7 @@
 
 The SDK runs the same vectors (client_sdk/tests/test_conformance.py). The server's code
 paths here are the ones ``GET /v1/manifest`` and the release API use: name validation
-(``registry.uploads.validate_name``, ``registry.delivery.releases.validate_channel``),
+(``registry.upload_stream.validate_name``, ``registry.delivery.releases.validate_channel``),
 bucketing, targeting, ``min_app_version`` and variant choice from ``registry.delivery``,
 and manifest signing/verification from ``registry.signing``. Device-only checks (expiry,
 install id binding, release counter, TUF entry, delta application) have no server side;
@@ -24,9 +24,9 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from registry import delivery
 from registry.delivery.releases import validate_channel
+from registry.schemas import validate_name
 from registry.signing import verify_manifest
 from registry.signing._manifest import sign_document
-from registry.uploads import validate_name
 
 VECTORS = Path(__file__).resolve().parents[1] / "conformance"
 
@@ -46,7 +46,7 @@ def code_of(call) -> str | None:
     delivery and signing packages have error bases of their own, each with a ``code``)."""
     try:
         call()
-    except Exception as e:  # noqa: BLE001 - anything without a code fails the assertion
+    except Exception as e:
         code = getattr(e, "code", None)
         if not isinstance(code, str):
             raise
@@ -123,10 +123,10 @@ def test_rollout(case):
         assert gate() == case["in_rollout"]
 
 
-def server_device(data: dict) -> delivery.DeviceInfo:
+def server_device(data: dict) -> delivery.DeviceProfile:
     # GET /v1/manifest turns an empty query value into "not sent" (manifest.parse_query).
     fields = ("os_version", "device_model", "app_version", "region")
-    return delivery.DeviceInfo(platform=data["platform"],
+    return delivery.DeviceProfile(platform=data["platform"],
                                **{f: data.get(f) or None for f in fields})
 
 
@@ -301,7 +301,7 @@ def test_ruleset_cases_through_the_manifest_resolution(case):
     sticky = dict(case["sticky"])
     services = SimpleNamespace(store=_RulesetStore(doc, sticky))
     d = case["device"]
-    device = delivery.DeviceInfo(platform=d["platform"], device_model=d["device_model"] or None,
+    device = delivery.DeviceProfile(platform=d["platform"], device_model=d["device_model"] or None,
                                  app_version=d["app_version"] or None, region=d["region"] or None)
     offer = resolve(services, ManifestQuery(doc["model"], doc["channel"], case["install_id"],
                                             device))

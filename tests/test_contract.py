@@ -22,7 +22,7 @@ def _documented_manifest() -> dict:
     return json.loads(re.sub(r'"<[^">]*>"', '"x"', block))
 
 
-def test_server_manifest_has_the_documented_fields_and_the_sdk_accepts_it(live_server):  # noqa: F811
+def test_server_manifest_has_the_documented_fields_and_the_sdk_accepts_it(live_server):
     svc = live_server.services
     version = make_ready_version(svc, "digits", variants={
         "tflite-fp32": {"format": "tflite", "data": b"tflite bytes " * 100}})

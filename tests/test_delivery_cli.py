@@ -14,7 +14,7 @@ from tests.makers import make_ready_version
 
 
 @pytest.fixture
-def cli(live_server):  # noqa: F811
+def cli(live_server):
     for _ in range(3):
         make_ready_version(live_server.services, "digits")
     token = live_server.services.store.create_token("publisher", "cli-tests").token

@@ -66,7 +66,7 @@ def test_a_lost_delta_job_is_retried_then_given_up_without_failing_the_version(s
     from sqlmodel import Session
 
     from registry.delivery.deltas import schedule_release_deltas
-    from registry.models import JobRow, utcnow
+    from registry.tables import JobRow, utcnow
 
     make_ready_version(services, "digits")
     _promote(api, 1)

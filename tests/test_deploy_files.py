@@ -40,7 +40,7 @@ def _module_defines(module: str, name: str) -> bool:
                for n in tree.body)
 
 
-def _check_env(names) -> None:  # noqa: ANN001
+def _check_env(names) -> None:
     known = _settings_env()
     for name in names:
         if name.startswith("MODELDROP_"):

@@ -23,7 +23,7 @@ def app(tmp_path):
     app.extensions["modeldrop"].jobs.stop()
 
 
-def test_quickstart_example(live_server, tmp_path, capsys):  # noqa: F811
+def test_quickstart_example(live_server, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("quickstart", EXAMPLE)
     quickstart = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quickstart)

@@ -42,8 +42,8 @@ def _overwrite(services, sha256: str, data: bytes) -> None:
         os.chmod(path, 0o600)
         path.write_bytes(data)
     else:
-        services.blobs._client.put_object(Bucket=services.blobs.bucket,  # noqa: SLF001
-                                          Key=services.blobs._key(sha256), Body=data)  # noqa: SLF001
+        services.blobs._client.put_object(Bucket=services.blobs.bucket,
+                                          Key=services.blobs._key(sha256), Body=data)
 
 
 def test_fsck_finds_and_repairs_every_kind(tmp_path, blob_settings):

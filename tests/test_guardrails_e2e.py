@@ -25,7 +25,7 @@ BROKEN = b"this is not a TFLite flatbuffer " * 64
 class Fleet:
     """SDK clients with fixed install ids, so the arms they land in are reproducible."""
 
-    def __init__(self, base_url: str, root, ids: list[str]) -> None:  # noqa: ANN001
+    def __init__(self, base_url: str, root, ids: list[str]) -> None:
         trusted_root = requests.get(f"{base_url}/v1/trusted-root", timeout=10).content
         self.clients: dict[str, ModelClient] = {}
         for install_id in ids:

@@ -112,7 +112,7 @@ def test_crashed_worker_job_is_requeued_then_given_up(tmp_path):
     from sqlmodel import Session
 
     from registry.app import create_app
-    from registry.models import JobRow, utcnow
+    from registry.tables import JobRow, utcnow
 
     app = create_app(base_settings(tmp_path))
     svc = app.extensions["modeldrop"]

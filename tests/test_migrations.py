@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from registry import db, models  # noqa: F401 - registers the tables
+from registry import db, tables  # noqa: F401 - registers the tables
 from registry.config import Settings
 
 

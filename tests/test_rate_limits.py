@@ -138,7 +138,7 @@ def _origin_429(retry_after: str, times: int):
     posts: list[float] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
+        def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             posts.append(time.monotonic())
             if len(posts) <= times:
@@ -202,7 +202,7 @@ def test_sdk_does_not_wait_out_a_long_retry_after_inside_the_call(tmp_path):
     assert isinstance(result.error, RateLimitedError) and result.error.code == "rate_limited"
     assert result.error.retry_after == 3600 and result.error.retryable
     assert result.pending == 1  # kept for later
-    assert t._next_attempt - time.monotonic() > 3000  # noqa: SLF001 - the next automatic try waits
+    assert t._next_attempt - time.monotonic() > 3000
 
 
 def test_sdk_gets_rate_limited_with_retry_after_from_the_real_server(tmp_path):

@@ -73,7 +73,7 @@ def test_rules_parse_to_server_class():
 
 def test_no_second_copy_of_the_rules_in_the_server():
     """The server's rule modules define no functions of their own (beyond the error
-    translation of ``from_dict`` and the request-side DeviceInfo check)."""
+    translation of ``from_dict`` and the request-side DeviceProfile check)."""
     for name in ("bucketing.py", "targeting.py", "variants.py"):
         tree = ast.parse((ROOT / "registry" / "delivery" / name).read_text())
         defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}

@@ -27,7 +27,6 @@ import requests
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.live import live_server  # noqa: F401  (fixture)
 from tests.makers import make_ready_version
 from tests.sdk_origin import make_mlpackage_zip
 
@@ -175,7 +174,7 @@ def test_nothing_of_the_server_stack_is_installed_with_the_sdk(dist):
     print("SDK venv:", ", ".join(f"{k} {v}" for k, v in sorted(installed.items())))
 
 
-def test_the_sdk_suite_passes_from_the_fresh_venv_against_a_real_server(dist, live_server):  # noqa: F811
+def test_the_sdk_suite_passes_from_the_fresh_venv_against_a_real_server(dist, live_server):
     server = live_server
     version = make_ready_version(server.services, "digits", variants={
         "coreml-fp16": {"format": "coreml", "data": make_mlpackage_zip()}})

@@ -49,7 +49,7 @@ class HostileMirror:
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, directory=str(mirror.directory), **kwargs)
 
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 override = mirror.overrides.get(self.path.split("?")[0])
                 if override is not None:
                     override(self)

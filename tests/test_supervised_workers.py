@@ -50,7 +50,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _until(check, seconds: float, what: str, step: float = 0.1):  # noqa: ANN001
+def _until(check, seconds: float, what: str, step: float = 0.1):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = check()
@@ -73,7 +73,7 @@ def server(tmp_path):
     env = dict(os.environ, MODELDROP_CONVERT_SANDBOX="required", MODELDROP_LATENCY_RUNS="3",
                # Far longer than the test: only the supervisor can explain a quick requeue.
                MODELDROP_JOB_STALE_AFTER="3600")
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--data-dir",
                              str(tmp_path / "data"), "--port", str(port), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -98,7 +98,7 @@ def server(tmp_path):
         log.close()
 
 
-def _worker_pid(health) -> int:  # noqa: ANN001
+def _worker_pid(health) -> int:
     body = _until(lambda: (r := health()) is not None and r.status_code == 200
                   and r.json()["workers"]["pids"] and r.json(), 30, "a live worker")
     return body["workers"]["pids"][0]

@@ -7,7 +7,7 @@ import pytest
 from registry.delivery import (
     FORMAT_BY_PLATFORM,
     PLATFORMS,
-    DeviceInfo,
+    DeviceProfile,
     InvalidDeviceError,
     InvalidTargetingError,
     TargetingRules,
@@ -18,7 +18,7 @@ from registry.delivery import (
 )
 
 
-def make_device(**overrides) -> DeviceInfo:
+def make_device(**overrides) -> DeviceProfile:
     fields = dict(
         platform="ios",
         os_version="17.2.1",
@@ -27,39 +27,39 @@ def make_device(**overrides) -> DeviceInfo:
         region="DE",
     )
     fields.update(overrides)
-    return DeviceInfo(**fields)
+    return DeviceProfile(**fields)
 
 
 def rules(**data) -> TargetingRules:
     return TargetingRules.from_dict(data)
 
 
-# --- DeviceInfo --------------------------------------------------------------------
+# --- DeviceProfile --------------------------------------------------------------------
 
 
 def test_device_needs_only_a_platform():
-    device = DeviceInfo(platform="linux")
+    device = DeviceProfile(platform="linux")
     assert device.os_version is None and device.region is None
 
 
 @pytest.mark.parametrize("platform", ["iOS", "windows", "", None])
 def test_device_rejects_unknown_platform(platform):
     with pytest.raises(InvalidDeviceError) as info:
-        DeviceInfo(platform=platform)
+        DeviceProfile(platform=platform)
     assert info.value.code == "invalid_device"
     assert info.value.status == 400
 
 
 def test_device_rejects_non_string_fields():
     with pytest.raises(InvalidDeviceError, match="os_version"):
-        DeviceInfo(platform="android", os_version=14)
+        DeviceProfile(platform="android", os_version=14)
 
 
 # --- rules per field ---------------------------------------------------------------
 
 
 def test_empty_rules_match_every_device():
-    assert TargetingRules.from_dict(None).matches(DeviceInfo(platform="android"))
+    assert TargetingRules.from_dict(None).matches(DeviceProfile(platform="android"))
     assert TargetingRules.from_dict({}).matches(make_device())
     assert TargetingRules() == TargetingRules.from_dict({})
 

@@ -42,7 +42,7 @@ def _release(live, name: str, data: bytes) -> tuple[str, dict]:
     return version.variants[0].target_path, version
 
 
-def test_released_model_verifies_with_python_tuf(live_server, tmp_path):  # noqa: F811
+def test_released_model_verifies_with_python_tuf(live_server, tmp_path):
     base, token = live_server.base_url, live_server.admin_token
     root = requests.get(f"{base}/v1/trusted-root", timeout=10).content
     assert requests.get(f"{base}/tuf/metadata/1.root.json", timeout=10).content == root
@@ -67,7 +67,7 @@ def test_released_model_verifies_with_python_tuf(live_server, tmp_path):  # noqa
 
 
 @pytest.mark.parametrize("role", ["timestamp", "snapshot", "targets", "manifest", "root"])
-def test_client_follows_key_rotation(live_server, tmp_path, role):  # noqa: F811
+def test_client_follows_key_rotation(live_server, tmp_path, role):
     base, token = live_server.base_url, live_server.admin_token
     old_root = requests.get(f"{base}/v1/trusted-root", timeout=10).content
     _release(live_server, "digits", b"before rotation")
@@ -98,7 +98,7 @@ def test_client_follows_key_rotation(live_server, tmp_path, role):  # noqa: F811
     assert audit["items"][0]["target"] == f"role:{role}"
 
 
-def test_rotation_needs_admin(live_server):  # noqa: F811
+def test_rotation_needs_admin(live_server):
     services = live_server.services
     publisher = services.store.create_token("publisher").token
     resp = requests.post(f"{live_server.base_url}/v1/keys/rotate", json={"role": "timestamp"},
@@ -109,7 +109,7 @@ def test_rotation_needs_admin(live_server):  # noqa: F811
     assert bad.status_code == 400 and bad.json()["field"] == "role"
 
 
-def test_timestamp_refresh_by_maintenance(live_server, tmp_path):  # noqa: F811
+def test_timestamp_refresh_by_maintenance(live_server, tmp_path):
     from datetime import timedelta
 
     from registry.jobs.worker import maintenance

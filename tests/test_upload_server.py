@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from registry.client import RegistryClient
+from registry.api_client import RegistryClient
 
 UPLOAD_BYTES = 300 * 1024 * 1024
 MAX_GROWTH_BYTES = 50 * 1024 * 1024

@@ -119,7 +119,7 @@ class TufServer:
 class _Handler(BaseHTTPRequestHandler):
     tuf_server: TufServer
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:
         server = self.tuf_server
         server.requests.append(self.path)
         path, body = unquote(self.path.split("?", 1)[0]), None
@@ -139,5 +139,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass  # keep pytest output clean

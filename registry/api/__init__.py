@@ -67,14 +67,14 @@ class Int64Converter(IntegerConverter):
 
     regex = r"\d{1,19}"
 
-    def __init__(self, map, *args, **kwargs) -> None:  # noqa: A002, ANN001, ANN002, ANN003 - werkzeug's signature
+    def __init__(self, map, *args, **kwargs) -> None:
         kwargs.setdefault("max", 2**63 - 1)
         super().__init__(map, *args, **kwargs)
 
 
 def register_api(app: Flask) -> None:
     from registry.api import admin, artifacts, delivery, meta, models, telemetry, tuf_routes
-    from registry.uploads import discard_spools
+    from registry.upload_stream import discard_spools
 
     app.url_map.converters["int"] = Int64Converter  # before any route is added
 

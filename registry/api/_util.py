@@ -162,7 +162,7 @@ def dump(obj: Any) -> Any:
     return obj
 
 
-def respond(obj: Any, status: int = 200, **headers: str):  # noqa: ANN201
+def respond(obj: Any, status: int = 200, **headers: str):
     resp = jsonify(dump(obj))
     resp.status_code = status
     resp.headers.update(headers)

@@ -63,7 +63,7 @@ def ruleset(model: str, channel: str):
     strong ETag (their sha256), 304 and public cache headers, so any cache may serve it."""
     from registry.delivery.errors import RulesetNotFoundError
     from registry.delivery.rulesets import published_ruleset, ruleset_etag
-    from registry.uploads import validate_name
+    from registry.schemas import validate_name
 
     services = current_services()
     data = published_ruleset(services, validate_name(model), releases.validate_channel(channel))

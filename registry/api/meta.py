@@ -241,11 +241,11 @@ def healthz():
     return respond(body, status)
 
 
-def _add_worker_health(svc, body: dict) -> int:  # noqa: ANN001 - Services
+def _add_worker_health(svc, body: dict) -> int:
     """Worker liveness and the queue's oldest job (registry.jobs: ``workers``); 503 when this
     process owns its workers and none is alive."""
     from registry.jobs.worker import stale_after
-    from registry.models import utcnow
+    from registry.tables import utcnow
 
     queue = svc.store.job_queue(stale_after(svc.settings))
     oldest = queue.oldest_queued_at

@@ -7,14 +7,14 @@ from flask import Blueprint, request, url_for
 from registry.api._util import INT64_MAX, artifact_url, cursor_arg, dump, int_arg, json_body, respond
 from registry.auth import current_actor, require_role
 from registry.errors import ValidationError
+from registry.schemas import validate_name
 from registry.services import current_services
-from registry.uploads import validate_name
-from registry.versions import publish_upload, retry_conversion, update_metadata, update_model
+from registry.upload_service import publish_upload, retry_conversion, update_metadata, update_model
 
 bp = Blueprint("models", __name__)
 
 
-def _version_json(version) -> dict:  # noqa: ANN001
+def _version_json(version) -> dict:
     body = dump(version)
     for v in body["variants"]:
         v["url"] = artifact_url(v["sha256"], public=v["public"]) if v.get("sha256") else None

@@ -13,6 +13,7 @@ from registry.auth import require_role
 from registry.errors import UnsupportedMediaTypeError
 from registry.observability import record_telemetry
 from registry.ratelimit import telemetry_budget
+from registry.schemas import validate_name
 from registry.services import current_services
 from registry.telemetry.errors import TelemetryBatchTooLargeError
 from registry.telemetry.service import (
@@ -21,7 +22,6 @@ from registry.telemetry.service import (
     record_batch,
     version_latency,
 )
-from registry.uploads import validate_name
 
 bp = Blueprint("telemetry", __name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from registry.client import ApiError, RegistryClient
+from registry.api_client import ApiError, RegistryClient
 
 
 def client(ctx: click.Context) -> RegistryClient:

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
+from registry.api_client import ApiError
 from registry.cli._common import client, echo_json, pass_ctx, table
-from registry.client import ApiError
 
 __all__ = ["experiment", "register"]
 
@@ -27,7 +27,7 @@ def register(main: click.Group) -> None:
 
 # -- shared options -----------------------------------------------------------------------
 
-def _targeting_options(f):  # noqa: ANN001, ANN202
+def _targeting_options(f):
     options = [
         click.option("--targeting", "targeting_file",
                      type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -69,7 +69,7 @@ def doctor(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         ctx.exit(1)
 
 
-def run_checks(settings, url: str) -> list[Check]:  # noqa: ANN001 - registry.config.Settings
+def run_checks(settings, url: str) -> list[Check]:
     """Every check, in the order a deployment depends on them; none raises."""
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("database", lambda: _database(settings)),
@@ -92,13 +92,13 @@ def run_checks(settings, url: str) -> list[Check]:  # noqa: ANN001 - registry.co
             continue
         try:
             checks.append(step())
-        except Exception as e:  # a check that breaks is a finding, not a crash
+        except Exception as e:  # noqa: BLE001 - a check that breaks is a finding, not a crash
             checks.append(Check(name, "fail", f"{type(e).__name__}: {e}",
                                 "see the message; docs/deployment.md"))
     return checks
 
 
-def _database(settings) -> Check:  # noqa: ANN001
+def _database(settings) -> Check:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
@@ -115,7 +115,7 @@ def _database(settings) -> Check:  # noqa: ANN001
     try:
         with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a check that cannot run is its finding
         return Check("database", "fail", f"cannot connect to {shown}: {type(e).__name__}",
                      "check MODELDROP_DATABASE_URL and that the database server runs")
     finally:
@@ -128,7 +128,7 @@ def _database(settings) -> Check:  # noqa: ANN001
     return Check("database", "ok", f"{shown} reachable, migrated (revision {head})")
 
 
-def _blobs(settings) -> Check:  # noqa: ANN001
+def _blobs(settings) -> Check:
     from registry.blobs import blob_store_from_settings
 
     if settings.blob_backend == "local" and not Path(settings.data_dir).is_dir():
@@ -139,7 +139,7 @@ def _blobs(settings) -> Check:  # noqa: ANN001
     try:
         info = store.put_bytes(probe)
         store.delete(info.sha256)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a check that cannot run is its finding
         where = settings.s3_bucket if settings.blob_backend == "s3" else settings.data_dir
         return Check("blobs", "fail", f"{settings.blob_backend} store not writable: "
                      f"{type(e).__name__}: {e}",
@@ -151,7 +151,7 @@ def _private(path: Path) -> bool:
     return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
 
 
-def _keys(settings) -> Check:  # noqa: ANN001
+def _keys(settings) -> Check:
     keys_dir = Path(settings.resolved_keys_dir)
     if not keys_dir.is_dir():
         return Check("keys", "fail", f"no keys in {keys_dir}",
@@ -174,7 +174,7 @@ def _keys(settings) -> Check:  # noqa: ANN001
     return Check("keys", "ok", f"{len(KEY_FILES)} keys in {keys_dir}, private (0700/0600)")
 
 
-def _sandbox(settings) -> Check:  # noqa: ANN001
+def _sandbox(settings) -> Check:
     from registry.jobs.sandbox import Sandbox
 
     status = Sandbox(settings).status()
@@ -185,7 +185,7 @@ def _sandbox(settings) -> Check:  # noqa: ANN001
                  "bash scripts/install-sandbox.sh (bubblewrap), see docs/security.md")
 
 
-def _disk(settings) -> Check:  # noqa: ANN001
+def _disk(settings) -> Check:
     where = Path(settings.data_dir)
     probe = where if where.exists() else where.parent
     free = shutil.disk_usage(probe).free
@@ -210,7 +210,7 @@ def _server(url: str) -> Check:
                  f"{health.get('sandbox')}", "see the server's log")
 
 
-def _workers(settings, now: datetime | None = None) -> Check:  # noqa: ANN001
+def _workers(settings, now: datetime | None = None) -> Check:
     """Whether workers take jobs, read from the jobs table: /healthz does not report worker
     liveness, and the database is where every job backend records its jobs."""
     from registry.db import make_engine

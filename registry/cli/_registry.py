@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from registry.api_client import ApiError
 from registry.cli._common import client, echo_json, human_size, pass_ctx, table
-from registry.client import ApiError
 
 
 def register(main: click.Group) -> None:
@@ -112,7 +112,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _wait_for_job(ctx, job_id: str, quiet: bool = False):  # noqa: ANN001, ANN202
+def _wait_for_job(ctx, job_id: str, quiet: bool = False):
     api = client(ctx)
     bar = None
     while True:
@@ -157,7 +157,7 @@ def versions(ctx, name, limit, as_json) -> None:
     click.echo(table(["VERSION", "STATUS", "SIZE", "ACCURACY", "CREATED"], rows))
 
 
-def _fmt(value) -> str:  # noqa: ANN001
+def _fmt(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

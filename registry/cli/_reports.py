@@ -29,7 +29,7 @@ def _value(m: dict[str, Any], x: float | None) -> str:
     return f"{x:.2f} ms" if m["unit"] == "ms" else _pct(x)
 
 
-def _ci(lo_hi: list[float] | None, fmt) -> str:  # noqa: ANN001 - a formatter
+def _ci(lo_hi: list[float] | None, fmt) -> str:
     return "" if not lo_hi else f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]"
 
 

@@ -144,7 +144,7 @@ class _InlineExecutor:
         future: Future = Future()
         try:
             future.set_result(fn(*args))
-        except BaseException as exc:  # pragma: no cover - run_task catches converter errors
+        except BaseException as exc:  # noqa: BLE001 - run_task catches converter errors  # pragma: no cover
             future.set_exception(exc)
         return future
 
@@ -266,7 +266,7 @@ class _Run:
         if outcome.error is None:
             try:
                 self.reference_weights = _coreml.reference_weights(Path(outcome.package_path))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
                 log.warning("cannot read float32 Core ML weights: %s", describe_error(exc))
         waiting, self.awaiting_reference = self.awaiting_reference, []
         for name in waiting:
@@ -297,7 +297,7 @@ class _Run:
                 self.reference, outputs, labels=self.evalset.y, eval_source=self.evalset.source
             )
             result.servable, result.reason = _fidelity.tflite_servability(result.fidelity, self.threshold_pp)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
             self._fail(name, exc, "interpreter check failed")
             return
         self.results[name] = result
@@ -308,7 +308,7 @@ class _Run:
             try:
                 timings = _tflite.time_tflite(result.path, self.evalset.x[0], self.latency_runs)
                 result.reference_latency_ms = _fidelity.latency_summary(timings)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
                 self._fail(name, exc, "latency measurement failed")
         self._finish(name)
 
@@ -319,7 +319,7 @@ class _Run:
             report = _coreml.check_package(result.path, self.reference_weights, self.signature.input_shape)
             result.fidelity = _fidelity.coreml_fidelity(report)
             result.servable, result.reason = True, None  # validated and reloaded
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
             self._fail(name, exc, "package check failed")
         else:
             self.results[name] = result

@@ -81,7 +81,7 @@ def run_task(task: ConvertTask) -> TaskOutcome:
             base = Path(task.base_package) if task.base_package else None
             package = convert_coreml(task.signature, task.variant, Path(task.build_dir), base)
             zip_package(package, artifact)
-    except Exception as exc:  # any converter error is this variant's outcome, not the job's
+    except Exception as exc:  # noqa: BLE001 - any converter error is this variant's outcome, not the job's
         return TaskOutcome(task.variant, None, None, time.perf_counter() - start, describe_error(exc))
     return TaskOutcome(
         task.variant,

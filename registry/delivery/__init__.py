@@ -44,7 +44,7 @@ from .guardrails import (
 )
 from .targeting import (
     PLATFORMS,
-    DeviceInfo,
+    DeviceProfile,
     TargetingRules,
     meets_min_app_version,
     validate_min_app_version,
@@ -59,7 +59,7 @@ __all__ = [
     "PLATFORMS",
     "Breach",
     "DeliveryError",
-    "DeviceInfo",
+    "DeviceProfile",
     "Guardrail",
     "InvalidBucketingError",
     "InvalidDeviceError",

@@ -141,7 +141,7 @@ def run_delta_job(services: Any, job: Any) -> str:
             store.job_progress(job.id, i, len(releases), f"release {release.channel} #{release.counter}")
             results += compute_release_deltas(services, job.model, release.channel, release.counter,
                                               job.version)
-    except Exception as e:  # noqa: BLE001 - a job failure is data; retried below
+    except Exception as e:
         log.exception("delta job %s failed", job.id)
         error = scrub(f"{type(e).__name__}: {e}")
         if store.requeue_job(job.id, f"retrying after: {error}") == "queued":
@@ -180,7 +180,7 @@ def wait_for_deltas(timeout: float = 60.0) -> bool:
                 if time.monotonic() > deadline:
                     return False
                 time.sleep(0.1)
-        except Exception:  # noqa: BLE001 - services of a finished test whose database is gone
+        except Exception:
             log.debug("cannot drain the delta jobs of %r", services, exc_info=True)
         with _scheduled_lock:  # drained (or gone): forget it
             _scheduled[:] = [s for s in _scheduled if s is not services]

@@ -72,7 +72,7 @@ def create_experiment(services: Any, name: object, *, model: object, channel: ob
         ReleaseNotFoundError: the channel has no release to experiment on (404).
         ExperimentConflictError: the name is taken or the channel has an active experiment.
     """
-    from registry.uploads import validate_name
+    from registry.schemas import validate_name
 
     name = validate_name(name if isinstance(name, str) else "", "experiment name")
     model = _validate_model(model)

@@ -38,7 +38,7 @@ from functools import lru_cache
 from typing import Any
 
 from registry.delivery.bucketing import arm_ranges, assign_arm, in_rollout, validate_install_id
-from registry.delivery.targeting import DeviceInfo, TargetingRules, meets_min_app_version
+from registry.delivery.targeting import DeviceProfile, TargetingRules, meets_min_app_version
 from registry.delivery.variants import choose_variant
 from registry.errors import ValidationError
 
@@ -75,7 +75,7 @@ class ManifestQuery:
     model: str
     channel: str
     install_id: str
-    device: DeviceInfo
+    device: DeviceProfile
     installed_sha256: str | None = None
 
 
@@ -107,7 +107,7 @@ def parse_query(args: Mapping[str, str]) -> ManifestQuery:
         InvalidDeviceError: the platform is missing or unknown.
     """
     from registry.delivery.releases import validate_channel
-    from registry.uploads import validate_name
+    from registry.schemas import validate_name
 
     def text(name: str) -> str | None:
         value = args.get(name)
@@ -128,7 +128,7 @@ def parse_query(args: Mapping[str, str]) -> ManifestQuery:
             raise ValidationError("installed_sha256 must be 64 hex characters",
                                   field="installed_sha256")
     install_id = validate_install_id(args.get("install_id"))
-    device = DeviceInfo(platform=args.get("platform") or "", os_version=text("os_version"),
+    device = DeviceProfile(platform=args.get("platform") or "", os_version=text("os_version"),
                         device_model=text("device_model"), app_version=text("app_version"),
                         region=text("region"))
     return ManifestQuery(model=validate_name(model),
@@ -177,7 +177,7 @@ def _record_served(services: Any, query: ManifestQuery, offer: Offer) -> None:
         services.store.record_served(query.model, query.channel, offer.version,
                                      offer.variant["name"], query.install_id,
                                      offer.served_counter)
-    except Exception:  # noqa: BLE001 - delivery first; the device is then merely uncounted
+    except Exception:
         log.exception("could not record that %s was served %s", query.install_id, query.model)
 
 
@@ -249,7 +249,7 @@ def resolve(services: Any, query: ManifestQuery) -> Offer | None:
                    experiment=state.experiment.name, arm=arm.name)
 
 
-def _arm(services: Any, experiment: Any, query: ManifestQuery, candidates: _Candidates):  # noqa: ANN202
+def _arm(services: Any, experiment: Any, query: ManifestQuery, candidates: _Candidates):
     store = services.store
     recorded = store.assignment(experiment.id, query.install_id)
     if recorded is None:
@@ -323,7 +323,7 @@ def _with_latency(services: Any, version_id: int,
     if cached is None or cached[0] < now:
         try:
             table = lookup(version_id)
-        except Exception:  # noqa: BLE001 - degrade to "no measurements"
+        except Exception:
             log.exception("per-device latency of version id %s is unavailable", version_id)
             table = {}
         cached = (now + LATENCY_CACHE_SECONDS, table)

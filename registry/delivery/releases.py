@@ -88,7 +88,7 @@ def check_servable(services: Any, model: str, version: int, variant: str | None)
 
 
 def _validate_model(name: object) -> str:
-    from registry.uploads import validate_name
+    from registry.schemas import validate_name
 
     return validate_name(name if isinstance(name, str) else "")
 

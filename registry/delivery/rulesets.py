@@ -181,7 +181,7 @@ def republish(services: Any, model: str, channel: str) -> None:
     """After a change of (model, channel): publish its ruleset; never raises."""
     try:
         publish_ruleset(services, model, channel)
-    except Exception:  # noqa: BLE001 - the change is made; maintenance repairs the ruleset
+    except Exception:
         log.exception("could not publish the ruleset of %s/%s; maintenance will retry",
                       model, channel)
 
@@ -197,7 +197,7 @@ def refresh_rulesets(services: Any, *, now: datetime | None = None) -> list[str]
         try:
             if publish_ruleset(services, model, name[:-len(".json")], now=now):
                 done.append(path)
-        except Exception:  # noqa: BLE001 - one broken channel must not stop the others
+        except Exception:
             log.exception("could not refresh the ruleset %s", path)
     return done
 
@@ -256,7 +256,7 @@ def check_local_decision(services: Any, model: str, channel: str, release_counte
         services.store.record_served(model, channel, version, variant, install_id,
                                      release.counter)
         return True
-    except Exception:  # noqa: BLE001 - a check that cannot run counts the device as unserved
+    except Exception:
         log.exception("could not check the local decision of %s for %s/%s", install_id,
                       model, channel)
         return False

@@ -5,7 +5,7 @@ that name the offending field) are implemented once, in ``client_sdk/_targeting.
 (``client_sdk.rules``): a device that evaluates a signed ruleset locally must match
 exactly the devices this server matches, so both run the same code, and
 ``conformance/targeting.json`` / ``versions.json`` pin it. This module adds what only the
-server needs — :class:`DeviceInfo`, the validated description a manifest request carries —
+server needs — :class:`DeviceProfile`, the validated description a manifest request carries —
 and re-exports the rules with the server's errors (same codes).
 """
 
@@ -22,7 +22,7 @@ from .errors import InvalidDeviceError, InvalidTargetingError, sdk_rules
 
 __all__ = [
     "PLATFORMS",
-    "DeviceInfo",
+    "DeviceProfile",
     "TargetingRules",
     "meets_min_app_version",
     "validate_min_app_version",
@@ -32,7 +32,7 @@ PLATFORMS = _rules.PLATFORMS
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
+class DeviceProfile:
     """What a device says about itself on a manifest request.
 
     Attributes:

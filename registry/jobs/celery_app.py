@@ -41,7 +41,7 @@ def _celery_for(broker_url: str, refresh_interval: int, stale_after: int,
                         "schedule": float(min(refresh_interval, 60, max(1, stale_after // 2)))}})
 
     @app.task(name="modeldrop.convert", bind=True, max_retries=None)
-    def convert(self, job_id: str) -> str:  # noqa: ANN001 - celery's bound task
+    def convert(self, job_id: str) -> str:
         from datetime import timedelta
 
         services = _services()

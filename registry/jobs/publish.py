@@ -13,13 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def variant_target_path(model: str, version: int, variant: str, extension: str) -> str:
-    """The TUF target path a variant is listed under once it is published."""
-    return f"{model}/{version}/{variant}.{extension}"
+from registry.signing import variant_target_path
 
 
-def publish_variants(services, model: str, number: int, version_id: int, results: list) -> dict[str, Any]:  # noqa: ANN001
+def publish_variants(services, model: str, number: int, version_id: int, results: list) -> dict[str, Any]:
     from registry.convert.catalog import VARIANTS
 
     stored = []

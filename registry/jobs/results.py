@@ -179,7 +179,7 @@ def accept_variants(document: dict, requested: list[str], work: Path, accepted: 
     return results
 
 
-def _accept_one(spec, entry: dict, work: Path, accepted: Path, max_bytes: int) -> VariantResult:  # noqa: ANN001
+def _accept_one(spec, entry: dict, work: Path, accepted: Path, max_bytes: int) -> VariantResult:
     if entry.get("format") != spec.format:
         raise InvalidResultError("wrong format for this variant")
     error = _text(entry.get("error"), work)

@@ -47,7 +47,7 @@ def run_job(services: Services, job_id: str) -> str:
                 store.set_version_status(version_id, "failed", results)
                 return "failed"
             summary = publish_variants(services, job.model, job.version, version_id, results)
-    except Exception as e:  # noqa: BLE001 - a job failure is data, not a crash of the worker
+    except Exception as e:
         log.exception("job %s failed", job_id)
         message = scrub(f"{type(e).__name__}: {e}")
         store.finish_job(job_id, "failed", {}, message)
@@ -68,15 +68,15 @@ def run_job(services: Services, job_id: str) -> str:
     return "done"
 
 
-def _heartbeat(store, job_id: str, stop: threading.Event, interval: float) -> None:  # noqa: ANN001
+def _heartbeat(store, job_id: str, stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         try:
             store.heartbeat(job_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("heartbeat failed")
 
 
-def _convert(services, job_id: str, version, version_id: int, root: Path) -> list | str:  # noqa: ANN001
+def _convert(services, job_id: str, version, version_id: int, root: Path) -> list | str:
     """Run the untrusted converter in the sandbox and return the variants it built, re-hashed
     and validated, or the (scrubbed) reason the source cannot be used."""
     from registry.convert.catalog import ConversionError, validate_variants

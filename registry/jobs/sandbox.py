@@ -352,7 +352,7 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
-def _read_messages(stream, on_message: Callable[[dict], None]) -> None:  # noqa: ANN001 - a binary pipe
+def _read_messages(stream, on_message: Callable[[dict], None]) -> None:
     count = 0
     with stream:
         while True:
@@ -373,7 +373,7 @@ def _read_messages(stream, on_message: Callable[[dict], None]) -> None:  # noqa:
             if isinstance(message, dict):
                 try:
                     on_message(message)
-                except Exception:  # noqa: BLE001 - a bad message must not stop the reader
+                except Exception:
                     log.exception("progress message from the converter rejected")
 
 

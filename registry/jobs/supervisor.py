@@ -128,7 +128,7 @@ class WorkerSupervisor:
             for slot in self._slots:
                 try:
                     self._check(slot)
-                except Exception:  # noqa: BLE001 - the supervisor must outlive any one failure
+                except Exception:
                     log.exception("supervising worker %d failed", slot.index)
 
     def _check(self, slot: _Slot) -> None:
@@ -155,7 +155,7 @@ class WorkerSupervisor:
         if job_id:
             try:
                 self._requeue_job(job_id)
-            except Exception:  # noqa: BLE001 - the heartbeat check requeues it later anyway
+            except Exception:
                 log.exception("could not requeue job %s", job_id)
         slot.quick_deaths = slot.quick_deaths + 1 if now - slot.started_at < STABLE_AFTER else 0
         delay = 0.0 if slot.quick_deaths <= 1 else min(MAX_DELAY, 2.0 ** (slot.quick_deaths - 2))

@@ -21,7 +21,7 @@ def stale_after(settings: Settings) -> timedelta:
 
 
 def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None = None,
-                current_job=None) -> None:  # noqa: ANN001 - a multiprocessing Array('c')
+                current_job=None) -> None:
     """Entry point of a worker process (also ``modeldrop worker``).
 
     A worker started by ``modeldrop serve`` gets the server's pid as ``owner_pid`` and stops
@@ -43,7 +43,7 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
     Sandbox(settings).announce()
     stopping = False
 
-    def _stop(*_):  # noqa: ANN002
+    def _stop(*_):
         nonlocal stopping
         stopping = True
 
@@ -73,7 +73,7 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
             return
 
 
-def maintenance(services) -> None:  # noqa: ANN001
+def maintenance(services) -> None:
     """Requeue jobs of crashed workers, re-sign expiring TUF metadata, sweep abandoned
     uploads from the staging directory, check guardrails."""
     try:
@@ -86,11 +86,11 @@ def maintenance(services) -> None:  # noqa: ANN001
         refresh_rulesets(services)
         for path in services.blobs.sweep_staging(services.settings.staging_max_age):
             log.warning("removed abandoned upload %s", path.name)
-    except Exception:  # noqa: BLE001 - maintenance must not kill the worker
+    except Exception:
         log.exception("maintenance failed")
     try:
         from registry.delivery.guardrail_check import check_guardrails
 
         check_guardrails(services)
-    except Exception:  # noqa: BLE001 - a failed check is retried on the next round
+    except Exception:
         log.exception("guardrail check failed")

@@ -15,7 +15,7 @@ from ._manifest import MANIFEST_EXTENSION, canonical_manifest_bytes, verify_mani
 from ._policy import ExpiryPolicy
 from ._repository import ROTATABLE_ROLES, ImageRepository
 from ._store import DirMetadataStore, MetadataStore, is_metadata_name
-from ._targets import TargetSpec, consistent_target_name, validate_target_path
+from ._targets import TargetSpec, consistent_target_name, validate_target_path, variant_target_path
 from .errors import (
     InvalidManifestError,
     InvalidMetadataNameError,
@@ -57,5 +57,6 @@ __all__ = [
     "consistent_target_name",
     "is_metadata_name",
     "validate_target_path",
+    "variant_target_path",
     "verify_manifest",
 ]

@@ -104,7 +104,7 @@ def verify_manifest(document: Mapping[str, Any], extension: Mapping[str, Any]) -
         keyid = str(entry["keyid"])
         try:
             trusted[keyid].verify_signature(Signature(keyid, str(entry.get("sig", ""))), payload)
-        except Exception:  # UnverifiedSignatureError, VerificationError, bad hex
+        except Exception:  # noqa: BLE001 - UnverifiedSignatureError, VerificationError, bad hex
             continue
         valid.add(trusted[keyid].keyval.get("public", keyid))
     if len(valid) < threshold:

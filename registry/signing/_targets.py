@@ -16,10 +16,15 @@ from securesystemslib.formats import encode_canonical
 
 from .errors import InvalidTargetError, InvalidTargetPathError
 
-__all__ = ["TargetSpec", "consistent_target_name", "validate_target_path"]
+__all__ = ["TargetSpec", "consistent_target_name", "validate_target_path", "variant_target_path"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_PATH = 1024  # characters; well above the wire-format paths, far below URL limits
+
+
+def variant_target_path(model: str, version: int, variant: str, extension: str) -> str:
+    """The TUF target path a variant is listed under once it is published."""
+    return f"{model}/{version}/{variant}.{extension}"
 
 
 def validate_target_path(path: str) -> str:

@@ -10,9 +10,9 @@ from sqlalchemy import update
 from sqlmodel import Session, or_, select
 
 from registry.errors import LastAdminTokenError
-from registry.models import AuditRow, TokenRow
 from registry.schemas import AuditOut, TokenOut
 from registry.store._base import StoreBase
+from registry.tables import AuditRow, TokenRow
 
 TOKEN_PREFIX = "mdt_"
 SYSTEM_ACTOR = "system"  # the server itself; subsystems are "system:<name>"

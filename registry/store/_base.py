@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from registry.errors import ModelNotFoundError, VersionNotFoundError
-from registry.models import ModelRow, VersionRow
+from registry.tables import ModelRow, VersionRow
 
 # The transaction of an enclosing ``StoreBase.atomic()`` block, if any (per thread/context).
 _AMBIENT: ContextVar[Session | None] = ContextVar("modeldrop_store_session", default=None)

@@ -10,11 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from registry.errors import VersionConflictError
-from registry.models import ModelRow, VariantRow, VersionRow, utcnow
 from registry.schemas import ModelOut, VariantOut, VersionOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
 from registry.store._delivery_types import _invalidates_cache
+from registry.tables import ModelRow, VariantRow, VersionRow, utcnow
 
 
 def variant_out(row: VariantRow) -> VariantOut:
@@ -255,7 +255,7 @@ class CatalogStore(StoreBase):
         One blob may back several variants (identical bytes in two versions); it is public
         as soon as any of them is, since the bytes are then in TUF targets anyway.
         """
-        from registry.models import DeltaRow
+        from registry.tables import DeltaRow
 
         wanted = sorted(set(shas))
         if not wanted:

@@ -18,10 +18,10 @@ from sqlalchemy import delete
 from sqlmodel import select
 
 from registry.errors import VersionNotFailedError
-from registry.models import JobRow, ModelRow, TokenRow, VersionRow, WebSessionRow, utcnow
 from registry.schemas import JobOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
+from registry.tables import JobRow, ModelRow, TokenRow, VersionRow, WebSessionRow, utcnow
 
 
 @dataclass(frozen=True)

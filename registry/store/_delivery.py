@@ -15,15 +15,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from registry.errors import NothingToRollBackError, ReleaseNotFoundError, ReleasePausedError
-from registry.models import (
-    DeltaRow,
-    ExperimentRow,
-    ModelRow,
-    ReleaseRow,
-    VariantRow,
-    VersionRow,
-    utcnow,
-)
 from registry.schemas import DeltaOut, ReleaseOut
 from registry.store._auth import _audit
 from registry.store._delivery_types import (
@@ -38,6 +29,15 @@ from registry.store._delivery_types import (
     insert_release,
 )
 from registry.store._experiments import ExperimentStore
+from registry.tables import (
+    DeltaRow,
+    ExperimentRow,
+    ModelRow,
+    ReleaseRow,
+    VariantRow,
+    VersionRow,
+    utcnow,
+)
 
 __all__ = ["DeliveryStore"]
 

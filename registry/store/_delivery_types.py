@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, select
 
-from registry.models import ModelRow, ReleaseRow, VersionRow
 from registry.schemas import ReleaseOut
 from registry.store._auth import _audit
+from registry.tables import ModelRow, ReleaseRow, VersionRow
 
 __all__ = [
     "ACTIVE_EXPERIMENT",
@@ -73,11 +73,11 @@ class ChannelState:
     experiment: ServingExperiment | None = None
 
 
-def _invalidates_cache(method):  # noqa: ANN001, ANN202
+def _invalidates_cache(method):
     """Mark a write: after its transaction ends, cached manifest reads of this process reload."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         finally:

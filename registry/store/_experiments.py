@@ -14,7 +14,6 @@ from sqlmodel import Session, select
 
 from registry.delivery.bucketing import arm_ranges
 from registry.errors import ExperimentConflictError, ExperimentNotFoundError, UnknownArmError
-from registry.models import AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, utcnow
 from registry.schemas import ArmOut, ExperimentOut, ReleaseOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
@@ -25,6 +24,7 @@ from registry.store._delivery_types import (
     _release_out,
     insert_release,
 )
+from registry.tables import AssignmentRow, ExperimentRow, ModelRow, ReleaseRow, utcnow
 
 __all__ = ["ExperimentStore"]
 
@@ -205,7 +205,7 @@ class ExperimentStore(StoreBase):
                     raise
         raise AssertionError("unreachable")
 
-    def _stop_experiment_once(self, name, actor, winner, winner_release, reason):  # noqa: ANN001, ANN202
+    def _stop_experiment_once(self, name, actor, winner, winner_release, reason):
         with self.session() as s:
             row = self._delivery_experiment(s, name)
             if row.status == "stopped":

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from registry.models import DeltaRow, JobRow, ModelRow, VariantRow, VersionRow, utcnow
 from registry.store._base import StoreBase
+from registry.tables import DeltaRow, JobRow, ModelRow, VariantRow, VersionRow, utcnow
 
 
 class FsckStore(StoreBase):

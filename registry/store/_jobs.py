@@ -10,9 +10,9 @@ from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from registry.errors import JobNotFoundError
-from registry.models import JobRow, ModelRow, VersionRow, utcnow
 from registry.schemas import JobOut, JobQueueOut
 from registry.store._base import StoreBase
+from registry.tables import JobRow, ModelRow, VersionRow, utcnow
 
 
 def _job_out(s: Session, row: JobRow) -> JobOut:
@@ -113,7 +113,7 @@ class JobStore(StoreBase):
     def job_metrics(self) -> dict[str, Any]:
         """Figures for ``/metrics``: jobs by (kind, state), the oldest queued job's age, the
         mean run time of the last 1000 finished jobs by (kind, state), guardrail halts."""
-        from registry.models import ExperimentRow, ReleaseRow
+        from registry.tables import ExperimentRow, ReleaseRow
 
         with self.session() as s:
             counts = {(k, st): n for k, st, n in s.exec(

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from registry.models import AssignmentRow, ExperimentRow, ModelRow, ServedRow
 from registry.store._base import StoreBase
+from registry.tables import AssignmentRow, ExperimentRow, ModelRow, ServedRow
 
 __all__ = ["ServedStore"]
 

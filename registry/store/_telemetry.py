@@ -27,7 +27,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, select
 
 from registry.errors import ExperimentNotFoundError, ReleaseNotFoundError, VersionNotFoundError
-from registry.models import (
+from registry.reports import ExperimentDef, UnitSummary
+from registry.store._base import StoreBase
+from registry.tables import (
     AssignmentRow,
     ExperimentRow,
     ModelRow,
@@ -37,8 +39,6 @@ from registry.models import (
     VariantRow,
     VersionRow,
 )
-from registry.reports import ExperimentDef, UnitSummary
-from registry.store._base import StoreBase
 
 __all__ = ["LATENCY_QUANTILES", "ReleaseScope", "TelemetryStore"]
 

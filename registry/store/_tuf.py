@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from registry.models import TufMetadataRow, utcnow
 from registry.store._base import StoreBase
+from registry.tables import TufMetadataRow, utcnow
 
 _ADVISORY_KEY = 0x4D4F444C  # "MODL": the TUF publishing lock id in PostgreSQL
 

@@ -7,7 +7,7 @@ to production at 10%?") with a reason field and a "Confirm" button; that form PO
 the same URL with the session's anti-forgery token. Both steps need the publisher role (a
 reader sees no buttons and a forged POST gets 403). The POST makes the same service call as
 the API route and the CLI (``registry.delivery.releases``, ``registry.delivery.experiments``,
-``registry.versions``), so the rules, the audit row (the signed-in token's name and the
+``registry.upload_service``), so the rules, the audit row (the signed-in token's name and the
 reason) and the errors are theirs; afterwards the browser is sent to the page with the new
 state.
 """
@@ -22,9 +22,9 @@ from flask import Response, abort, redirect, request, url_for
 
 from registry.delivery import experiments, releases
 from registry.errors import ModelDropError, PermissionDeniedError, ValidationError
+from registry.schemas import validate_name
 from registry.services import Services, current_services
-from registry.uploads import validate_name
-from registry.versions import retry_conversion
+from registry.upload_service import retry_conversion
 from registry.web import _session
 from registry.web._session import reader_page, viewer
 from registry.web.views import bp, error_page, page

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
 from registry.errors import ModelDropError, ValidationError
+from registry.schemas import validate_name
 from registry.services import current_services
 from registry.telemetry.service import version_latency
-from registry.uploads import validate_name
 from registry.web import _session
 from registry.web._format import FILTERS
 from registry.web._session import reader_page, viewer

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from registry.errors import UploadTooLargeError, VersionFailedError
-from registry.schemas import VersionOut
-from registry.uploads import check_container, parse_metadata, source_format, take_spool, validate_name
+from registry.schemas import VersionOut, validate_name
+from registry.upload_stream import check_container, parse_metadata, source_format, take_spool
 
 
 def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: str | None,
-                   number: int | None, actor: str) -> tuple[VersionOut, bool, str | None]:  # noqa: ANN001
+                   number: int | None, actor: str) -> tuple[VersionOut, bool, str | None]:
     """Returns (version, created, job id). Bad input raises before anything is stored."""
     validate_name(name)
     metadata = parse_metadata(metadata_raw)
@@ -62,7 +62,7 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     return services.store.get_version(name, version.version), True, job_id
 
 
-def retry_conversion(services, name: str, number: int, *, actor: str, eval_part=None,  # noqa: ANN001
+def retry_conversion(services, name: str, number: int, *, actor: str, eval_part=None,
                      metadata_raw: str | None = None, reason: str = "") -> tuple[VersionOut, str]:
     """Re-run the conversion of a failed version, optionally with a new eval set and/or
     metadata (its top-level fields replace the old ones). Returns (version, new job id).
@@ -96,7 +96,7 @@ def retry_conversion(services, name: str, number: int, *, actor: str, eval_part=
     return services.store.get_version(name, number), job_id
 
 
-def unlist_sources(services) -> list[str]:  # noqa: ANN001
+def unlist_sources(services) -> list[str]:
     """Remove sources from TUF targets that earlier releases of ModelDrop listed there.
 
     Run at start (idempotent: it signs nothing when none is listed). Older targets versions
@@ -109,7 +109,7 @@ def unlist_sources(services) -> list[str]:  # noqa: ANN001
     return paths
 
 
-def update_metadata(services, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:  # noqa: ANN001
+def update_metadata(services, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:
     from registry.errors import InvalidMetadataError
     from registry.schemas import MetadataPatch, parse_as
 
@@ -117,7 +117,7 @@ def update_metadata(services, name: str, number: int, patch: dict[str, Any], act
     return services.store.update_metadata(name, number, parsed.model_dump(exclude_none=True), actor)
 
 
-def update_model(services, name: str, body: dict[str, Any], actor: str):  # noqa: ANN001, ANN201
+def update_model(services, name: str, body: dict[str, Any], actor: str):
     """Validate and apply model-wide settings (e.g. the accuracy-drop threshold for new uploads)."""
     from registry.schemas import ModelPatch, parse_as
 

@@ -18,12 +18,11 @@ from flask import Request, g
 from registry.errors import (
     EmptyFileError,
     InvalidMetadataError,
-    InvalidNameError,
     MissingFileError,
     UnsupportedFormatError,
     UploadTooLargeError,
 )
-from registry.schemas import NAME_RE, VersionMetadata, parse_as
+from registry.schemas import VersionMetadata, parse_as
 from registry.services import current_services
 
 SOURCE_EXTENSIONS = {".keras": "keras", ".h5": "h5", ".zip": "zip", ".pt2": "pt2", ".pt": "pt"}
@@ -94,7 +93,7 @@ class UploadRequest(Request):
     """Request whose multipart file parts go straight into ``HashingSpool`` files."""
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):  # noqa: ANN001 - werkzeug's signature
+                         content_length=None):
         services = current_services()
         limit = services.settings.max_upload_bytes
         spool = HashingSpool(services.blobs.staging_dir, limit)
@@ -107,14 +106,6 @@ def discard_spools() -> None:
     """Teardown: whatever was not adopted by the blob store is removed (hang-ups, errors)."""
     for spool in g.pop("upload_spools", []):
         spool.discard()
-
-
-def validate_name(name: str, what: str = "model name") -> str:
-    if not NAME_RE.fullmatch(name or ""):
-        raise InvalidNameError(
-            f"invalid {what} {name!r}: use 1-64 characters [a-z0-9._-], starting with a letter or digit",
-            field="name")
-    return name
 
 
 def parse_metadata(raw: str | None) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class StreamingMultipart:
     def __len__(self) -> int:
         return self._length
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         for head, path in self._parts:
             yield head
             if path is not None:
