@@ -13,8 +13,8 @@ activations, calibrated on the eval set). Core ML comes from coremltools
 (``run_decompositions({})`` first for an ExportedProgram). A PyTorch file is code (its
 archive holds pickles): this module runs only inside the sandboxed converter.
 
-The calls and their limits were measured on this machine (FIELD-NOTES, "PyTorch and
-ONNX conversion"): litert-torch needs static shapes, so a dynamic dimension is refused
+The calls and their limits were measured with torch 2.13, litert-torch 0.10 and
+coremltools 9 (docs/conversion.md, "PyTorch uploads"): litert-torch needs static shapes, so a dynamic dimension is refused
 at load with its index; int64 inputs become int32 in Core ML.
 """
 
