@@ -14,8 +14,9 @@ activations, calibrated on the eval set). Core ML comes from coremltools
 archive holds pickles): this module runs only inside the sandboxed converter.
 
 The calls and their limits were measured with torch 2.13, litert-torch 0.10 and
-coremltools 9 (docs/conversion.md, "PyTorch uploads"): litert-torch needs static shapes, so a dynamic dimension is refused
-at load with its index; int64 inputs become int32 in Core ML.
+coremltools 9 (docs/conversion.md, "PyTorch uploads"): litert-torch needs static
+shapes, so a dynamic dimension is refused at load with its index; int64 inputs become
+int32 in Core ML.
 """
 
 from __future__ import annotations
