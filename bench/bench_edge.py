@@ -14,7 +14,10 @@ nginx (``apt-get install -y nginx`` when missing; benchmarks only). Then, in one
    answered 304) and local mode (what python-tuf fetches when nothing changed: the next root,
    404, and timestamp.json; the cached ruleset's hash still matches, so nothing else), plus
    a 304 of the ruleset route for reference;
-4. a large artifact (``--artifact-mb``) through the API and from nginx: MB/s.
+4. a large artifact (``--artifact-mb``) through the API, from nginx, and through a 302 to
+   SeaweedFS: a second gunicorn on the S3 backend (a real ``weed server``, tests/seaweed.py)
+   with ``MODELDROP_ARTIFACT_REDIRECT=presigned``, whose artifact route answers 302 to a
+   presigned URL of the bucket; the client follows it. MB/s, each download's sha256 checked.
 
 Writes bench/results/edge.json. Everything listens on 127.0.0.1 and is stopped at the end.
 """
@@ -22,6 +25,8 @@ Writes bench/results/edge.json. Everything listens on 127.0.0.1 and is stopped a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_manifest import LUA, QUERY, Server, ensure_wrk, free_port, measure, prepare  # noqa: E402
+
+from tests.seaweed import start_seaweedfs  # noqa: E402
 
 FIXED_LUA = r"""
 function request()
@@ -85,14 +93,55 @@ def wire_bytes(port: int, path: str, headers: dict[str, str]) -> int:
     return len(request) + received
 
 
-def throughput(url: str, size: int) -> float:
+def throughput(url: str, size: int, sha256: str) -> float:
+    """MB/s of one GET (urllib follows a 302); the bytes' sha256 is checked after the clock."""
+    chunks = []
     started = time.monotonic()
-    got = 0
     with urllib.request.urlopen(url, timeout=120) as resp:
         while chunk := resp.read(1 << 20):
-            got += len(chunk)
-    assert got == size, (got, size)
-    return round(size / (1 << 20) / (time.monotonic() - started), 1)
+            chunks.append(chunk)
+    elapsed = time.monotonic() - started
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    got = sum(map(len, chunks))
+    assert got == size and digest.hexdigest() == sha256, (url, got, size)
+    return round(size / (1 << 20) / elapsed, 1)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def prepare_redirect(data_dir: Path, s3_env: dict[str, str], big: bytes) -> str:
+    """A data dir on the S3 backend with ``big`` as a released (so public) variant."""
+    from registry.config import Settings
+    from registry.delivery import releases
+    from registry.services import build_services
+    from registry.signing import variant_target_path
+
+    overrides = {k.removeprefix("MODELDROP_").lower(): v for k, v in s3_env.items()}
+    services = build_services(Settings.load({"data_dir": data_dir, **overrides}))
+    source = services.blobs.put_bytes(b"bench edge redirect source")
+    version, _ = services.store.create_version(
+        "digits", sha256=source.sha256, size=source.size, source_format="keras",
+        filename="model.keras", metadata={"framework": "keras"}, eval_sha256=None,
+        actor="bench")
+    version_id = services.store.version_id("digits", version.version)
+    info = services.blobs.put_bytes(big)
+    path = variant_target_path("digits", version.version, "tflite-fp32", "tflite")
+    services.signing.add_targets([services.target_spec(
+        path, info.sha256, info.size, model="digits", version=version.version,
+        variant="tflite-fp32", format="tflite", kind="variant")])
+    services.store.record_variant(
+        version_id, name="tflite-fp32", format="tflite", sha256=info.sha256, size=info.size,
+        target_path=path, fidelity={"top1_agreement": 0.99}, reference_latency_ms=None,
+        servable=True, reason=None, error=None)
+    services.store.set_version_status(version_id, "ready")
+    releases.promote(services, "digits", version.version, channel="production", actor="bench")
+    services.store.engine.dispose()
+    return info.sha256
 
 
 def main() -> None:
@@ -127,6 +176,8 @@ def main() -> None:
     nginx_port = free_port()
     conf = work / "nginx.conf"
     nginx = None
+    redirect = None
+    seaweed = contextlib.ExitStack()
     try:
         api.wait_ready()
         bare.wait_ready()
@@ -207,18 +258,38 @@ def main() -> None:
                 nginx_port, ruleset_path, {"If-None-Match": ruleset_etag}),
         }
 
-        # 4. the artifact: through the API vs nginx
+        # 4. the artifact: through the API, from nginx, through a 302 to SeaweedFS
+        endpoint = seaweed.enter_context(start_seaweedfs(work / "seaweedfs"))
+        s3_env = {"MODELDROP_BLOB_BACKEND": "s3", "MODELDROP_S3_ENDPOINT_URL": endpoint,
+                  "MODELDROP_S3_BUCKET": "bench-edge", "MODELDROP_S3_ACCESS_KEY": "any",
+                  "MODELDROP_S3_SECRET_KEY": "any", "MODELDROP_ARTIFACT_REDIRECT": "presigned"}
+        redirect_dir = work / "data-s3"
+        assert prepare_redirect(redirect_dir, s3_env, big) == info.sha256
+        redirect = Server(redirect_dir, "sync", 5, bare=False, env=s3_env)
+        redirect.wait_ready()
+        redirect_url = f"{redirect.base}/v1/artifacts/{info.sha256}"
+        try:
+            urllib.request.build_opener(_NoRedirect).open(redirect_url, timeout=10)
+            raise AssertionError("the artifact route did not redirect")
+        except urllib.error.HTTPError as err:
+            assert err.code == 302 and err.headers["Location"].startswith(endpoint), err
         results["artifact_mb"] = args.artifact_mb
         results["artifact_mb_per_s"] = {
             # the TUF target route streams with the artifact route's code (stream_blob)
             "through the API (gunicorn sync, local blob store)": throughput(
-                f"{api.base}/tuf/targets/digits/99/{info.sha256}.big.tflite", len(big)),
+                f"{api.base}/tuf/targets/digits/99/{info.sha256}.big.tflite", len(big),
+                info.sha256),
             "nginx (exported mirror)": throughput(
-                f"{nginx_base}/v1/artifacts/{info.sha256}", len(big)),
+                f"{nginx_base}/v1/artifacts/{info.sha256}", len(big), info.sha256),
+            "302 to SeaweedFS (S3 backend, presigned redirect)": throughput(
+                redirect_url, len(big), info.sha256),
         }
     finally:
         api.stop()
         bare.stop()
+        if redirect is not None:
+            redirect.stop()
+        seaweed.close()
         if nginx is not None:
             os.killpg(nginx.pid, signal.SIGTERM)
             nginx.wait(10)

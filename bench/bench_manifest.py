@@ -148,14 +148,16 @@ def healthz():
 class Server:
     """One gunicorn on 127.0.0.1 for the whole bench (its own process group)."""
 
-    def __init__(self, data_dir: Path, worker_class: str, workers: int, bare: bool) -> None:
+    def __init__(self, data_dir: Path, worker_class: str, workers: int, bare: bool,
+                 env: dict[str, str] | None = None) -> None:
         self.name = "bare-" + worker_class if bare else worker_class
         self.worker_class, self.workers, self.bare = worker_class, workers, bare
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         env = dict(os.environ, MODELDROP_DATA_DIR=str(data_dir),
                    MODELDROP_BIND=f"127.0.0.1:{port}", MODELDROP_WEB_WORKERS=str(workers),
-                   MODELDROP_WEB_WORKER_CLASS=worker_class, PYTHONPATH=str(ROOT))
+                   MODELDROP_WEB_WORKER_CLASS=worker_class, PYTHONPATH=str(ROOT),
+                   **(env or {}))
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         if bare:
             (data_dir / "bare_app.py").write_text(BARE_APP)
