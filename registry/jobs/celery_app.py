@@ -1,4 +1,5 @@
-"""Celery wiring for the scale mode: ``celery -A registry.jobs.celery_app worker -B``.
+"""Celery wiring for the scale mode: ``celery -A registry.jobs.celery_app worker -Q modeldrop``
+on worker machines and exactly one ``celery -A registry.jobs.celery_app beat`` of its own.
 
 Settings come from ``MODELDROP_*`` variables, exactly as for the web process.
 """
