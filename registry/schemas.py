@@ -248,6 +248,9 @@ class ExperimentOut(BaseModel):
     guardrails: list[Any]
     status: str  # running | paused | stopped
     halted_reason: str | None
+    paused_reason: str | None = None  # a manual pause's --reason ("" when none was given)
+    paused_by: str | None = None  # who paused or halted it (system:guardrails for a halt)
+    paused_at: datetime | None = None
     winner: str | None
     counter_at_start: int
     created_at: datetime

@@ -157,6 +157,12 @@ class ExperimentRow(SQLModel, table=True):
     guardrails: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     status: str = "running"  # running | paused | stopped
     halted_reason: str | None = Field(default=None, sa_column=Column(Text))
+    # Who paused the experiment, when and why, as for releases: a manual pause sets all three
+    # (its reason may be ""), a guardrail halt sets who and when (its reason is halted_reason);
+    # resuming clears them.
+    paused_reason: str | None = Field(default=None, sa_column=Column(Text))
+    paused_by: str | None = None
+    paused_at: datetime | None = None
     winner: str | None = None
     counter_at_start: int = 0
     created_at: datetime = Field(default_factory=utcnow)

@@ -130,6 +130,10 @@ def test_doctor_says_when_no_worker_takes_jobs(services):
     services.store.create_job(version_id)
     busy = _workers(services.settings, now=later)
     assert busy.status == "warn" and "busy" in busy.detail, busy
+    # /healthz of a `modeldrop serve` whose workers all died (503 no_workers) fails the check
+    dead = _workers(services.settings, {"status": "no_workers",
+                                        "workers": {"alive": 0, "expected": 1, "restarts": 4}})
+    assert dead.status == "fail" and "0 of 1 worker(s) alive (4 restarts)" in dead.detail, dead
 
 
 def test_device_fetch_drops_only_the_delegate_banner_from_native_stderr(capfd):
@@ -143,3 +147,73 @@ def test_device_fetch_drops_only_the_delegate_banner_from_native_stderr(capfd):
     os.write(2, b"after\n")
     err = capfd.readouterr().err
     assert "XNNPACK" not in err and "something a user must see" in err and "after" in err, err
+
+
+def test_doctor_as_a_subprocess_reads_worker_liveness_and_the_stale_setting(tmp_path):
+    """`modeldrop doctor` against a real `modeldrop serve`: the worker count comes from
+    /healthz, and a job waits too long past MODELDROP_JOB_STALE_AFTER (2 s here), not 120 s."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, data_dir = f"http://127.0.0.1:{port}", tmp_path / "data"
+    env = dict(os.environ, MODELDROP_JOB_STALE_AFTER="2")
+    env.pop("MODELDROP_URL", None)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--data-dir",
+                             str(data_dir), "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def doctor() -> dict:
+        out = subprocess.run([sys.executable, "-m", "registry.cli", "--url", url, "doctor",
+                              "--data-dir", str(data_dir), "--json"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        return {c["name"]: c for c in json.loads(out.stdout)} | {"exit": out.returncode}
+
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                body = requests.get(f"{url}/healthz", timeout=5).json()
+                if body["workers"]["pids"]:
+                    break
+            except (requests.ConnectionError, ValueError, KeyError, TypeError):
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        worker = body["workers"]["pids"][0]
+        healthy = doctor()
+        assert healthy["workers"]["status"] == "ok", healthy
+        assert "1 of 1 worker(s) alive" in healthy["workers"]["detail"], healthy
+        assert "2 s (MODELDROP_JOB_STALE_AFTER)" in healthy["workers"]["detail"], healthy
+
+        os.kill(worker, signal.SIGSTOP)  # alive for the supervisor, but it takes no job
+        token = (data_dir / "admin-token").read_text().strip()
+        pushed = requests.post(f"{url}/v1/models/digits/versions", timeout=30,
+                               headers={"Authorization": f"Bearer {token}"},
+                               files={"file": ("m.keras", b"k" * 5000)}, data={"metadata": "{}"})
+        assert pushed.status_code == 201, pushed.text
+        time.sleep(3)
+        stuck = doctor()
+        assert stuck["exit"] == 1, stuck
+        assert stuck["workers"]["status"] == "fail", stuck
+        assert "no worker is taking jobs" in stuck["workers"]["detail"], stuck
+        assert "over 2 s (MODELDROP_JOB_STALE_AFTER)" in stuck["workers"]["detail"], stuck
+    finally:
+        if worker is not None:
+            os.kill(worker, signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

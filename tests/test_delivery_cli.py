@@ -136,3 +136,38 @@ def test_manifest_over_real_http(cli):
     again = requests.get(url, params=params, headers={"If-None-Match": first.headers["ETag"]},
                          timeout=10)
     assert again.status_code == 304 and again.content == b""
+
+
+def test_experiments_say_who_paused_or_halted_them_when_and_why(cli):
+    cli("promote", "digits", "1", "--channel", "production")
+    cli("experiment", "create", "pause-me", "--model", "digits", "--channel", "production",
+        "--arm", "control=1", "--arm", "treatment=2")
+    cli("experiment", "update", "pause-me", "--pause", "--reason", "checking crash reports")
+    services, url = cli.live.services, cli.live.base_url
+    reader = services.store.create_token("reader", "watcher").token
+    body = requests.get(f"{url}/v1/experiments/pause-me", timeout=10,  # no audit log: a reader
+                        headers={"Authorization": f"Bearer {reader}"}).json()
+    assert body["status"] == "paused" and body["paused_reason"] == "checking crash reports"
+    assert body["paused_by"].startswith("token:") and "cli-tests" in body["paused_by"], body
+    assert body["paused_at"] and body["halted_reason"] is None
+    shown = cli("experiment", "show", "pause-me", token=reader).output
+    assert f"experiment pause-me paused by {body['paused_by']} at " in shown, shown
+    assert shown.count("checking crash reports") == 1, shown
+    listed = cli("experiment", "list", token=reader).output
+    assert "checking crash reports" in listed and body["paused_by"] in listed, listed
+
+    cli("experiment", "update", "pause-me", "--resume")
+    resumed = json.loads(cli("experiment", "show", "pause-me", "--json").output)
+    assert resumed["paused_reason"] is resumed["paused_by"] is resumed["paused_at"] is None
+    assert "paused" not in cli("experiment", "list").output
+
+    assert services.store.halt_experiment("pause-me", "crash_rate 0.2 > 0.01",
+                                          actor="system:guardrails", details={})
+    halted = json.loads(cli("experiment", "show", "pause-me", "--json", token=reader).output)
+    assert halted["halted_reason"] == "crash_rate 0.2 > 0.01"
+    assert halted["paused_by"] == "system:guardrails" and halted["paused_at"]
+    assert halted["paused_reason"] is None
+    text = cli("experiment", "show", "pause-me", token=reader).output
+    assert "experiment pause-me halted by a guardrail (system:guardrails) at " in text, text
+    assert ": crash_rate 0.2 > 0.01 (resume: modeldrop experiment update pause-me --resume)" \
+        in text, text

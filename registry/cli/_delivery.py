@@ -293,8 +293,8 @@ def experiment_show(ctx, name, as_json) -> None:
         return
     click.echo(f"experiment {exp['name']}: {exp['model']}/{exp['channel']}, {exp['status']}"
                + (f", winner {exp['winner']}" if exp.get("winner") else ""))
-    if exp.get("halted_reason"):
-        click.echo(f"halted: {exp['halted_reason']}")
+    if exp["status"] == "paused":
+        click.echo(_experiment_pause(exp))
     click.echo(f"seed {exp['seed']}  hash version {exp['hash_version']}  "
                f"coverage {exp['coverage_percent']:g}%")
     click.echo(f"targeting {json.dumps(exp['targeting']) if exp['targeting'] else 'all devices'}")
@@ -302,6 +302,22 @@ def experiment_show(ctx, name, as_json) -> None:
         click.echo("guardrails " + "; ".join(
             g["expression"] if isinstance(g, dict) else str(g) for g in exp["guardrails"]))
     click.echo(_arm_table(exp))
+
+
+def _experiment_pause(exp: dict[str, Any]) -> str:
+    """Why a paused experiment is paused, by whom and since when (the experiment carries it)."""
+    who = f" by {exp['paused_by']}" if exp.get("paused_by") else ""
+    when = f" at {exp['paused_at']}" if exp.get("paused_at") else ""
+    if exp.get("halted_reason"):
+        by = f" ({exp['paused_by']})" if exp.get("paused_by") else ""
+        return (f"experiment {exp['name']} halted by a guardrail{by}{when}: "
+                f"{exp['halted_reason']} (resume: modeldrop experiment update {exp['name']} "
+                "--resume)")
+    if exp.get("paused_by"):
+        why = exp.get("paused_reason")
+        return f"experiment {exp['name']} paused{who}{when}" + (f": {why}" if why else "")
+    return (f"experiment {exp['name']} paused; the reason is in the audit log (admin token: "
+            "modeldrop audit --action experiment.pause)")
 
 
 @experiment.command("list")
@@ -320,6 +336,9 @@ def experiment_list(ctx, model, status, as_json) -> None:
                      [(e["name"], e["model"], e["channel"], e["status"],
                        ", ".join(a["name"] for a in e["arms"]), f"{e['coverage_percent']:g}%",
                        e["winner"] or "") for e in items]))
+    for e in items:
+        if e["status"] == "paused":
+            click.echo(_experiment_pause(e))
 
 
 @experiment.command("update")

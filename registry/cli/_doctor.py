@@ -71,14 +71,15 @@ def doctor(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
 
 def run_checks(settings, url: str) -> list[Check]:
     """Every check, in the order a deployment depends on them; none raises."""
+    health: dict = {}  # the server's /healthz answer, read once (by the server check)
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("database", lambda: _database(settings)),
         ("blobs", lambda: _blobs(settings)),
         ("keys", lambda: _keys(settings)),
         ("sandbox", lambda: _sandbox(settings)),
         ("disk", lambda: _disk(settings)),
-        ("server", lambda: _server(url)),
-        ("workers", lambda: _workers(settings)),
+        ("server", lambda: _server(url, health)),
+        ("workers", lambda: _workers(settings, health.get("body"))),
         ("tuf", lambda: _timestamp(url)),
     ]
     checks: list[Check] = []
@@ -198,28 +199,35 @@ def _disk(settings) -> Check:
     return Check("disk", "ok", shown)
 
 
-def _server(url: str) -> Check:
+def _server(url: str, health: dict | None = None) -> Check:
+    """``health`` (when given) receives the answer's body, for the workers check."""
     try:
-        health = requests.get(f"{url.rstrip('/')}/healthz", timeout=10).json()
+        resp = requests.get(f"{url.rstrip('/')}/healthz", timeout=10)
+        body = resp.json()  # a 503 (no live worker) has a body too
     except (requests.RequestException, ValueError) as e:
         return Check("server", "fail", f"no answer from {url}/healthz ({type(e).__name__})",
                      "start it (modeldrop serve) or pass --url / MODELDROP_URL")
-    return Check("server", "ok" if health.get("status") == "ok" else "warn",
-                 f"{url} {health.get('status')}: database {health.get('database')}, blobs "
-                 f"{health.get('blob_backend')}, jobs {health.get('job_backend')}, sandbox "
-                 f"{health.get('sandbox')}", "see the server's log")
+    if health is not None and isinstance(body, dict):
+        health["body"] = body
+    return Check("server", "ok" if body.get("status") == "ok" else "warn",
+                 f"{url} {body.get('status')}: database {body.get('database')}, blobs "
+                 f"{body.get('blob_backend')}, jobs {body.get('job_backend')}, sandbox "
+                 f"{body.get('sandbox')}", "see the server's log")
 
 
-def _workers(settings, now: datetime | None = None) -> Check:
-    """Whether workers take jobs, read from the jobs table: /healthz does not report worker
-    liveness, and the database is where every job backend records its jobs."""
+def _workers(settings, health: dict | None = None, now: datetime | None = None) -> Check:
+    """Whether workers take jobs: the server's /healthz says how many workers are alive (the
+    ones ``modeldrop serve`` supervises, or the Celery workers that answer a ping) and the jobs
+    table, where every job backend records its jobs, says how long the oldest job has waited.
+    A job waits too long past ``MODELDROP_JOB_STALE_AFTER``, the setting the server uses."""
     from registry.db import make_engine
-    from registry.jobs.worker import STALE_AFTER
+    from registry.jobs.worker import stale_after
     from registry.store import Store
 
+    limit = stale_after(settings)
     engine = make_engine(settings.sqlalchemy_url)
     try:
-        queue = Store(engine, lock_dir=Path(settings.data_dir)).job_queue(STALE_AFTER)
+        queue = Store(engine, lock_dir=Path(settings.data_dir)).job_queue(limit)
     finally:
         engine.dispose()
     start = ("restart the server (modeldrop serve or gunicorn; its workers run in-process, "
@@ -227,23 +235,40 @@ def _workers(settings, now: datetime | None = None) -> Check:
              "start workers: celery -A registry.jobs.celery_app worker -Q modeldrop "
              "(docs/deployment.md)")
     shown = f"{settings.job_backend} backend: {queue.queued} queued, {queue.running} running"
+    live = (health or {}).get("workers")
+    if isinstance(live, dict):
+        if live.get("alive") is None:
+            shown += f"; the server cannot count its workers ({live.get('error', 'no answer')})"
+        else:
+            shown += f", {live['alive']}" + (f" of {live['expected']}" if "expected" in live
+                                            else "") + " worker(s) alive"
+            if "restarts" in live:
+                shown += f" ({live['restarts']} restarts)"
+    if (health or {}).get("status") == "no_workers" or (isinstance(live, dict)
+                                                        and live.get("alive") == 0):
+        level = "fail" if settings.job_backend == "inprocess" or queue.queued else "warn"
+        return Check("workers", level, f"{shown}: no live worker takes jobs",
+                     "see the server's log: its workers die at start (a restart follows each "
+                     "death, with a growing delay)" if settings.job_backend == "inprocess"
+                     else start)
+    limit_s = f"{limit.total_seconds():.0f} s (MODELDROP_JOB_STALE_AFTER)"
     if queue.stale_running:
         return Check("workers", "warn", f"{shown}; {queue.stale_running} running job(s) stopped "
-                     f"heart-beating over {STALE_AFTER.seconds} s ago (a worker died)",
+                     f"heart-beating over {limit_s} ago (a worker died)",
                      f"a live worker requeues them; if none does, {start}")
     if queue.oldest_queued_at is not None:
         oldest = queue.oldest_queued_at
         if oldest.tzinfo is None:
             oldest = oldest.replace(tzinfo=UTC)
         waited = ((now or datetime.now(UTC)) - oldest).total_seconds()
-        if waited > STALE_AFTER.total_seconds():
+        if waited > limit.total_seconds():
             level = "warn" if queue.running else "fail"
             why = ("the workers are busy" if queue.running else "no worker is taking jobs")
             return Check("workers", level, f"{shown}; the oldest queued job has waited "
-                         f"{waited / 60:.0f} min: {why}",
+                         f"{waited:.0f} s, over {limit_s}: {why}",
                          start if not queue.running else
                          "raise MODELDROP_WORKER_PROCESSES or add workers")
-    return Check("workers", "ok", f"{shown}; no job waits longer than {STALE_AFTER.seconds} s")
+    return Check("workers", "ok", f"{shown}; no job waits longer than {limit_s}")
 
 
 def _timestamp(url: str, now: datetime | None = None) -> Check:

@@ -1,14 +1,17 @@
-"""Celery wiring for the scale mode: ``celery -A registry.jobs.celery_app worker -B``.
+"""Celery wiring for the scale mode: ``celery -A registry.jobs.celery_app worker -Q modeldrop``
+on worker machines and exactly one ``celery -A registry.jobs.celery_app beat`` of its own.
 
 Settings come from ``MODELDROP_*`` variables, exactly as for the web process.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from registry.config import Settings
 
@@ -63,6 +66,17 @@ def _celery_for(broker_url: str, refresh_interval: int, stale_after: int,
         run_maintenance(_services())
 
     return app
+
+
+@worker_ready.connect
+def _sweep_at_start(**_) -> None:
+    """A Celery worker starting sweeps the conversion folders killed jobs left (those of jobs
+    no live worker runs) when it shares a local data dir."""
+    from registry.jobs.runner import sweep_abandoned_work
+
+    for folder in sweep_abandoned_work(_services()):
+        logging.getLogger("modeldrop.worker").warning(
+            "removed the abandoned conversion folder %s", folder.name)
 
 
 @lru_cache(maxsize=1)

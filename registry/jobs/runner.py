@@ -8,6 +8,7 @@ manifests). A crash anywhere before the row is written leaves nothing half-publi
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -102,3 +103,23 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
                               progress=progress)
     except ConversionError as e:
         return str(e)
+
+
+def sweep_abandoned_work(services) -> list[Path]:
+    """Remove the conversion folders (``work/job-<first 8 of the id>-*``) a killed job left,
+    except those of jobs a live worker runs: another worker on the same data dir may own one,
+    and a job is live while it heart-beats within ``MODELDROP_JOB_STALE_AFTER``. The folders
+    are listed before the jobs are read, so a job claimed meanwhile already counts as live."""
+    from registry.jobs.worker import stale_after
+
+    folders = sorted(Path(services.work_dir).glob("job-*"))
+    if not folders:
+        return []
+    live = {job_id[:8] for job_id in services.store.live_job_ids(stale_after(services.settings))}
+    removed = []
+    for folder in folders:
+        if folder.name[4:12] in live:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

@@ -41,6 +41,11 @@ def worker_main(settings: Settings, *, once: bool = False, owner_pid: int | None
     from registry.jobs.sandbox import Sandbox
 
     Sandbox(settings).announce()
+    if owner_pid is None:  # `modeldrop worker`: `modeldrop serve` sweeps before its workers start
+        from registry.jobs.runner import sweep_abandoned_work
+
+        for folder in sweep_abandoned_work(services):
+            log.warning("removed the abandoned conversion folder %s", folder.name)
     stopping = False
 
     def _stop(*_):

@@ -115,7 +115,8 @@ class ExperimentStore(StoreBase):
                              coverage_percent=_percent(row.coverage_bp), arms=arms,
                              targeting=row.targeting or {}, guardrails=row.guardrails or [],
                              status=row.status, halted_reason=row.halted_reason,
-                             winner=row.winner, counter_at_start=row.counter_at_start,
+                             paused_reason=row.paused_reason, paused_by=row.paused_by,
+                             paused_at=row.paused_at, winner=row.winner, counter_at_start=row.counter_at_start,
                              created_at=row.created_at, created_by=row.created_by,
                              stopped_at=row.stopped_at)
 
@@ -157,6 +158,11 @@ class ExperimentStore(StoreBase):
                     row.halted_reason = None
             after = {"coverage_bp": row.coverage_bp, "status": row.status,
                      "halted_reason": row.halted_reason}
+            if after != before and paused is not None:
+                if paused:
+                    row.paused_reason, row.paused_by, row.paused_at = reason, actor, utcnow()
+                else:
+                    row.paused_reason = row.paused_by = row.paused_at = None
             if after != before:
                 s.add(row)
                 action = "experiment.update" if paused is None else \
@@ -173,6 +179,7 @@ class ExperimentStore(StoreBase):
             if row.status != "running":
                 return False
             row.status, row.halted_reason = "paused", reason
+            row.paused_reason, row.paused_by, row.paused_at = None, actor, utcnow()
             s.add(row)
             _audit(s, actor, "experiment.halt", f"experiment:{name}", {"reason": reason, **details})
             return True

@@ -135,6 +135,14 @@ class JobStore(StoreBase):
                 "oldest_queued_seconds": None if oldest is None else (utcnow() - oldest).total_seconds(),
                 "recent_run_seconds": {k: sum(v) / len(v) for k, v in sums.items()}}
 
+    def live_job_ids(self, stale_after: timedelta) -> set[str]:
+        """Jobs that are ``running`` with a heartbeat younger than ``stale_after``: a live
+        worker (perhaps another one on the same data dir) is running them."""
+        cutoff = utcnow() - stale_after
+        with self.session() as s:
+            return set(s.exec(select(JobRow.id).where(JobRow.state == "running",
+                                                      JobRow.heartbeat_at >= cutoff)).all())
+
     def requeue_stale_jobs(self, stale_after: timedelta) -> list[str]:
         """Jobs whose worker stopped heart-beating (crashed) go back to the queue, or fail
         once they have used their attempts."""
