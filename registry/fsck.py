@@ -20,8 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-
-from registry.jobs.worker import STALE_AFTER
+from datetime import timedelta
 
 __all__ = ["LOST", "Finding", "fsck"]
 
@@ -66,8 +65,11 @@ def fsck(services, *, repair: bool = False) -> list[Finding]:
                 f.repaired = True
             findings.append(f)
     refs = store.blob_references(lost_mark=LOST)
-    for sha in sorted(stored - refs.keys()):
-        f = Finding("orphan_blob", sha, "no version, variant or delta refers to it")
+    # A ruleset is referenced by nothing but its TUF target: a listed target keeps its blob.
+    target_hashes = {path: (signing.target_info(path) or {}).get("hashes", {}).get("sha256", "")
+                     for path in sorted(signing.target_paths())}
+    for sha in sorted(stored - refs.keys() - set(target_hashes.values())):
+        f = Finding("orphan_blob", sha, "no version, variant, delta or TUF target refers to it")
         if repair:
             blobs.delete(sha)
             f.repaired = True
@@ -79,9 +81,7 @@ def fsck(services, *, repair: bool = False) -> list[Finding]:
             f.repaired = True
         findings.append(f)
     lost_targets = []
-    for path in sorted(signing.target_paths()):
-        info = signing.target_info(path) or {}
-        sha = info.get("hashes", {}).get("sha256", "")
+    for path, sha in target_hashes.items():
         if sha not in stored:
             lost_targets.append(Finding("missing_target_blob", path, f"its bytes ({sha[:12]}…) are gone"))
     if repair and lost_targets:
@@ -89,10 +89,11 @@ def fsck(services, *, repair: bool = False) -> list[Finding]:
         for f in lost_targets:
             f.repaired = True
     findings += lost_targets
-    stuck = store.stale_running_jobs(STALE_AFTER)
+    stale_after = timedelta(seconds=services.settings.job_stale_after)
+    stuck = store.stale_running_jobs(stale_after)
     if stuck:
-        requeued = set(store.requeue_stale_jobs(STALE_AFTER)) if repair else set()
+        requeued = set(store.requeue_stale_jobs(stale_after)) if repair else set()
         findings += [Finding("stuck_job", job_id, f"running, no heartbeat for over "
-                             f"{STALE_AFTER.seconds} s (its worker died)", job_id in requeued)
+                             f"{services.settings.job_stale_after} s (its worker died)", job_id in requeued)
                      for job_id in stuck]
     return findings
