@@ -162,6 +162,11 @@ def test_push_convert_kill_worker_promote_fetch(cluster, digits, tmp_path):
     expected = {version["source"]["sha256"], variant["sha256"]}
     if version["source"].get("eval_sha256"):
         expected.add(version["source"]["eval_sha256"])
+    # The release re-published the channel's signed ruleset, a blob listed only as its TUF target.
+    rulesets = {path: t["hashes"]["sha256"] for path, t in _targets(c.url("api1")).items()
+                if path.startswith("rulesets/")}
+    assert list(rulesets) == [f"rulesets/{MODEL}/{CHANNEL}.json"], rulesets
+    expected |= set(rulesets.values())
     assert {k.rsplit("/", 1)[-1] for k in keys} == expected, keys  # no blob of the killed run
     for api in ("api1", "api2"):
         targets = _targets(c.url(api))
