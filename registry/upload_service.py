@@ -14,6 +14,18 @@ from registry.schemas import VersionOut, validate_name
 from registry.upload_stream import check_container, parse_metadata, source_format, take_spool
 
 
+def _take_eval(services, eval_part):
+    """The uploaded eval set's spool (None when none was sent), refused past the size limit."""
+    if eval_part is None or not getattr(eval_part, "filename", None):
+        return None
+    spool = take_spool(eval_part, "eval")
+    limit = services.settings.max_eval_bytes
+    if spool.size > limit:
+        raise UploadTooLargeError(f"the eval set is larger than the limit of {limit} bytes",
+                                  field="eval", limit=limit)
+    return spool
+
+
 def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: str | None,
                    number: int | None, actor: str) -> tuple[VersionOut, bool, str | None]:
     """Returns (version, created, job id). Bad input raises before anything is stored."""
@@ -22,13 +34,7 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     spool = take_spool(file_part, "file")
     fmt = source_format(file_part.filename)
     check_container(fmt, spool.path, file_part.filename)
-    eval_spool = None
-    if eval_part is not None and getattr(eval_part, "filename", None):
-        eval_spool = take_spool(eval_part, "eval")
-        limit = services.settings.max_eval_bytes
-        if eval_spool.size > limit:
-            raise UploadTooLargeError(f"the eval set is larger than the limit of {limit} bytes",
-                                      field="eval", limit=limit)
+    eval_spool = _take_eval(services, eval_part)
     source = services.blobs.adopt_file(spool.path, spool.sha256, spool.size)
     eval_sha = None
     if eval_spool is not None:
@@ -79,12 +85,8 @@ def retry_conversion(services, name: str, number: int, *, actor: str, eval_part=
         sent = json.loads(metadata_raw)  # parse_metadata proved it is a JSON object
         metadata = {k: v for k, v in parsed.items() if k in sent}
     eval_sha = None
-    if eval_part is not None and getattr(eval_part, "filename", None):
-        eval_spool = take_spool(eval_part, "eval")
-        limit = services.settings.max_eval_bytes
-        if eval_spool.size > limit:
-            raise UploadTooLargeError(f"the eval set is larger than the limit of {limit} bytes",
-                                      field="eval", limit=limit)
+    eval_spool = _take_eval(services, eval_part)
+    if eval_spool is not None:
         eval_sha = services.blobs.adopt_file(eval_spool.path, eval_spool.sha256, eval_spool.size).sha256
     if not isinstance(reason, str) or len(reason) > 1000:
         from registry.errors import ValidationError
