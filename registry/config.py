@@ -39,6 +39,11 @@ class Settings:
     # Redis broker only: an unacknowledged message is handed out again after this long
     # (acks_late: a message is acknowledged when its job ends, not when it starts).
     celery_visibility_timeout: int = 3600  # seconds
+    # /healthz answers 503 "no_workers" while no conversion worker is alive: the workers
+    # `modeldrop serve` supervises, or (Celery) the workers that answer a broadcast ping.
+    # False keeps it 200 then (a web tier behind a load balancer that should stay in while
+    # the conversion tier is down; alert on /metrics or workers.alive instead).
+    healthz_requires_workers: bool = True
     # Delta patches are built by the workers (jobs of kind "deltas"); bsdiff peaks near 17x
     # the artifact in memory, so larger artifacts get no patch (64 MiB: about 1.1 GiB).
     delta_max_bytes: int = 64 << 20  # bytes

@@ -120,9 +120,24 @@ def record_telemetry(result: Any) -> None:
             TELEMETRY.labels(outcome).inc(n)
 
 
+# The toolchain that converts a source format (registry/upload_stream.py SOURCE_EXTENSIONS);
+# any other source (artifacts uploaded ready-made) is "provided".
+TOOLCHAINS = {"keras": "tensorflow", "h5": "tensorflow", "zip": "tensorflow", "pt2": "torch", "pt": "torch"}
+
+
+def toolchain(source_format: str | None) -> str:
+    return TOOLCHAINS.get(source_format or "", "provided")
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted, non-empty list."""
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+
 class _DatabaseCollector:
     """Figures that live in the database: queue depth, oldest queued job, jobs by kind and
-    state with their run time, guardrail halts."""
+    state with their run time, the same by toolchain (durations and failures), guardrail
+    halts."""
 
     def __init__(self, services: Any) -> None:
         self.services = services
@@ -146,7 +161,38 @@ class _DatabaseCollector:
         oldest.add_metric([], stats["oldest_queued_seconds"] or 0.0)
         for what, n in sorted(stats["halts"].items()):
             halts.add_metric([what], n)
-        yield from (depth, oldest, jobs, seconds, halts)
+        by_toolchain = GaugeMetricFamily(
+            "modeldrop_jobs_by_toolchain", "Jobs by kind (convert, deltas), toolchain of the version's "
+            "source (tensorflow, torch, provided) and state", labels=["kind", "toolchain", "state"])
+        failures = GaugeMetricFamily("modeldrop_job_failures", "Failed jobs by kind and toolchain",
+                                     labels=["kind", "toolchain"])
+        counted: dict[tuple[str, str, str], int] = {}
+        for (kind, fmt, state), n in stats["jobs_by_source"].items():
+            key = (kind, toolchain(fmt), state)
+            counted[key] = counted.get(key, 0) + n
+        failed: dict[tuple[str, str], int] = {}
+        for (kind, chain, state), n in sorted(counted.items()):
+            by_toolchain.add_metric([kind, chain, state], n)
+            if state == "failed":
+                failed[(kind, chain)] = failed.get((kind, chain), 0) + n
+        for (kind, chain), n in sorted(failed.items()):
+            failures.add_metric([kind, chain], n)
+        duration = GaugeMetricFamily(
+            "modeldrop_job_duration_seconds", "Run time (claim to finish) of the last 1000 finished jobs "
+            "by kind, toolchain and final state: quantiles 0.5, 0.95 and 1 (the longest)",
+            labels=["kind", "toolchain", "state", "quantile"])
+        finished = GaugeMetricFamily("modeldrop_job_duration_jobs",
+                                     "How many of the last 1000 finished jobs modeldrop_job_duration_seconds "
+                                     "summarises", labels=["kind", "toolchain", "state"])
+        merged: dict[tuple[str, str, str], list[float]] = {}
+        for (kind, fmt, state), values in stats["recent_durations_by_source"].items():
+            merged.setdefault((kind, toolchain(fmt), state), []).extend(values)
+        for (kind, chain, state), values in sorted(merged.items()):
+            values.sort()
+            for q in (0.5, 0.95, 1.0):
+                duration.add_metric([kind, chain, state, str(q)], _quantile(values, q))
+            finished.add_metric([kind, chain, state], len(values))
+        yield from (depth, oldest, jobs, seconds, halts, by_toolchain, failures, duration, finished)
 
 
 def metrics_response(services: Any) -> Response:

@@ -190,9 +190,14 @@ class Cluster:
         if proc.popen.poll() is not None:
             raise AssertionError(f"{name} exited:\n{proc.tail()}")
         try:
-            return requests.get(self.url(name) + "/healthz", timeout=5).status_code == 200
+            resp = requests.get(self.url(name) + "/healthz", timeout=5)
         except requests.RequestException:
             return False
+        # It answers: 200, or 503 "no_workers" while no Celery worker is up yet (the workers
+        # start after the web processes; docs/deployment.md, "Supervised workers").
+        return resp.status_code == 200 or (resp.status_code == 503 and
+                                           resp.headers.get("Content-Type", "").startswith("application/json")
+                                           and resp.json().get("status") == "no_workers")
 
     def start_worker(self, name: str) -> Proc:
         argv = [str(BIN / "celery"), "-A", "registry.jobs.celery_app", "worker", "-Q", "modeldrop",

@@ -137,7 +137,8 @@ DESCRIPTIONS: dict[str, dict] = {
                                 "depth and oldest job age, guardrail halts", "text": True},
     "meta.healthz": {"summary": "Liveness and database check; says whether the converter sandbox is full "
                                "or degraded, how many conversion workers are alive and how old the "
-                               "oldest queued job is (503 when `modeldrop serve` has no live worker)"},
+                               "oldest queued job is (503 `no_workers` when no conversion worker is alive: "
+                               "`modeldrop serve`'s own, or Celery workers answering a ping)"},
     "meta.openapi": {"summary": "This document"},
     "models.list_models": {"summary": "List models", "response": "ModelOut", "list": True},
     "models.get_model": {"summary": "One model", "response": "ModelOut"},
@@ -258,7 +259,8 @@ def _add_worker_health(svc, body: dict) -> int:
     workers = svc.jobs.workers()
     body["workers"] = workers
     if svc.jobs.needs_workers() and workers is not None and not workers.get("alive"):
-        body["status"] = "no_workers"
+        # alive 0: no worker answered; alive None: the broker itself did not (Celery)
+        body["status"] = "no_workers" if workers.get("alive") == 0 else "broker_unreachable"
         return 503
     return 200
 

@@ -33,9 +33,9 @@ class JobQueue(ABC):
         return None
 
     def needs_workers(self) -> bool:
-        """Whether ``/healthz`` answers 503 when no worker is alive: only where this process
-        owns its workers (``modeldrop serve``); a web tier of the scale mode stays in the
-        load balancer while the workers are down, since manifests do not need them."""
+        """Whether ``/healthz`` answers 503 when no worker is alive (``workers()`` says
+        ``alive: 0``): where this process owns its workers (``modeldrop serve``) or can ask
+        them (Celery), unless ``MODELDROP_HEALTHZ_REQUIRES_WORKERS=false``."""
         return False
 
 
@@ -78,7 +78,7 @@ class InProcessQueue(JobQueue):
                 "pids": self._supervisor.pids()}
 
     def needs_workers(self) -> bool:
-        return self._supervisor is not None
+        return self._supervisor is not None and self.settings.healthz_requires_workers
 
 
 class CeleryQueue(JobQueue):
@@ -110,6 +110,9 @@ class CeleryQueue(JobQueue):
             answer = {"alive": None, "error": type(e).__name__}
         self._pinged = (now, answer)
         return answer
+
+    def needs_workers(self) -> bool:
+        return self.settings.healthz_requires_workers
 
 
 def job_queue_from_settings(settings: Settings) -> JobQueue:

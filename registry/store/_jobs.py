@@ -119,21 +119,33 @@ class JobStore(StoreBase):
             counts = {(k, st): n for k, st, n in s.exec(
                 select(JobRow.kind, JobRow.state, func.count()).group_by(JobRow.kind, JobRow.state)).all()}
             oldest = s.exec(select(func.min(JobRow.created_at)).where(JobRow.state == "queued")).one()
-            recent = s.exec(select(JobRow.kind, JobRow.state, JobRow.started_at, JobRow.finished_at)
+            recent = s.exec(select(JobRow.kind, JobRow.state, JobRow.started_at, JobRow.finished_at,
+                                   VersionRow.source_format)
+                            .join(VersionRow, VersionRow.id == JobRow.version_id)
                             .where(JobRow.finished_at.is_not(None), JobRow.started_at.is_not(None))
                             .order_by(JobRow.finished_at.desc()).limit(1000)).all()
+            by_source = {(k, f, st): n for k, f, st, n in s.exec(
+                select(JobRow.kind, VersionRow.source_format, JobRow.state, func.count())
+                .join(VersionRow, VersionRow.id == JobRow.version_id)
+                .group_by(JobRow.kind, VersionRow.source_format, JobRow.state)).all()}
             halts = {"release": s.exec(select(func.count()).select_from(ReleaseRow)
                                        .where(ReleaseRow.halted_reason.is_not(None))).one(),
                      "experiment": s.exec(select(func.count()).select_from(ExperimentRow)
                                           .where(ExperimentRow.halted_reason.is_not(None))).one()}
         sums: dict[tuple[str, str], list[float]] = {}
-        for kind, state, started, finished in recent:
-            sums.setdefault((kind, state), []).append((finished - started).total_seconds())
+        durations: dict[tuple[str, str, str], list[float]] = {}
+        for kind, state, started, finished, source_format in recent:
+            seconds = (finished - started).total_seconds()
+            sums.setdefault((kind, state), []).append(seconds)
+            durations.setdefault((kind, source_format, state), []).append(seconds)
         if oldest is not None and oldest.tzinfo is None:
             oldest = oldest.replace(tzinfo=utcnow().tzinfo)
         return {"jobs": counts, "halts": halts,
                 "oldest_queued_seconds": None if oldest is None else (utcnow() - oldest).total_seconds(),
-                "recent_run_seconds": {k: sum(v) / len(v) for k, v in sums.items()}}
+                "recent_run_seconds": {k: sum(v) / len(v) for k, v in sums.items()},
+                # (kind, source format, state) -> count / run seconds of the recent finished
+                "jobs_by_source": by_source,
+                "recent_durations_by_source": {k: sorted(v) for k, v in durations.items()}}
 
     def live_job_ids(self, stale_after: timedelta) -> set[str]:
         """Jobs that are ``running`` with a heartbeat younger than ``stale_after``: a live
