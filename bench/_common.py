@@ -60,11 +60,13 @@ def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
         proc.wait()
 
 
-def start_gunicorn(env: dict, log: IO[bytes], command: list[str] | None = None) -> subprocess.Popen:
-    """``gunicorn -c deploy/gunicorn.conf.py registry.wsgi:app`` (or ``command``) with ``env``."""
-    command = command or [GUNICORN, "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "registry.wsgi:app"]
+def start_gunicorn(env: dict, log: IO[bytes], command: list[str] | None = None,
+                   cwd: Path = ROOT) -> subprocess.Popen:
+    """``gunicorn -c deploy/gunicorn.conf.py registry.wsgi:app`` (or ``command``) with ``env``.
+    gunicorn puts ``cwd`` first on ``sys.path``: the code of that checkout is what runs."""
+    command = command or [GUNICORN, "-c", str(cwd / "deploy" / "gunicorn.conf.py"), "registry.wsgi:app"]
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=ROOT)
+                            start_new_session=True, cwd=cwd)
 
 
 @contextlib.contextmanager

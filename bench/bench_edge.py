@@ -33,6 +33,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,8 +94,13 @@ def wire_bytes(port: int, path: str, headers: dict[str, str]) -> int:
     return len(request) + received
 
 
-def throughput(url: str, size: int, sha256: str) -> float:
-    """MB/s of one GET (urllib follows a 302); the bytes' sha256 is checked after the clock."""
+def throughput(url: str, size: int, sha256: str, downloads: int = 1) -> float:
+    """Median MB/s of ``downloads`` GETs (urllib follows a 302); each download's sha256 is
+    checked after the clock."""
+    return statistics.median(_one_download(url, size, sha256) for _ in range(downloads))
+
+
+def _one_download(url: str, size: int, sha256: str) -> float:
     chunks = []
     started = time.monotonic()
     with urllib.request.urlopen(url, timeout=120) as resp:
@@ -148,6 +154,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--artifact-mb", type=int, default=100)
+    ap.add_argument("--downloads", type=int, default=3, help="downloads per artifact row (median)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "edge.json")
     args = ap.parse_args()
     wrk = ensure_wrk()
     if not shutil.which("nginx"):
@@ -176,7 +184,7 @@ def main() -> None:
     nginx_port = free_port()
     conf = work / "nginx.conf"
     nginx = None
-    redirect = None
+    redirect = streamed = None
     seaweed = contextlib.ExitStack()
     try:
         api.wait_ready()
@@ -267,6 +275,9 @@ def main() -> None:
         assert prepare_redirect(redirect_dir, s3_env, big) == info.sha256
         redirect = Server(redirect_dir, "sync", 5, bare=False, env=s3_env)
         redirect.wait_ready()
+        streamed_env = {k: v for k, v in s3_env.items() if k != "MODELDROP_ARTIFACT_REDIRECT"}
+        streamed = Server(redirect_dir, "sync", 5, bare=False, env=streamed_env)
+        streamed.wait_ready()
         redirect_url = f"{redirect.base}/v1/artifacts/{info.sha256}"
         try:
             urllib.request.build_opener(_NoRedirect).open(redirect_url, timeout=10)
@@ -274,27 +285,42 @@ def main() -> None:
         except urllib.error.HTTPError as err:
             assert err.code == 302 and err.headers["Location"].startswith(endpoint), err
         results["artifact_mb"] = args.artifact_mb
-        results["artifact_mb_per_s"] = {
+        results["artifact_downloads_per_row"] = args.downloads
+        results["artifact_load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+        n = args.downloads
+        # interleaved: nginx first and last, so load drift shows in its two figures
+        nginx_first = throughput(f"{nginx_base}/v1/artifacts/{info.sha256}", len(big), info.sha256, n)
+        rates = {
             # the TUF target route streams with the artifact route's code (stream_blob)
             "through the API (gunicorn sync, local blob store)": throughput(
                 f"{api.base}/tuf/targets/digits/99/{info.sha256}.big.tflite", len(big),
-                info.sha256),
-            "nginx (exported mirror)": throughput(
-                f"{nginx_base}/v1/artifacts/{info.sha256}", len(big), info.sha256),
+                info.sha256, n),
+            "through the API (gunicorn sync, S3 backend, streamed)": throughput(
+                f"{streamed.base}/v1/artifacts/{info.sha256}", len(big), info.sha256, n),
             "302 to SeaweedFS (S3 backend, presigned redirect)": throughput(
-                redirect_url, len(big), info.sha256),
+                redirect_url, len(big), info.sha256, n),
         }
+        nginx_last = throughput(f"{nginx_base}/v1/artifacts/{info.sha256}", len(big), info.sha256, n)
+        nginx_rate = statistics.median([nginx_first, nginx_last])
+        rates["nginx (exported mirror)"] = nginx_rate
+        results["artifact_mb_per_s"] = rates
+        results["artifact_nginx_first_last"] = [nginx_first, nginx_last]
+        results["artifact_ratio_vs_nginx"] = {k: round(v / nginx_rate, 2) for k, v in rates.items()}
+        results["artifact_load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         api.stop()
         bare.stop()
         if redirect is not None:
             redirect.stop()
+        if streamed is not None:
+            streamed.stop()
         seaweed.close()
         if nginx is not None:
             os.killpg(nginx.pid, signal.SIGTERM)
             nginx.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    out = ROOT / "bench" / "results" / "edge.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 

@@ -149,8 +149,13 @@ class Server:
     """One gunicorn on 127.0.0.1 for the whole bench (its own process group)."""
 
     def __init__(self, data_dir: Path, worker_class: str, workers: int, bare: bool,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, code: Path | None = None,
+                 label: str = "") -> None:
+        """``code``: run the ModelDrop of that checkout (``--before``), not this one."""
         self.name = "bare-" + worker_class if bare else worker_class
+        if label:
+            self.name += "-" + label
+        self.label = label
         self.worker_class, self.workers, self.bare = worker_class, workers, bare
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
@@ -166,10 +171,12 @@ class Server:
                        worker_class, "--threads", "8" if worker_class == "gthread" else "1",
                        "bare_app:app"]
         else:
-            command = [gunicorn, "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+            root = code or ROOT
+            env["PYTHONPATH"] = str(root)
+            command = [gunicorn, "-c", str(root / "deploy" / "gunicorn.conf.py"),
                        "registry.wsgi:app"]
         self.log = open(data_dir / f"gunicorn-{self.name}.log", "wb")
-        self.proc = start_gunicorn(env, self.log, command)
+        self.proc = start_gunicorn(env, self.log, command, cwd=code or ROOT)
 
     def wait_ready(self) -> None:
         wait_http(f"{self.base}/healthz", proc=self.proc, log=self.log.name)
@@ -203,7 +210,8 @@ def measure(wrk: str, server: Server, script: Path, duration: int, connections: 
 
 def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
     median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-    out = {"app": "bare Flask, constant 800 B" if server.bare else "ModelDrop manifest",
+    out = {"app": "bare Flask, constant 800 B" if server.bare
+           else "ModelDrop manifest" + (f" ({server.label})" if server.label else ""),
            "worker_class": server.worker_class, "workers": server.workers,
            "threads_per_worker": 8 if server.worker_class == "gthread" else 1,
            "requests_per_s": round(median("requests_per_s")),
@@ -230,6 +238,9 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=10_000, help="distinct install ids")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip measuring the bare-Flask reference on this machine")
+    parser.add_argument("--before", default="",
+                        help="a git revision: also measure the ModelDrop of that commit (git archive "
+                             "into a temporary directory), interleaved in the same rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "manifest.json")
     args = parser.parse_args()
 
@@ -243,12 +254,24 @@ def main() -> None:
         (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
         script = tmp_path / "manifest.lua"
         script.write_text(LUA % {"ids": tmp_path / "ids.txt", "query": QUERY})
-        kinds = ([] if args.no_baseline else [("sync", True)]) + \
-            [(c, False) for c in args.classes.split(",")]
+        kinds = ([] if args.no_baseline else [("sync", True, None)]) + \
+            [(c, False, None) for c in args.classes.split(",")]
+        if args.before:
+            code = tmp_path / "before"
+            code.mkdir()
+            archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+            kinds += [(c, False, code) for c in args.classes.split(",")]
         servers: list[Server] = []
         try:
-            for worker_class, bare in kinds:  # one at a time: masters bootstrap in turn
-                servers.append(Server(data_dir, worker_class, args.workers, bare))
+            for n, (worker_class, bare, code) in enumerate(kinds):  # one at a time: masters bootstrap in turn
+                # each server on a copy of the prepared data, so no server finds the served
+                # rows another one wrote (a conflicting insert is cheaper than a new row)
+                own = tmp_path / f"data-{n}"
+                shutil.copytree(data_dir, own)
+                servers.append(Server(own, worker_class, args.workers, bare, code=code,
+                                      label=f"before {args.before}" if code else ""))
                 servers[-1].wait_ready()
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for round_no in range(args.rounds):
@@ -280,6 +303,7 @@ def main() -> None:
                     "note": "shared with other sessions; see load_average_before per round"},
         "setup": {"wrk": f"-t2 -c{args.connections} -d{args.duration}s --latency",
                   "rounds": args.rounds, "install_ids": args.ids, "database": "sqlite",
+                  "before": args.before or None,
                   "blob_backend": "local", "gunicorn_workers": args.workers,
                   "releases": "v1 at 100%, v2 at 50% for android (two releases walked)",
                   "response": "200 signed manifest (no If-None-Match), ~1 KB"},

@@ -19,7 +19,6 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Float, TextClause, and_, case, func, literal, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -112,6 +111,10 @@ class TelemetryStore(StoreBase):
         groups: dict[tuple, list[float]] = defaultdict(list)
         for v, d, ms in s.execute(stmt):
             groups[(v, d)].append(ms)
+        if not groups:
+            return []
+        import numpy as np  # here, not at import: a web process serving manifests only never loads it
+
         # numpy's default "linear" method is percentile_cont's definition.
         return [(v, d, len(ms), np.quantile(np.asarray(ms), quantiles).tolist())
                 for (v, d), ms in groups.items()]

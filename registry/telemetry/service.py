@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.reports import build_report, render_charts, render_report_html
+from registry import reports  # its statistics and charts load on first use (registry/reports/__init__.py)
 from registry.telemetry.ingest import Rejection, validate_batch
 
 __all__ = ["experiment_report", "experiment_report_html", "experiment_report_page", "record_batch",
@@ -104,7 +104,7 @@ def experiment_report(services: Any, experiment: Any, *, bootstrap_samples: int 
     computed from and when."""
     kwargs = {} if latency_cap is None else {"latency_cap": latency_cap}
     exp, units, source = services.store.experiment_units(experiment, **kwargs)
-    report = build_report(exp, units, bootstrap_samples=bootstrap_samples)
+    report = reports.build_report(exp, units, bootstrap_samples=bootstrap_samples)
     unassigned = source["unassigned_installs_with_telemetry"]
     if unassigned:
         report["health"].append({
@@ -125,7 +125,7 @@ def experiment_report(services: Any, experiment: Any, *, bootstrap_samples: int 
 def experiment_report_page(services: Any, experiment: Any) -> tuple[dict[str, Any], str]:
     """The report and its self-contained HTML page (charts inlined as SVG)."""
     report = experiment_report(services, experiment)
-    return report, render_report_html(report, render_charts(report))
+    return report, reports.render_report_html(report, reports.render_charts(report))
 
 
 def experiment_report_html(services: Any, experiment: Any) -> str:
