@@ -40,9 +40,39 @@ def _manifest(d: dict) -> str:
     for key, r in rows.items():
         if key.startswith("bare"):
             continue
-        ratio = f" ({r['requests_per_s'] / bare['requests_per_s']:.2f}x bare Flask)" if bare else ""
-        out.append(f"{r['worker_class']}: {r['requests_per_s']:,} req/s, p99 {r['p99_ms']} ms{ratio}")
+        same = r.get("ratio_vs_bare_flask_same_round")
+        ratio = f" ({same:.2f}x bare Flask, same rounds)" if same is not None else \
+            (f" ({r['requests_per_s'] / bare['requests_per_s']:.2f}x bare Flask)" if bare else "")
+        load = r["rounds"][0].get("load_average_before", ["?"])[0] if r.get("rounds") else "?"
+        out.append(f"{r['app'].removeprefix('ModelDrop manifest').strip(' ()') or 'this checkout'} "
+                   f"{r['worker_class']}: {r['requests_per_s']:,} req/s, p99 {r['p99_ms']} ms{ratio}, "
+                   f"load {load}")
+    if bare:
+        out.append(f"bare Flask {bare['requests_per_s']:,} req/s, p99 {bare['p99_ms']} ms")
     return "; ".join(out)
+
+
+def _edge(d: dict) -> str:
+    ratios = d.get("artifact_ratio_vs_nginx", {})
+    rates = d.get("artifact_mb_per_s", {})
+    parts = [f"{k}: {rates[k]:,} MB/s ({ratios.get(k, 0):.2f}x nginx)" for k in rates]
+    return (f"{d['artifact_mb']} MB artifact, load {d.get('artifact_load_average_before', ['?'])[0]}: "
+            + "; ".join(parts))
+
+
+def _memory(d: dict) -> str:
+    heavy = sorted(k for k, v in d["imports"]["modules_loaded"].items() if v)
+    return (f"web worker RSS {d['after_first_manifest']['rss_mb']} MB after 1 manifest, "
+            f"{d['after_manifests']['rss_mb']} MB after {d['setup']['manifests']:,}, "
+            f"{d['after_download']['rss_mb']} MB after a {d['setup']['artifact_mb']} MB download "
+            f"(load {d['load_average_start'][0]}); heavy modules loaded: {', '.join(heavy) or 'none'}")
+
+
+def _throughput(d: dict) -> str:
+    one, two = d["results"]
+    return (f"{one['conversions_per_hour']} conversions/h with 1 worker, {two['conversions_per_hour']} "
+            f"with 2 ({d['ratio_2_over_1']}x; MobileNetV2, {'+'.join(d['setup']['variants'])}, "
+            f"{one['conversions']} each, load {one['load_average_before'][0]}/{two['load_average_before'][0]})")
 
 
 def _telemetry(d: dict) -> str:
@@ -90,6 +120,13 @@ BENCHES = [
     Bench("manifest", ["bench/bench_manifest.py", "--duration", "4", "--rounds", "1", "--classes", "sync",
                        "--ids", "2000", "--out", "bench/results/quick-manifest.json"],
           RESULTS / "quick-manifest.json", _manifest),
+    Bench("edge", ["bench/bench_edge.py", "--duration", "4", "--downloads", "2",
+                   "--out", "bench/results/quick-edge.json"], RESULTS / "quick-edge.json", _edge),
+    Bench("memory", ["bench/bench_memory.py", "--out", "bench/results/quick-memory.json"],
+          RESULTS / "quick-memory.json", _memory),
+    Bench("throughput", ["bench/bench_throughput.py", "--conversions", "2",
+                         "--out", "bench/results/quick-throughput.json"],
+          RESULTS / "quick-throughput.json", _throughput),
     Bench("telemetry", ["bench/bench_telemetry.py", "--batches", "12", "--clients", "2",
                         "--out", "bench/results/quick-telemetry.json"],
           RESULTS / "quick-telemetry.json", _telemetry),
