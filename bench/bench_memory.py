@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench._common import free_port, start_gunicorn, stop_group, wait_http  # noqa: E402
 from bench_manifest import QUERY, prepare  # noqa: E402
+
+from bench._common import free_port, start_gunicorn, stop_group, wait_http  # noqa: E402
 
 HEAVY = ["tensorflow", "torch", "coremltools", "ai_edge_litert", "numpy", "scipy", "pandas",
          "matplotlib", "PIL", "sklearn", "celery", "boto3"]
