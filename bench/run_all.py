@@ -55,7 +55,7 @@ def _manifest(d: dict) -> str:
 def _edge(d: dict) -> str:
     ratios = d.get("artifact_ratio_vs_nginx", {})
     rates = d.get("artifact_mb_per_s", {})
-    parts = [f"{k}: {rates[k]:,} MB/s ({ratios.get(k, 0):.2f}x nginx)" for k in rates]
+    parts = [f"{k}: {round(rates[k], 1):,} MB/s ({ratios.get(k, 0):.2f}x nginx)" for k in rates]
     return (f"{d['artifact_mb']} MB artifact, load {d.get('artifact_load_average_before', ['?'])[0]}: "
             + "; ".join(parts))
 
