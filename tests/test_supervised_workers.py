@@ -95,6 +95,9 @@ def test_killed_worker_is_replaced_and_its_job_completes(server, digits):
     version = requests.get(f"{url}/v1/models/digits/versions/1", headers=auth, timeout=5).json()
     assert version["status"] == "ready"
     assert [v["name"] for v in version["variants"]] == ["tflite-fp32"]
+    # Neither the killed attempt's conversion folder nor the finished one's is left behind.
+    work = log.parent / "data" / "work"
+    assert not list(work.glob("job-*")), sorted(p.name for p in work.iterdir())
 
 
 def test_healthz_answers_503_while_no_worker_is_alive(server):
