@@ -107,6 +107,15 @@ def _simulation(d: dict) -> str:
     return f"{total} devices; " + "; ".join(calls)
 
 
+def _load(d: dict) -> str:
+    load, peak = d["load"], d["peak"]
+    return (f"peak {peak['requests_per_s']:,} req/s; {load['requests_per_s']:,} of {load['target_requests_per_s']:,} "
+            f"req/s for {load['seconds']:.0f} s with {len(d['conversions'])} conversions running "
+            f"{load['conversion_overlap_s']} s of it: {load['errors']} errors of {load['requests']:,}, "
+            f"p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms; "
+            f"load average after {d['load_average']['after_load'][0]}")
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -136,6 +145,9 @@ BENCHES = [
           RESULTS / "quick-sandbox.json", _sandbox),
     Bench("convert", ["bench/bench_convert.py", "--repeats", "1"], RESULTS / "convert.json", _convert),
     Bench("jobs", ["bench/bench_jobs.py"], RESULTS / "convert.json", _jobs),
+    Bench("load", ["bench/bench_load.py", "--duration", "15", "--peak-duration", "5", "--models", "2",
+                   "--epochs", "1", "--out", "bench/results/quick-load.json"],
+          RESULTS / "quick-load.json", _load),
 ]
 
 

@@ -49,9 +49,15 @@ def on_starting(server):
     from registry.config import Settings
     from registry.services import build_services, ensure_admin_token
 
-    services = build_services(Settings.load())
+    settings = Settings.load()
+    services = build_services(settings)
     ensure_admin_token(services)
     services.store.engine.dispose()
+    if workers > 1 and settings.rate_limit_storage_url.startswith("memory://"):
+        server.log.warning(
+            "MODELDROP_RATE_LIMIT_STORAGE_URL is memory://: each of the %d workers counts rate "
+            "limits and telemetry budgets alone (%d x the configured limits); point it at Redis "
+            "(docs/deployment.md, Scale mode)", workers, workers)
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)
     for name in os.listdir(metrics_dir):  # counters of an earlier run are not this run's

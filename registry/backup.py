@@ -79,7 +79,9 @@ def backup(services, out: Path) -> dict[str, Any]:
     engine = services.store.engine
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":  # one snapshot of every table
-            conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            # (as an execution option: a SET TRANSACTION statement would itself begin the
+            # transaction, and the begin() below then refused every PostgreSQL backup)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             for table in _tables():
                 n = 0

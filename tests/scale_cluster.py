@@ -1,5 +1,6 @@
 """The scale mode's real parts for tests: a private PostgreSQL cluster, a RabbitMQ vhost, and
-the web, worker and beat processes started with the commands docs/deployment.md gives.
+the web, worker and beat processes started with the commands docs/deployment.md gives (each a
+``tests.procs.Proc``).
 
 Plain context managers and a small ``Cluster`` record, not fixtures, so a test module decides
 the scopes. Everything listens on 127.0.0.1 and lives under a temporary directory; nothing
@@ -13,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,27 +25,15 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+# Re-exported for the scale tests: the process helpers live in tests/procs.py.
+from tests.procs import Proc, cmdline, descendants, free_port, wait_for
+
+__all__ = ["REDIS_DB", "Cluster", "Proc", "broker", "cmdline", "descendants", "free_port", "postgres_available",
+           "private_postgres", "wait_for"]
+
 BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_DB = 11  # this test's own Redis database number
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, seconds: float, what: str, step: float = 0.2):
-    """Call ``check`` until it returns something true; raise after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 def postgres_available() -> bool:
@@ -114,52 +102,6 @@ def broker(kind: str) -> Iterator[str]:
 
 
 @dataclass
-class Proc:
-    """One started process (its own session, so its whole group can be killed)."""
-
-    name: str
-    argv: list[str]
-    env: dict
-    log: Path
-    popen: subprocess.Popen | None = None
-
-    def start(self) -> Proc:
-        out = open(self.log, "ab")
-        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        out.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the process group (a machine dying takes every process with it)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-
-    def stop(self, grace: float = 5.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            self.kill(signal.SIGKILL)
-            return
-        self.kill(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-
-    def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except FileNotFoundError:
-            return ""
-
-
-@dataclass
 class Cluster:
     """Settings shared by every process of one scale deployment, and its processes."""
 
@@ -183,7 +125,7 @@ class Cluster:
         proc = Proc(name, [str(BIN / "gunicorn"), "-c", "deploy/gunicorn.conf.py", "registry.wsgi:app"],
                     env, self.root / f"{name}.log").start()
         self.procs[name] = proc
-        wait_for(lambda: self._answers(name, proc), 90, f"{name} to answer")
+        wait_for(lambda: self._answers(name, proc), 90, f"{name} to answer", proc=proc)
         return proc
 
     def _answers(self, name: str, proc: Proc) -> bool:
@@ -228,29 +170,3 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {n} ---\n{p.tail(2500)}" for n, p in self.procs.items())
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (read from /proc)."""
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                kids = {int(c) for c in (task / "children").read_text().split()}
-            except FileNotFoundError:
-                continue
-            todo.extend(kids - found)
-            found |= kids
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except FileNotFoundError:
-        return ""

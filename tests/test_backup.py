@@ -1,7 +1,7 @@
 """`modeldrop backup DIR` / `modeldrop restore DIR` (issue 13), as subprocesses: a registry
-with a release is backed up, restored into a fresh data dir (SQLite, and PostgreSQL into an
-empty database), and the restored server gives byte-identical manifests for the same time
-(same release counter, same signature), byte-identical artifacts, the same TUF metadata, and
+with a release is backed up (from SQLite and from PostgreSQL), restored into a fresh data dir
+(SQLite, and PostgreSQL into an empty database), and the restored server gives byte-identical
+manifests for the same time (same release counter, same signature), byte-identical artifacts, the same TUF metadata, and
 python-tuf's Updater, trusting the old root, accepts it and downloads the target."""
 
 from __future__ import annotations
@@ -41,13 +41,17 @@ def _manifest(services) -> bytes:
     return json.dumps(answer.document, sort_keys=True, separators=(",", ":")).encode()
 
 
-@pytest.mark.parametrize("target_db", ["sqlite", "postgresql"])
-def test_backup_and_restore_serve_the_same_registry(tmp_path, request, target_db):
+@pytest.mark.parametrize(("source_db", "target_db"),
+                         [("sqlite", "sqlite"), ("sqlite", "postgresql"), ("postgresql", "sqlite")])
+def test_backup_and_restore_serve_the_same_registry(tmp_path, request, source_db, target_db):
     from registry.app import create_app
     from registry.delivery import releases
     from tests.live import serve_app
 
-    src_settings = base_settings(tmp_path / "src")
+    source_env = {}
+    if source_db == "postgresql":
+        source_env["MODELDROP_DATABASE_URL"] = request.getfixturevalue("pg_database")
+    src_settings = base_settings(tmp_path / "src", database_url=source_env.get("MODELDROP_DATABASE_URL", ""))
     app = create_app(src_settings)
     services = app.extensions["modeldrop"]
     version = make_ready_version(services, "m")
@@ -61,7 +65,7 @@ def test_backup_and_restore_serve_the_same_registry(tmp_path, request, target_db
     services.store.engine.dispose()
 
     out = tmp_path / "backup"
-    done = _cli("backup", str(out), "--data-dir", str(src_settings.data_dir))
+    done = _cli("backup", str(out), "--data-dir", str(src_settings.data_dir), env=source_env)
     assert done.returncode == 0, done.stderr
     assert (out / "backup.json").exists() and (out / "keys").is_dir()
 

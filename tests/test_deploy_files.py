@@ -125,6 +125,9 @@ def test_compose_refers_to_what_exists():
     env = services["web"]["environment"]
     host = env["MODELDROP_S3_ENDPOINT_URL"].split("//")[1].split(":")[0]
     assert host in services and env["MODELDROP_BROKER_URL"].split("//")[1].split(":")[0] in services
+    # several web processes: their rate-limit counters must live in a Redis of the compose file
+    limits = env["MODELDROP_RATE_LIMIT_STORAGE_URL"]
+    assert limits.startswith("redis://") and limits.split("//")[1].split(":")[0] in services
 
 
 def _manifests() -> list[dict]:

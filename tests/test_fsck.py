@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from tests.helpers import assert_problem, base_settings
 from tests.makers import make_ready_version
+from tests.procs import Proc, free_port, wait_http
 
 
 def _env(settings) -> dict[str, str]:
@@ -119,8 +120,6 @@ def test_a_refused_upload_leaves_no_blob_and_no_staging_file(api, services):
 def test_serve_sweeps_staging_and_work_folders_at_start(tmp_path, backend):
     """A crash mid-upload leaves a staging file; the next `modeldrop serve` removes it even
     though it is seconds old (it used to stay 6 hours)."""
-    import socket
-
     settings = base_settings(tmp_path)
     staging = settings.data_dir / "blobs" / ".staging"
     staging.mkdir(parents=True)
@@ -128,27 +127,13 @@ def test_serve_sweeps_staging_and_work_folders_at_start(tmp_path, backend):
     job_dir = settings.data_dir / "work" / "job-deadbeef-x1"  # a conversion killed with -9
     (job_dir / "work").mkdir(parents=True)
     (job_dir / "work" / "model.tflite").write_bytes(b"\0" * 1024)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--data-dir",
-                             str(settings.data_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MODELDROP_WORKER_PROCESSES": "0"})
-    try:
-        import time
-
-        import requests
-        for _ in range(200):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+    port = free_port()
+    with Proc("serve", [sys.executable, "-m", "registry.cli", "serve", "--data-dir", str(settings.data_dir),
+                        "--port", str(port)], {**os.environ, "MODELDROP_WORKER_PROCESSES": "0"},
+              tmp_path / "serve.log", grace=30) as proc:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30, proc=proc)
         assert not (staging / "upload-leftover").exists()
         assert not job_dir.exists()
-    finally:
-        proc.terminate()
-        out, err = proc.communicate(timeout=30)
+    err = proc.tail(100_000)
     assert "removed the abandoned upload upload-leftover" in err
     assert "removed the abandoned conversion folder job-deadbeef-x1" in err

@@ -4,8 +4,6 @@ RabbitMQ, job state and progress, failures, and recovery from a crashed worker."
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ApiClient, base_settings
+from tests.procs import Proc
 
 pytestmark = pytest.mark.slow
 VARIANTS = ["tflite-fp32", "tflite-int8-dynamic", "coreml-fp16"]
@@ -139,12 +138,10 @@ def test_crashed_worker_job_is_requeued_then_given_up(tmp_path):
     assert svc.store.get_version("digits", 1).status == "failed"
 
 
-def _celery_worker(env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "registry.jobs.celery_app", "worker",
-         "--pool=solo", "-Q", "modeldrop", "--loglevel=INFO", "--without-gossip",
-         "--without-mingle", "--without-heartbeat"],
-        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+def _celery_worker(env: dict, log: Path) -> Proc:
+    return Proc("celery worker", [sys.executable, "-m", "celery", "-A", "registry.jobs.celery_app", "worker",
+                                  "--pool=solo", "-Q", "modeldrop", "--loglevel=INFO", "--without-gossip",
+                                  "--without-mingle", "--without-heartbeat"], env, log, grace=20).start()
 
 
 @pytest.mark.parametrize("broker", ["redis://127.0.0.1:6379/15",
@@ -170,9 +167,5 @@ def test_celery_worker_runs_conversion(tmp_path, digits, broker, db_url):
         assert version["status"] == "ready"
         assert [v["name"] for v in version["variants"]] == ["tflite-fp32"]
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        worker.stop()
         svc.store.engine.dispose()

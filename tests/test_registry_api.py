@@ -187,3 +187,15 @@ def test_model_threshold_setting_and_precedence(api, admin_api, services):
     assert services.store.model_threshold(v2) == 2.0   # the upload's own wins
     entry = admin_api.get("/v1/audit?action=model.update").get_json()["items"][0]
     assert entry["details"]["accuracy_drop_threshold_pp"] == {"from": None, "to": 0.5}
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("DELETE", "/v1/manifest", {"GET", "HEAD", "OPTIONS"}),
+    ("PUT", "/v1/telemetry", {"POST", "OPTIONS"}),
+    ("DELETE", "/v1/models/digits/versions", {"GET", "HEAD", "OPTIONS", "POST"}),
+])
+def test_a_405_is_a_problem_that_says_which_methods_are_allowed(app, method, path, allowed):
+    """RFC 9110: a 405 carries Allow (schemathesis found one without it)."""
+    resp = app.test_client().open(path, method=method)
+    assert_problem(resp, 405, "method_not_allowed")
+    assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed

@@ -25,7 +25,16 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.scale_cluster import Cluster, broker, cmdline, descendants, postgres_available, private_postgres, wait_for
+from tests.scale_cluster import (
+    REDIS_DB,
+    Cluster,
+    broker,
+    cmdline,
+    descendants,
+    postgres_available,
+    private_postgres,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.scale,
               pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL 15 binaries and root")]
@@ -58,7 +67,9 @@ def cluster(request, tmp_path_factory, seaweedfs):
                    MODELDROP_JOB_BACKEND="celery", MODELDROP_BROKER_URL=broker_url,
                    MODELDROP_KEYS_DIR=str(root / "keys"), MODELDROP_CONVERT_SANDBOX="required",
                    MODELDROP_LATENCY_RUNS="3", MODELDROP_JOB_STALE_AFTER="8",
-                   MODELDROP_REFRESH_INTERVAL="4", MODELDROP_CELERY_VISIBILITY_TIMEOUT="20")
+                   MODELDROP_REFRESH_INTERVAL="4", MODELDROP_CELERY_VISIBILITY_TIMEOUT="20",
+                   # as docs/deployment.md says: the web processes share their rate-limit counters
+                   MODELDROP_RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:6379/{REDIS_DB}")
         c = Cluster(root, env)
         c.pg = pg
         try:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from registry.api_client import RegistryClient
+from tests.procs import Proc, free_port, wait_http
 
 UPLOAD_BYTES = 300 * 1024 * 1024
 MAX_GROWTH_BYTES = 50 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_fields(pid: int) -> dict[str, int]:
@@ -35,26 +28,13 @@ def _rss_fields(pid: int) -> dict[str, int]:
 
 @pytest.fixture
 def server_process(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MODELDROP_MAX_UPLOAD_BYTES=str(400 << 20))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry.cli", "serve", "--data-dir", str(tmp_path / "data"),
-         "--port", str(port), "--workers", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("server did not start: " + proc.stdout.read1().decode())
+    with Proc("serve", [sys.executable, "-m", "registry.cli", "serve", "--data-dir", str(tmp_path / "data"),
+                        "--port", str(port), "--workers", "0"], env, tmp_path / "serve.log", grace=10) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz", 30, proc=proc)
         yield proc, base, (tmp_path / "data" / "admin-token").read_text().strip(), tmp_path / "data"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_300mb_upload_memory_growth(tmp_path, server_process):

@@ -6,10 +6,7 @@ Celery one on Redis with a queue of its own, so it never takes another test's jo
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from sqlalchemy import update
 
 from registry.tables import JobRow, utcnow
 from tests.makers import make_ready_version
+from tests.procs import Proc, wait_for
 
 
 def _folder(work, job_id: str):
@@ -44,7 +42,7 @@ def test_worker_start_sweeps_only_folders_no_live_worker_owns(services, tmp_path
     live, dead, done = _folder(work, live_id), _folder(work, dead_id), _folder(work, done_id)
     orphan = _folder(work, "0badc0de-0000-4000-8000-000000000000")  # no such job at all
 
-    log = open(tmp_path / "worker.log", "wb")
+    log = tmp_path / "worker.log"
     if kind == "modeldrop":
         argv = [sys.executable, "-m", "registry.cli", "worker", "--data-dir",
                 str(services.settings.data_dir)]
@@ -61,22 +59,10 @@ def test_worker_start_sweeps_only_folders_no_live_worker_owns(services, tmp_path
                    MODELDROP_DATA_DIR=str(services.settings.data_dir))
 
         def swept() -> bool:  # celery logs "ready." after the worker_ready handlers ran
-            return " ready." in (tmp_path / "worker.log").read_text()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not swept():
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "worker.log").read_text()
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    text = (tmp_path / "worker.log").read_text()
+            return " ready." in log.read_text()
+    with Proc(f"{kind} worker", argv, env, log, grace=30) as proc:
+        wait_for(swept, 60, "the sweep at the worker's start", proc=proc)
+    text = log.read_text()
     assert not dead.exists() and not done.exists() and not orphan.exists(), text
     assert live.exists() and (live / "model.tflite").read_bytes() == b"half a conversion", text
     for gone in (dead, done, orphan):

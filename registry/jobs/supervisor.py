@@ -8,8 +8,8 @@ the serving process that checks its workers twice a second; for each one that is
    everything it started that did not leave the group goes with it; the sandboxed converter
    runs in a session of its own and dies with its parent through bubblewrap's
    ``--die-with-parent``),
-2. puts the job the worker was running back in the queue (the worker writes the id of the
-   job it claimed into a shared slot before it runs it; a job claimed in the instant before
+2. removes that job's conversion folder and puts the job back in the queue (the worker
+   writes the id of the job it claimed into a shared slot before it runs it; a job claimed in the instant before
    that write is still requeued by the heartbeat check, ``MODELDROP_JOB_STALE_AFTER``), and
 3. starts a new worker in its place, at once the first time and then with a growing delay
    (1, 2, 4 ... 30 s) while it keeps dying within a minute of its start, so a worker that
@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from registry.config import Settings
@@ -153,6 +155,11 @@ class WorkerSupervisor:
         log.warning("worker %d (pid %d) died (exit %s)%s", slot.index, p.pid, p.exitcode,
                     f" while running job {job_id}" if job_id else "")
         if job_id:
+            # Its group is dead, so nothing uses the job's folder any more; the next attempt
+            # gets a new one (before the requeue: no worker can have claimed it yet).
+            for folder in (Path(self.settings.data_dir) / "work").glob(f"job-{job_id[:8]}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
+                log.warning("removed the dead worker's conversion folder %s", folder.name)
             try:
                 self._requeue_job(job_id)
             except Exception:
