@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from registry.errors import InvalidNameError, ValidationError
@@ -92,9 +92,11 @@ class VersionMetadata(_Strict):
 
     @field_validator("input", "output")
     @classmethod
-    def _unique_names(cls, v: list[TensorSignature]) -> list[TensorSignature]:
+    def _unique_names(cls, v: list[TensorSignature], info: ValidationInfo) -> list[TensorSignature]:
         seen: set[str] = set()
         for tensor in v:
+            if info.field_name == "input" and tensor.task is not None:
+                raise ValueError(f"input {tensor.name!r} has a task; only outputs have one")
             if tensor.name in seen:
                 raise ValueError(f"the tensor name {tensor.name!r} is declared twice")
             seen.add(tensor.name)
