@@ -187,3 +187,25 @@ def test_model_threshold_setting_and_precedence(api, admin_api, services):
     assert services.store.model_threshold(v2) == 2.0   # the upload's own wins
     entry = admin_api.get("/v1/audit?action=model.update").get_json()["items"][0]
     assert entry["details"]["accuracy_drop_threshold_pp"] == {"from": None, "to": 0.5}
+
+
+def test_model_max_relative_rmse_is_set_validated_cleared_and_audited(api, admin_api, services):
+    api.upload("boxes", b"v1")
+    resp = api.patch("/v1/models/boxes", json={"max_relative_rmse": 0.02})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["max_relative_rmse"] == 0.02
+    assert api.get("/v1/models/boxes").get_json()["max_relative_rmse"] == 0.02
+    assert services.store.model_max_relative_rmse(services.store.version_id("boxes", 1)) == 0.02
+    for bad in (-0.1, "0.1", True):
+        body = assert_problem(api.patch("/v1/models/boxes", json={"max_relative_rmse": bad}),
+                              400, "validation_error")
+        assert body["field"] == "max_relative_rmse"
+    resp = api.patch("/v1/models/boxes", data='{"max_relative_rmse": Infinity}',
+                     content_type="application/json")
+    assert resp.status_code == 400
+    assert api.get("/v1/models/boxes").get_json()["max_relative_rmse"] == 0.02
+    assert api.patch("/v1/models/boxes", json={"max_relative_rmse": None}).get_json()[
+        "max_relative_rmse"] is None  # null clears: the server's default applies again
+    entries = admin_api.get("/v1/audit?action=model.update").get_json()["items"]
+    assert entries[0]["details"]["max_relative_rmse"] == {"from": 0.02, "to": None}
+    assert entries[1]["details"]["max_relative_rmse"] == {"from": None, "to": 0.02}

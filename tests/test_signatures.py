@@ -219,3 +219,28 @@ def test_int_input_model_installs_and_load_checks(live_server, models, tmp_path)
                              outputs=(TensorSpec((-1, 3), "float32"),))
     model = _client(server, tmp_path / "i", contract, "text").get_model("text")
     assert model.version == 1 and model.path.read_bytes() == models["text"]
+
+
+def test_cli_show_prints_one_line_per_output_and_the_signature(cli, models):
+    from tests.test_dashboard_pages import TWO_OUTPUT_FIDELITY, TWO_OUTPUT_SIGNATURE
+
+    services = cli.server.services
+    version = make_ready_version(services, "detector", variants={
+        "tflite-fp32": {"format": "tflite", "data": models["two"]}})
+    vid = services.store.version_id("detector", version.version)
+    v = version.variants[0]
+    services.store.record_variant(
+        vid, name=v.name, format=v.format, sha256=v.sha256, size=v.size, target_path=v.target_path,
+        fidelity=TWO_OUTPUT_FIDELITY, reference_latency_ms=None, servable=True, reason=None,
+        error=None, signature=TWO_OUTPUT_SIGNATURE)
+    out = cli("show", "detector", str(version.version)).output
+    lines = out.splitlines()
+    boxes = next(line for line in lines if " boxes " in line and "regression" in line)
+    scores = next(line for line in lines if " scores " in line and "classification" in line)
+    assert boxes.startswith("tflite-fp32") and "0.0123" in boxes
+    assert not scores.startswith("tflite-fp32") and "0.9876" in scores and "0.91" in scores
+    assert any(line.startswith("all variants") and " image " in line and "[?, 8, 8, 1]" in line
+               for line in lines)
+    assert any(" tokens " in line and "int32 (from int64)" in line for line in lines)
+    shown = json.loads(cli("show", "detector", str(version.version), "--json").output)
+    assert shown["variants"][0]["signature"]["inputs"][1]["narrowed_from"] == "int64"
