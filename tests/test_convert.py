@@ -281,6 +281,19 @@ def test_every_upload_format_builds_tflite_and_coreml(keras_all, h5_subset, zip_
     assert [(k, n) for k, n, _ in zip_subset[1]] == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_every_built_variant_carries_the_signature_read_from_its_artifact(h5_subset, digits):
+    """The signature came through the sandbox and the worker's check; it matches the model."""
+    sample_shape = list(digits["x"].shape[1:])
+    classes = digits["reference"].shape[1]
+    for result in h5_subset[0]:
+        signature = result.signature
+        assert signature is not None, result.name
+        ((inp,), (out,)) = signature["inputs"], signature["outputs"]
+        assert inp["dtype"] == out["dtype"] == "float32"
+        assert inp["shape"][1:] == sample_shape and inp["shape"][0] in (None, 1)
+        assert out["shape"][1:] == [classes]
+
+
 def test_variant_sizes_shrink_with_compression(keras_all):
     size = {r.name: r.size for r in keras_all[0]}
     assert size["tflite-fp16"] < size["tflite-fp32"]

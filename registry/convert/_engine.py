@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _coreml, _fidelity, _tasks, _tflite
+from . import _coreml, _fidelity, _signature, _tasks, _tflite
 from ._evalset import EvalSet, load_eval_set, synthetic_eval_set
 from ._source import MAX_SAVEDMODEL_BYTES, ModelSignature, load_source
 from ._tasks import ConvertTask, TaskOutcome, describe_error, run_task
@@ -292,6 +292,7 @@ class _Run:
         name = outcome.variant
         try:
             result = self._artifact_result(outcome)
+            result.signature = _signature.tflite_signature(result.path)
             outputs = _tflite.run_tflite(result.path, self.evalset.x)
             result.fidelity = _fidelity.output_fidelity(
                 self.reference, outputs, labels=self.evalset.y, eval_source=self.evalset.source
@@ -316,6 +317,7 @@ class _Run:
         name = outcome.variant
         try:
             result = self._artifact_result(outcome)
+            result.signature = _signature.coreml_signature(result.path)
             report = _coreml.check_package(result.path, self.reference_weights, self.signature.input_shape)
             result.fidelity = _fidelity.coreml_fidelity(report)
             result.servable, result.reason = True, None  # validated and reloaded

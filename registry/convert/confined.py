@@ -39,6 +39,7 @@ def _result_document(results) -> dict:
             "servable": bool(r.servable),
             "reason": r.reason,
             "error": r.error,
+            "signature": r.signature,
         })
     return {"error": None, "variants": out}
 
