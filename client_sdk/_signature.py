@@ -7,12 +7,15 @@ way; a Core ML model is checked against the manifest's signature only (Core ML c
 rest on the device).
 
 Matching (docs/sdk.md, "Model contracts"): a :class:`TensorSpec` with a ``name`` is matched
-to the model's tensor of that name; one without is matched by position. The counts must be
-equal. ``dtype`` must be equal, except that a contract asking ``int64`` accepts a tensor a
-converter narrowed from int64 to int32 (``narrowed_from: "int64"``) — the app then feeds
-int32 and the SDK says so in the error if it does not. ``shape`` must have the same rank;
-``-1`` in the contract matches any size, and a dynamic dimension of the model (null in the
-signature, -1 in the interpreter) matches any size the contract asks.
+to the model's tensor of that name; one without is matched by position (the order of the
+signature, which is the interpreter's tensor order). The counts must be equal. ``dtype``
+must be equal to the artifact's: a tensor a converter narrowed (``narrowed_from: "int64"``
+on an int32 tensor) takes int32, and a contract asking int64 is refused, since the
+interpreter refuses int64 data for it at run time; the error says the tensor was narrowed.
+``shape`` must have the same rank; ``-1`` in the contract matches any size, a dynamic
+dimension of the model (null in the signature, -1 in the interpreter) matches any size the
+contract asks, and a shape the artifact does not state (null: some Core ML outputs) matches
+any shape.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ _MAX_RANK = 16
 class Tensor:
     name: str
     dtype: str
-    shape: tuple[Optional[int], ...]  # None: dynamic
+    shape: Optional[tuple[Optional[int], ...]]  # a None dimension: dynamic; None: not stated
     narrowed_from: Optional[str] = None
 
 
@@ -70,13 +73,13 @@ def parse_signature(value: Any, where: str = "signature") -> Optional[IOSignatur
             narrowed = t.get("narrowed_from")
             if not isinstance(name, str) or not name or dtype not in DTYPES:
                 raise ManifestInvalidError(f"{where}.{side}[]: bad name or dtype {dtype!r}")
-            if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(
+            if shape is not None and (not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(
                     d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
-                    for d in shape):
+                    for d in shape)):
                 raise ManifestInvalidError(f"{where}.{side}[] {name!r}: bad shape")
             if narrowed is not None and not isinstance(narrowed, str):
                 raise ManifestInvalidError(f"{where}.{side}[] {name!r}: bad narrowed_from")
-            tensors.append(Tensor(name, dtype, tuple(shape), narrowed))
+            tensors.append(Tensor(name, dtype, None if shape is None else tuple(shape), narrowed))
         if len({t.name for t in tensors}) != len(tensors):
             raise ManifestInvalidError(f"{where}.{side} repeats a tensor name")
         sides.append(tuple(tensors))
@@ -124,20 +127,22 @@ def _side(kind: str, expected: Sequence[TensorSpec], actual: Sequence[Tensor], s
 
 def _mismatch(spec: TensorSpec, tensor: Tensor) -> Optional[str]:
     """None when ``tensor`` meets ``spec``, else a (possibly empty) explanation suffix."""
-    dtype_ok = spec.dtype == tensor.dtype or (
-        spec.dtype == "int64" and tensor.dtype == "int32" and tensor.narrowed_from == "int64")
+    dtype_ok = spec.dtype == tensor.dtype
     want = tuple(spec.shape)
-    shape_ok = len(want) == len(tensor.shape) and all(
-        w == -1 or have is None or have == -1 or w == have for have, w in zip(tensor.shape, want))
+    shape_ok = tensor.shape is None or (len(want) == len(tensor.shape) and all(
+        w == -1 or have is None or have == -1 or w == have for have, w in zip(tensor.shape, want)))
     if dtype_ok and shape_ok:
         return None
     if not dtype_ok and tensor.narrowed_from is not None:
-        return f" (narrowed from {tensor.narrowed_from} by the converter)"
+        return (f" (narrowed from {tensor.narrowed_from} by the converter: feed "
+                f"{tensor.dtype} and declare {tensor.dtype} in the contract)")
     return ""
 
 
-def _shape(shape: Sequence[Optional[int]]) -> str:
+def _shape(shape: Optional[Sequence[Optional[int]]]) -> str:
     """A shape as a tuple, -1 for a dimension of any size (as a TensorSpec writes it)."""
+    if shape is None:
+        return "(shape not stated)"
     return str(tuple(-1 if d is None else d for d in shape))
 
 

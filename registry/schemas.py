@@ -138,9 +138,11 @@ class ArtifactTensor(BaseModel):
 
     name: str
     dtype: Literal["float32", "float16", "int32", "int64", "uint8", "int8", "bool"]
-    shape: list[int | None]  # as the artifact has it, batch dimension included; null: dynamic
-    # The dtype the source model declared when a converter narrowed it (int64 -> int32).
-    narrowed_from: str | None = None
+    # As the artifact has it, batch dimension included; a null dimension is dynamic, a null
+    # shape is one the artifact does not state (some Core ML outputs).
+    shape: list[int | None] | None
+    # The source tensor's dtype when a converter narrowed it (int64 -> int32, float64 -> float32).
+    narrowed_from: Literal["int64", "float64"] | None = None
 
 
 class VariantSignature(BaseModel):

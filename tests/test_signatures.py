@@ -244,3 +244,19 @@ def test_cli_show_prints_one_line_per_output_and_the_signature(cli, models):
     assert any(" tokens " in line and "int32 (from int64)" in line for line in lines)
     shown = json.loads(cli("show", "detector", str(version.version), "--json").output)
     assert shown["variants"][0]["signature"]["inputs"][1]["narrowed_from"] == "int64"
+
+
+def test_a_narrowed_int64_input_takes_an_int32_contract_not_an_int64_one(live_server, models,
+                                                                        tmp_path):
+    server = live_server
+    narrowed = json.loads(json.dumps(TEXT_SIGNATURE))
+    narrowed["inputs"][0]["narrowed_from"] = "int64"  # the source model took int64 token ids
+    _release(server, "text", models["text"], narrowed)
+    wide = ModelContract(inputs=(TensorSpec((-1, 12), "int64", name="tokens"),))
+    session = CountingSession()
+    with pytest.raises(ModelDropError) as excinfo:
+        _client(server, tmp_path / "w", wide, "text", http=session).update("text")
+    assert "narrowed from int64 by the converter: feed int32" in excinfo.value.detail
+    assert session.artifact_requests == []
+    narrow = ModelContract(inputs=(TensorSpec((-1, 12), "int32", name="tokens"),))
+    assert _client(server, tmp_path / "n", narrow, "text").get_model("text").version == 1

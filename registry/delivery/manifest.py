@@ -215,7 +215,8 @@ def wire_signature(signature: Any) -> dict[str, Any] | None:
     None when it is unknown (variants recorded before signatures were kept) or not one.
 
     Only integers, strings, lists and null: the manifest is signed as canonical JSON,
-    which has no floats. ``narrowed_from`` appears only on a narrowed tensor."""
+    which has no floats. ``narrowed_from`` appears only on a narrowed tensor; ``shape`` is
+    null where the artifact does not state one."""
     if not isinstance(signature, Mapping):
         return None
     out: dict[str, Any] = {}
@@ -228,10 +229,12 @@ def wire_signature(signature: Any) -> dict[str, Any] | None:
             if not isinstance(t, Mapping):
                 return None
             name, dtype, shape = t.get("name"), t.get("dtype"), t.get("shape")
-            if not isinstance(name, str) or dtype not in _WIRE_DTYPES or not isinstance(shape, list) \
-                    or not all(d is None or (type(d) is int and d >= 0) for d in shape):
+            if not isinstance(name, str) or dtype not in _WIRE_DTYPES or (shape is not None and (
+                    not isinstance(shape, list)
+                    or not all(d is None or (type(d) is int and d >= 0) for d in shape))):
                 return None
-            entry: dict[str, Any] = {"name": name, "dtype": dtype, "shape": list(shape)}
+            entry: dict[str, Any] = {"name": name, "dtype": dtype,
+                                     "shape": None if shape is None else list(shape)}
             if t.get("narrowed_from") is not None:
                 if not isinstance(t["narrowed_from"], str):
                     return None
