@@ -79,7 +79,7 @@ class VersionMetadata(_Strict):
     variants: list[str] | None = None
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
     # Servability limit for regression outputs: relative RMSE of the variant against the source.
-    max_relative_rmse: float | None = Field(default=None, ge=0)
+    max_relative_rmse: float | None = Field(default=None, ge=0, le=100)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("latency_ms")
@@ -130,7 +130,7 @@ class ModelPatch(_Strict):
     # Leaving it out leaves it unchanged; null is refused (it would blank a required column).
     description: str = Field(default=None, max_length=10_000)  # type: ignore[assignment]
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
-    max_relative_rmse: float | None = Field(default=None, ge=0)
+    max_relative_rmse: float | None = Field(default=None, ge=0, le=100)
 
 
 class ArtifactTensor(BaseModel):

@@ -196,7 +196,7 @@ def test_model_max_relative_rmse_is_set_validated_cleared_and_audited(api, admin
     assert resp.get_json()["max_relative_rmse"] == 0.02
     assert api.get("/v1/models/boxes").get_json()["max_relative_rmse"] == 0.02
     assert services.store.model_max_relative_rmse(services.store.version_id("boxes", 1)) == 0.02
-    for bad in (-0.1, "0.1", True):
+    for bad in (-0.1, 101, "0.1", True):
         body = assert_problem(api.patch("/v1/models/boxes", json={"max_relative_rmse": bad}),
                               400, "validation_error")
         assert body["field"] == "max_relative_rmse"
