@@ -7,9 +7,9 @@ arrays are never loaded (a 500 MB eval set costs a few reads). Refused (400
 * a file that is not a readable ``.npz``, a member that is not a ``.npy`` array, an object
   (pickled) array, a non-numeric array, arrays whose first dimensions (N) differ;
 * with inputs declared in the metadata: a declared input missing (``x`` stands for the only
-  one when one is declared), an array that names no input or label, an input whose dtype
-  cannot feed the declared one or whose per-sample shape (the declared shape without its
-  batch dimension; null matches any size) differs;
+  one when one is declared), an input whose dtype cannot feed the declared one or whose
+  per-sample shape (the declared shape without its batch dimension; null matches any size)
+  differs (arrays that name no declared input are left alone);
 * labels (``y``, ``y__<output>``) that are not 1-D integers of length N, or
   ``y__<output>`` naming no declared output.
 
@@ -28,7 +28,7 @@ from registry.errors import ValidationError
 __all__ = ["InvalidEvalSetError", "check_eval_set"]
 
 _MAX_MEMBERS = 256
-_INT_KINDS = "iu"  # signed, unsigned integers
+_INT_KINDS = "iu"  # signed, unsigned integers (the converter's rules, registry/convert/_evalset.py)
 _LABEL_PREFIX = "y__"
 
 
@@ -89,9 +89,9 @@ def _feeds(have, declared: str) -> bool:
     if declared in ("float32", "float16"):
         return kind in "fiu"  # integers (e.g. uint8 pixels) are cast to float
     if declared in ("int32", "int64", "int8", "uint8"):
-        return kind in _INT_KINDS or kind == "b"
+        return kind in _INT_KINDS  # token ids, class ids: integers, not floats or bools
     if declared == "bool":
-        return kind == "b" or kind in _INT_KINDS
+        return kind == "b"
     return False  # "string": an npz without pickles cannot hold what it would need
 
 
@@ -124,18 +124,13 @@ def check_eval_set(path: Path, metadata: dict[str, Any] | None) -> None:
                               f"(N,), got {dtype} {shape}", name)
     if not inputs:
         return
-    by_name = {t["name"]: t for t in inputs}
-    known = set(by_name) | ({"x"} if len(inputs) == 1 else set())
-    for name in arrays:
-        if name not in known and name != "y" and not name.startswith(_LABEL_PREFIX):
-            raise _refuse(f"array {name!r} names no declared input (inputs: "
-                          f"{', '.join(sorted(by_name))})", name)
     for tensor in inputs:
         name = tensor["name"]
         array = name if name in arrays else ("x" if len(inputs) == 1 and "x" in arrays else None)
         if array is None:
             hint = " (or 'x')" if len(inputs) == 1 else ""
-            raise _refuse(f"the declared input {name!r} has no array named {name!r}{hint}", name)
+            raise _refuse(f"the declared input {name!r} has no array named {name!r}{hint} "
+                          f"(found: {', '.join(sorted(arrays))})", name)
         dtype, shape = arrays[array]
         declared_dtype = tensor.get("dtype") or "float32"
         if not _feeds(dtype, declared_dtype):

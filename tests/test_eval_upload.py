@@ -50,7 +50,9 @@ def _nothing_stored(services, name: str) -> None:
     (good(y__scores=np.zeros(5, np.float32)), "y__scores", "1-D integer"),
     (good(y__scores=np.zeros((5, 3), np.int64)), "y__scores", "1-D integer"),
     (good(y__labels=np.zeros(5, np.int64)), "y__labels", "name no declared output"),
-    (good(imgae=np.zeros((5, 8, 8, 1), np.float32)), "imgae", "names no declared input"),
+    (good(image=None, imgae=np.zeros((5, 8, 8, 1), np.float32)), "image",
+     "no array named 'image' (found: imgae, tokens, y__scores)"),
+    (good(tokens=np.zeros((5, 12), bool)), "tokens", "cannot feed the declared int32"),
     (good(image=np.array(["a"] * 5)), "image", "must be numbers or booleans"),
 ])
 def test_an_eval_set_that_does_not_fit_the_declared_signature_is_400(api, services, arrays,
@@ -81,7 +83,8 @@ def test_x_stands_for_a_single_declared_input_only(api, services):
     body = assert_problem(api.upload("two", b"b2", metadata=TWO_INPUTS, eval_bytes=npz(
         x=np.zeros((5, 8, 8, 1), np.float32), tokens=np.zeros((5, 12), np.int32))),
         400, "invalid_eval_set")
-    assert body["array"] == "x"
+    assert body["array"] == "image" and "(found: tokens, x)" in body["detail"]
+    assert "(or 'x')" not in body["detail"]  # x is no stand-in when two inputs are declared
 
 
 def test_without_declared_inputs_only_the_structure_is_checked(api, services):
