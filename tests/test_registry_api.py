@@ -146,16 +146,23 @@ def test_patch_metadata_merges_and_is_audited(api, admin_api):
 
 
 def test_eval_set_stored_and_size_limited(tmp_path):
+    import io
+
+    import numpy as np
+
     from registry.app import create_app
     from tests.helpers import ApiClient, base_settings
 
-    app = create_app(base_settings(tmp_path, max_eval_bytes=100))
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((2, 2), np.float32))  # 272 bytes
+    npz = buf.getvalue()
+    app = create_app(base_settings(tmp_path, max_eval_bytes=len(npz)))
     svc = app.extensions["modeldrop"]
     api = ApiClient(app.test_client(), svc.store.create_token("publisher").token)
-    assert_problem(api.upload("digits", b"m", eval_bytes=b"e" * 101), 413, "upload_too_large")
+    assert_problem(api.upload("digits", b"m", eval_bytes=npz + b"e"), 413, "upload_too_large")
     assert svc.store.list_models() == []
-    body = api.upload("digits", b"m", eval_bytes=b"e" * 100).get_json()
-    assert body["source"]["eval_sha256"] == hashlib.sha256(b"e" * 100).hexdigest()
+    body = api.upload("digits", b"m", eval_bytes=npz).get_json()
+    assert body["source"]["eval_sha256"] == hashlib.sha256(npz).hexdigest()
 
 
 def test_json_body_instead_of_multipart(api):
