@@ -43,6 +43,8 @@ class TensorSignature(_Strict):
     name: str = Field(min_length=1, max_length=128)
     shape: list[int | None]
     dtype: str = "float32"
+    # How an output's conversion fidelity is judged (docs/conversion.md); None: inferred.
+    task: Literal["classification", "regression"] | None = None
 
     @field_validator("dtype")
     @classmethod
@@ -73,6 +75,7 @@ class VersionMetadata(_Strict):
     min_app_version: str | None = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
     variants: list[str] | None = None
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
+    max_relative_rmse: float | None = Field(default=None, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("latency_ms")
