@@ -47,6 +47,7 @@ class TensorSignature(_Strict):
     name: str = Field(min_length=1, max_length=128)
     shape: list[int | None]
     dtype: str = "float32"
+    # How an output's conversion fidelity is judged (docs/conversion.md); None: inferred.
     task: Literal["classification", "regression"] | None = None
 
     @field_validator("dtype")
