@@ -216,3 +216,19 @@ def test_model_max_relative_rmse_is_set_validated_cleared_and_audited(api, admin
     entries = admin_api.get("/v1/audit?action=model.update").get_json()["items"]
     assert entries[0]["details"]["max_relative_rmse"] == {"from": 0.02, "to": None}
     assert entries[1]["details"]["max_relative_rmse"] == {"from": None, "to": 0.02}
+
+
+def test_max_relative_rmse_precedence_upload_then_model_then_server(api, services):
+    from registry.jobs.runner import max_relative_rmse
+
+    api.upload("boxes", b"v1")
+    api.upload("boxes", b"v2", metadata={"max_relative_rmse": 0.2})
+    v1 = services.store.get_version("boxes", 1)
+    v2 = services.store.get_version("boxes", 2)
+    id1, id2 = services.store.version_id("boxes", 1), services.store.version_id("boxes", 2)
+    assert max_relative_rmse(services, v1, id1) == services.settings.max_relative_rmse == 0.05
+    assert api.patch("/v1/models/boxes", json={"max_relative_rmse": 0.01}).status_code == 200
+    assert max_relative_rmse(services, v1, id1) == 0.01  # the model's setting
+    assert max_relative_rmse(services, v2, id2) == 0.2  # the upload's own wins
+    api.patch("/v1/models/boxes", json={"max_relative_rmse": None})
+    assert max_relative_rmse(services, v1, id1) == 0.05  # cleared: the server's again

@@ -102,17 +102,22 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
     try:
         return conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
                               progress=progress, declared=declared,
-                              max_relative_rmse=max_relative_rmse(services, version))
+                              max_relative_rmse=max_relative_rmse(services, version, version_id))
     except ConversionError as e:
         return str(e)
 
 
-def max_relative_rmse(services, version) -> float:
+def max_relative_rmse(services, version, version_id: int | None = None) -> float:
     """The regression outputs' bound for a version: its upload's ``max_relative_rmse``,
-    else the server's setting (MODELDROP_MAX_RELATIVE_RMSE)."""
+    else its model's (``PATCH /v1/models/{name}``), else the server's setting
+    (MODELDROP_MAX_RELATIVE_RMSE) — the same precedence as the accuracy-drop threshold."""
     value = (version.metadata or {}).get("max_relative_rmse")
     if value is not None:
         return float(value)
+    if version_id is not None:
+        model_value = services.store.model_max_relative_rmse(version_id)
+        if model_value is not None:
+            return float(model_value)
     return float(services.settings.max_relative_rmse)
 
 
