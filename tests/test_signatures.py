@@ -260,3 +260,32 @@ def test_a_narrowed_int64_input_takes_an_int32_contract_not_an_int64_one(live_se
     assert session.artifact_requests == []
     narrow = ModelContract(inputs=(TensorSpec((-1, 12), "int32", name="tokens"),))
     assert _client(server, tmp_path / "n", narrow, "text").get_model("text").version == 1
+
+
+def test_core_ml_is_checked_against_the_manifest_signature(live_server, tmp_path):
+    from tests.sdk_origin import make_mlpackage_zip
+
+    server = live_server
+    signature = {"inputs": [{"name": "image", "dtype": "float32", "shape": [1, 3, 8, 8]}],
+                 "outputs": [{"name": "scores", "dtype": "float32", "shape": None}]}
+    version = make_ready_version(server.services, "ios-model", variants={
+        "coreml-fp16": {"format": "coreml", "data": make_mlpackage_zip(), "signature": signature}})
+    _post(server, "/v1/models/ios-model/releases", {"version": version.version, "channel": CHANNEL})
+    ios = DeviceInfo(platform="ios", os_version="17.4", device_model="iphone15,2",
+                     app_version="2.3.0", region="de")
+    trusted = requests.get(server.base_url + "/tuf/metadata/1.root.json", timeout=10).content
+
+    def client(root, contract, **kwargs):
+        return ModelClient(server.base_url, root, trusted_root=trusted, device=ios,
+                           config=fast_config(), contracts={"ios-model": contract}, **kwargs)
+
+    wrong = ModelContract(inputs=(TensorSpec((1, 8, 8, 3), "float32", name="image"),))
+    session = CountingSession()
+    with pytest.raises(ModelDropError) as excinfo:
+        client(tmp_path / "w", wrong, http=session).update("ios-model")
+    assert "input 'image' should be float32 (1, 8, 8, 3)" in excinfo.value.detail
+    assert session.artifact_requests == []
+    # An output whose shape the artifact does not state matches any shape the app reads.
+    right = ModelContract(inputs=(TensorSpec((1, 3, 8, 8), "float32", name="image"),),
+                          outputs=(TensorSpec((1, 10), "float32", name="scores"),))
+    assert client(tmp_path / "r", right).get_model("ios-model").version == version.version
