@@ -350,9 +350,10 @@ def test_coreml_packages_reload_and_weight_error_is_honest(converted, digits, tm
     for result in results.values():
         spec, tensors = _coreml_weights(result.path, tmp_path / result.name)
         assert spec.WhichOneof("Type") == "mlProgram"
-        assert [f.name for f in spec.description.input] == ["input"]
+        # Features carry the Keras model's own tensor names.
+        assert [f.name for f in spec.description.input] == [digits["model"].inputs[0].name]
         assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 8, 8, 1]
-        assert [f.name for f in spec.description.output] == ["output"]
+        assert [f.name for f in spec.description.output] == list(digits["model"].output_names)
 
         fidelity = result.fidelity
         assert result.servable is True and result.reason is None
@@ -397,7 +398,7 @@ def test_synthetic_eval_set_and_reproducible_packages(digits, keras_all, tmp_pat
     tflite, coreml = results
     assert tflite.fidelity["eval_source"] == "synthetic"
     assert tflite.fidelity["accuracy"] is None and tflite.fidelity["accuracy_drop"] is None
-    synthetic = synthetic_eval_set((8, 8, 1)).x
+    (synthetic,) = synthetic_eval_set((8, 8, 1)).inputs.values()
     assert tflite.fidelity["eval_samples"] == len(synthetic)
     outputs, _ = _interpreter_outputs(tflite.path, synthetic)
     reference = digits["model"].predict(synthetic, verbose=0)

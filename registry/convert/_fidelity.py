@@ -143,14 +143,15 @@ def tflite_servability(fidelity: dict, threshold_pp: float,
 
     Classification: the accuracy drop (without labels, top-1 disagreement stands in for
     it) within ``threshold_pp`` percentage points. Regression: relative RMSE against the
-    source within ``max_relative_rmse``.
+    source within ``max_relative_rmse``. With several outputs the reason starts with the
+    failing output's name.
     """
     outputs = fidelity.get("outputs") or {"output": {**fidelity, "task": CLASSIFICATION}}
     several = len(outputs) > 1
     for name, figures in outputs.items():
         ok, why = _output_servable(figures, threshold_pp, max_relative_rmse, fidelity.get("eval_source"))
         if not ok:
-            return False, f"output {name!r}: {why}" if several or name != "output" else why
+            return False, f"output {name!r}: {why}" if several else why
     return True, None
 
 
