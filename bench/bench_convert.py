@@ -75,8 +75,8 @@ def run_direct(source: Path, workdir: Path) -> dict:
     start = time.perf_counter()
     signature = load_source(source, workdir).signature
     export_seconds = time.perf_counter() - start
-    calibration = workdir / "calibration.npy"
-    np.save(calibration, synthetic_eval_set(signature.input_shape).calibration_inputs())
+    calibration = workdir / "calibration.npz"
+    np.savez(calibration, **synthetic_eval_set(signature.inputs).calibration_inputs())
     outcomes = {}
     for name in _SCHEDULE_ORDER:  # bases before the variants derived from them
         base = BASE_VARIANT.get(name)

@@ -19,8 +19,9 @@ import posixpath
 import zipfile
 from pathlib import Path
 
-from ._types import ModelContract, TensorSpec
-from .errors import ModelContractError, ModelLoadError
+from ._signature import check_contract, tflite_signature
+from ._types import ModelContract
+from .errors import ModelLoadError
 
 __all__ = ["SUPPORTED_FORMATS", "check_model", "format_kind"]
 
@@ -44,8 +45,10 @@ def check_model(path: Path, fmt: str, target: str = "",
                 contract: ModelContract | None = None) -> None:
     """Raise :class:`ModelLoadError` unless the model at ``path`` loads.
 
-    ``contract`` is checked for TFLite models (Core ML I/O is checked on the device by
-    Core ML itself; the structural check here cannot see it).
+    ``contract`` is checked for TFLite models against the interpreter's tensors, every
+    input and output (name where the contract gives one, dtype, shape). Core ML I/O is
+    checked against the manifest's signature before download (``_signature``) and on the
+    device by Core ML itself; the structural check here cannot see it.
 
     Raises:
         ModelContractError: the tensors differ from ``contract``.
@@ -71,8 +74,7 @@ def _check_tflite(path: Path, contract: ModelContract | None) -> None:
     except Exception as e:  # the interpreter raises ValueError/RuntimeError of its own
         raise ModelLoadError(f"TFLite interpreter rejected the model: {e}") from e
     if contract is not None:
-        _check_contract("input", interpreter.get_input_details(), contract.inputs, np)
-        _check_contract("output", interpreter.get_output_details(), contract.outputs, np)
+        check_contract(contract, tflite_signature(interpreter), "the downloaded model")
     try:
         for detail in interpreter.get_input_details():
             signature = detail.get("shape_signature", detail["shape"])
@@ -80,6 +82,7 @@ def _check_tflite(path: Path, contract: ModelContract | None) -> None:
                 concrete = [1 if int(d) < 0 else int(d) for d in signature]
                 interpreter.resize_tensor_input(detail["index"], concrete)
         interpreter.allocate_tensors()
+        # Zeros of each input's own dtype: float, int (token ids: 0 is a valid index) and bool.
         for detail in interpreter.get_input_details():
             zeros = np.zeros(detail["shape"], dtype=detail["dtype"])
             interpreter.set_tensor(detail["index"], zeros)
@@ -88,24 +91,6 @@ def _check_tflite(path: Path, contract: ModelContract | None) -> None:
             interpreter.get_tensor(detail["index"])
     except Exception as e:  # the interpreter raises ValueError/RuntimeError of its own
         raise ModelLoadError(f"TFLite interpreter rejected the model: {e}") from e
-
-
-def _check_contract(kind: str, details: list[dict], expected: tuple[TensorSpec, ...],
-                    np) -> None:
-    if not expected:
-        return
-    if len(details) != len(expected):
-        raise ModelContractError(
-            f"the app expects {len(expected)} {kind}(s), the model has {len(details)}")
-    for i, (detail, spec) in enumerate(zip(details, expected)):
-        shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
-        dtype = np.dtype(detail["dtype"]).name
-        same_shape = len(shape) == len(spec.shape) and all(
-            want == -1 or have == -1 or want == have for have, want in zip(shape, spec.shape))
-        if dtype != spec.dtype or not same_shape:
-            raise ModelContractError(
-                f"{kind} {i} should be {spec.dtype} {tuple(spec.shape)}, "
-                f"the model has {dtype} {shape}")
 
 
 def _check_coreml_package(path: Path) -> None:

@@ -35,6 +35,7 @@ from ._ruleset import (
     parse_ruleset,
     ruleset_target_path,
 )
+from ._signature import parse_signature
 from ._store import atomic_write_bytes, atomic_write_json, file_lock, read_json
 from ._trust import TrustCycle
 from ._types import ClientConfig
@@ -141,7 +142,7 @@ class LocalResolver:
                               sha256=variant["sha256"], urls=urls),
             install_id=self._install_id, issued_at=ruleset.issued_at,
             expires_at=ruleset.expires_at + timedelta(0), experiment=decision.experiment,
-            arm=decision.arm)
+            arm=decision.arm, signature=parse_signature(variant.get("signature")))
 
     # -- storage ------------------------------------------------------------------------
 

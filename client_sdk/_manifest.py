@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature, SSlibKey
 
+from ._signature import IOSignature, parse_signature
 from .errors import (
     InstallIdMismatchError,
     ManifestExpiredError,
@@ -97,6 +98,7 @@ class Manifest:
     experiment: str | None = None
     arm: str | None = None
     delta: Delta | None = None
+    signature: IOSignature | None = None  # the artifact's inputs and outputs; None: unknown
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ def parse_manifest(body: bytes, *, model: str, channel: str) -> Manifest:
         experiment=_optional_str(doc, "experiment"),
         arm=_optional_str(doc, "arm"),
         delta=delta,
+        signature=parse_signature(doc.get("signature")),
     )
 
 

@@ -35,9 +35,11 @@ from typing import Any, Optional
 
 from ._bucketing import BASIS_POINTS, arm_ranges, assign_arm, in_rollout, validate_install_id
 from ._names import validate_channel, validate_model_name
+from ._signature import parse_signature
 from ._targeting import TargetingRules, meets_min_app_version
 from ._variants import choose_variant
 from .errors import (
+    ManifestInvalidError,
     RulesetExpiredError,
     RulesetInvalidError,
     RulesetRollbackError,
@@ -71,7 +73,9 @@ _RELEASE = {"counter", "version", "variant", "rollout_bp", "rollout_seed", "targ
 _EXPERIMENT = {"name", "seed", "status", "coverage_bp", "targeting", "arms"}
 _ARM = {"name", "version", "variant", "weight"}
 _VERSION = {"version", "min_app_version", "variants"}
-_VARIANT = {"name", "format", "size", "sha256", "target", "fidelity", "latency_by_device"}
+_VARIANT = {"name", "format", "size", "sha256", "target", "fidelity", "latency_by_device",
+            "signature"}
+_OPTIONAL_VARIANT = frozenset({"signature"})  # written only when the server knows it
 
 
 def ruleset_target_path(model: str, channel: str) -> str:
@@ -190,7 +194,11 @@ def parse_ruleset(data: bytes, model: str, channel: str) -> Ruleset:
         if not isinstance(item["variants"], list):
             raise _bad("variants must be a list")
         for v in item["variants"]:
-            _obj(v, _VARIANT, "a variant")
+            _obj(v, _VARIANT, "a variant", _OPTIONAL_VARIANT)
+            try:
+                parse_signature(v.get("signature"), "variant signature")
+            except ManifestInvalidError as e:
+                raise _bad(e.detail) from None
             _str(v["name"], "variant name")
             _str(v["format"], "variant format")
             _int(v["size"], "variant size")
@@ -381,7 +389,8 @@ def evaluate_ruleset(ruleset: Ruleset, install_id: str, device: Any,
 
 
 def _public(variant: Mapping[str, Any]) -> Mapping[str, Any]:
-    return {k: variant[k] for k in ("name", "format", "size", "sha256", "target")}
+    return {**{k: variant[k] for k in ("name", "format", "size", "sha256", "target")},
+            "signature": variant.get("signature")}
 
 
 _RULES_CACHE: dict[str, TargetingRules] = {}

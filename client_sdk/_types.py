@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 from .errors import ModelDropError
 
@@ -110,19 +110,26 @@ class DownloadConditions:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output tensor as the app's code feeds or reads it."""
+    """One input or output tensor as the app's code feeds or reads it.
+
+    With a ``name`` it is matched to the model's tensor of that name (the name in the
+    version's signature, e.g. the Keras input's name); without, by position.
+    """
 
     shape: tuple[int, ...]  # -1 for a dimension of any size
-    dtype: str  # numpy name: "float32", "float16", "int8", "uint8", "int32"...
+    dtype: str  # numpy name: "float32", "float16", "int8", "uint8", "int32", "int64", "bool"
+    name: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class ModelContract:
     """The tensors this app version's code expects a model to have.
 
-    A downloaded model that disagrees is refused at install time, before it can fail at
-    run time ("Input 0 should have 921600 bytes, but found 1228800") — the previous model
-    stays active. An empty tuple means "not checked".
+    A model that disagrees is refused before it can fail at run time ("Input 0 should have
+    921600 bytes, but found 1228800") — the previous model stays active: first against the
+    signature the manifest carries, before any byte is downloaded, then (TFLite) against the
+    interpreter's own tensors after download. Every tensor is checked (name if given, dtype,
+    shape). An empty tuple means "not checked".
     """
 
     inputs: tuple[TensorSpec, ...] = ()

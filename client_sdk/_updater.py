@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ from ._manifest import (
     parse_manifest,
     verify_signatures,
 )
+from ._signature import check_contract
 from ._store import RejectedArtifacts, ReleaseCounters, file_lock
 from ._telemetry import Telemetry
 from ._trust import TrustCycle
@@ -49,6 +51,7 @@ from ._types import (
     DeviceStateProvider,
     DownloadConditions,
     LocalModel,
+    ModelContract,
     ProgressCallback,
     UpdateInfo,
     UpdateState,
@@ -56,6 +59,7 @@ from ._types import (
 from .errors import (
     ConditionsNotMetError,
     ManifestInvalidError,
+    ModelContractError,
     ModelDropError,
     ModelLoadError,
     NoModelAvailableError,
@@ -92,7 +96,8 @@ class UpdateEngine:
                  config: ClientConfig, installer: Installer, downloader: Downloader,
                  counters: ReleaseCounters, rejected: RejectedArtifacts,
                  telemetry: Telemetry, status: StatusSink,
-                 local: LocalResolver | None = None) -> None:
+                 local: LocalResolver | None = None,
+                 contracts: Mapping[str, ModelContract] | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._local = local  # set: resolve="local" (decide from the signed ruleset)
         self._install_id = install_id
@@ -107,6 +112,7 @@ class UpdateEngine:
         self._rejected = rejected
         self._telemetry = telemetry
         self._status = status
+        self._contracts = dict(contracts or {})
 
     # -- telemetry helpers -----------------------------------------------------------
 
@@ -223,6 +229,7 @@ class UpdateEngine:
             cls = error_class_for_code(code)
             cls = cls if cls is not None and issubclass(cls, ModelLoadError) else ModelLoadError
             raise cls(f"{art.target}: {detail} (not downloaded again)")
+        self._check_signature(manifest, local)
         entry = {"sha256": art.sha256, "length": art.length, "target": art.target,
                  "file": art.target.rsplit("/", 1)[-1], "version": manifest.version,
                  "variant": manifest.variant, "format": manifest.format,
@@ -246,6 +253,23 @@ class UpdateEngine:
         size = 0 if existing is not None else (delta_req or full).length
         return UpdateInfo(name, channel, True, download_bytes=size,
                           is_delta=delta_req is not None, installed=local, _plan=plan, **info)
+
+    def _check_signature(self, manifest: Manifest, local: LocalModel | None) -> None:
+        """Refuse, before any byte is downloaded, a model whose signed signature differs
+        from the app's contract: remembered like a failed load check (per app version), so
+        it is not offered again, reported once, and the installed model stays."""
+        if local is not None and local.sha256 == manifest.artifact.sha256:
+            return  # already installed (it passed when it was)
+        try:
+            check_contract(self._contracts.get(manifest.model), manifest.signature,
+                           "the offered model")
+        except ModelContractError as e:
+            art = manifest.artifact
+            logger.warning("%s: %s; not downloading it", art.target, e.detail)
+            self._rejected.add(art.sha256, self._device.app_version, e.detail, e.code)
+            self._telemetry.record("install_failed", self._manifest_fields(manifest) | {
+                "error": e.code})
+            raise
 
     def _get_manifest(self, name: str, channel: str,
                       local: LocalModel | None) -> requests.Response:

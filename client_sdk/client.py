@@ -136,7 +136,8 @@ class ModelClient:
             rejected=RejectedArtifacts(self._state), telemetry=self._telemetry,
             status=self._set_status,
             local=(LocalResolver(self._base, self._state, self._session, config,
-                                 self._install_id) if resolve == "local" else None))
+                                 self._install_id) if resolve == "local" else None),
+            contracts=self._contracts)
 
     # -- identity & status -------------------------------------------------------------
 

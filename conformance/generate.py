@@ -478,6 +478,18 @@ def manifests() -> None:
          now="2026-01-02T00:04:00Z")
     case("valid-unknown-signed-field", sign({**base, "x-hint": {"cdn": "eu"}}, [key]), None,
          "an unknown field is accepted when the signature covers it (forward compatibility)")
+    io = {"inputs": [{"name": "tokens", "dtype": "int32", "shape": [None, 12],
+                      "narrowed_from": "int64"}],
+          "outputs": [{"name": "scores", "dtype": "float32", "shape": [None, 3]}]}
+    case("valid-with-signature", sign({**base, "signature": io}, [key]), None,
+         "the artifact's I/O signature is carried, signed like every field")
+    case("valid-null-signature", sign({**base, "signature": None}, [key]), None,
+         "a null signature: the registry does not know it (checked after download only)")
+    case("signature-bad-dtype", sign({**base, "signature": {**io, "outputs": [
+        {"name": "scores", "dtype": "float64", "shape": [None, 3]}]}}, [key]), "manifest_invalid",
+        "a signature dtype outside the documented set")
+    case("signature-not-an-object", sign({**base, "signature": ["tokens"]}, [key]),
+         "manifest_invalid", "a signature must be null or an object of inputs and outputs")
     case("valid-experiment-arm", sign({**base, "experiment": "int8-test", "arm": "int8"}, [key]),
          None, "experiment and arm strings")
     reordered = json.dumps(dict(reversed(list(valid.items()))))
@@ -772,6 +784,9 @@ def rulesets() -> None:
         broken("bad sha256", versions__0__variants__0__sha256="ABC"),
         broken("non-positive latency", versions__0__variants__0__latency_by_device={"a": 0}),
         broken("issued_at not RFC 3339 UTC", issued_at="2026-12-01 00:00:00"),
+        broken("a variant signature with an unknown dtype", versions__0__variants__0__signature={
+            "inputs": [{"name": "x", "dtype": "complex64", "shape": [None, 4]}], "outputs": []}),
+        broken("a variant signature that is not an object", versions__0__variants__0__signature=[]),
     ]
     freshness = [
         {"note": "fresh", "now": "2026-12-02T00:00:00Z", "skew_seconds": 300,

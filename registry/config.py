@@ -54,6 +54,9 @@ class Settings:
     staging_max_age: int = 6 * 3600  # seconds without a write before a staged upload is swept
     # Conversion
     accuracy_drop_threshold_pp: float = 1.0  # percentage points
+    # Regression outputs: a TFLite variant whose RMSE against the source exceeds this
+    # fraction of the source outputs' RMS is not servable (per upload: max_relative_rmse).
+    max_relative_rmse: float = 0.05
     latency_runs: int = 50
     convert_max_parallel: int = 0  # processes per conversion; 0 = automatic (min(2, CPUs))
     # The sandboxed converter (docs/security.md). "auto": bubblewrap when it works, else run

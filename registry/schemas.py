@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from registry.errors import InvalidNameError, ValidationError
@@ -14,6 +14,8 @@ from registry.errors import InvalidNameError, ValidationError
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CHANNEL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 DTYPES = {"float32", "float16", "int8", "uint8", "int32", "int64", "bool", "string"}
+#: dtypes an artifact's tensor can have in a stored signature (``VariantOut.signature``)
+ARTIFACT_DTYPES = ("float32", "float16", "int32", "int64", "uint8", "int8", "bool")
 ROLES = ("reader", "publisher", "admin")
 
 
@@ -38,11 +40,15 @@ class _Strict(BaseModel):
 
 
 class TensorSignature(_Strict):
-    """One declared input or output of a model: its name, shape (null for a free dimension) and dtype."""
+    """One declared input or output of a model: its name, shape (null for a free dimension) and
+    dtype; for an output, how its fidelity is measured (``task``; default: classification for
+    a softmax-like output with labels, else regression)."""
 
     name: str = Field(min_length=1, max_length=128)
     shape: list[int | None]
     dtype: str = "float32"
+    # How an output's conversion fidelity is judged (docs/conversion.md); None: inferred.
+    task: Literal["classification", "regression"] | None = None
 
     @field_validator("dtype")
     @classmethod
@@ -73,6 +79,8 @@ class VersionMetadata(_Strict):
     min_app_version: str | None = Field(default=None, pattern=r"^\d+(\.\d+){0,3}$")
     variants: list[str] | None = None
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
+    # Servability limit for regression outputs: relative RMSE of the variant against the source.
+    max_relative_rmse: float | None = Field(default=None, ge=0, le=100)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("latency_ms")
@@ -81,6 +89,18 @@ class VersionMetadata(_Strict):
         for device, ms in v.items():
             if ms <= 0:
                 raise ValueError(f"latency for {device!r} must be positive")
+        return v
+
+    @field_validator("input", "output")
+    @classmethod
+    def _unique_names(cls, v: list[TensorSignature], info: ValidationInfo) -> list[TensorSignature]:
+        seen: set[str] = set()
+        for tensor in v:
+            if info.field_name == "input" and tensor.task is not None:
+                raise ValueError(f"input {tensor.name!r} has a task; only outputs have one")
+            if tensor.name in seen:
+                raise ValueError(f"the tensor name {tensor.name!r} is declared twice")
+            seen.add(tensor.name)
         return v
 
     @field_validator("variants")
@@ -111,6 +131,26 @@ class ModelPatch(_Strict):
     # Leaving it out leaves it unchanged; null is refused (it would blank a required column).
     description: str = Field(default=None, max_length=10_000)  # type: ignore[assignment]
     accuracy_drop_threshold_pp: float | None = Field(default=None, ge=0, le=100)
+    max_relative_rmse: float | None = Field(default=None, ge=0, le=100)
+
+
+class ArtifactTensor(BaseModel):
+    """One input or output tensor as the converted artifact has it."""
+
+    name: str
+    dtype: Literal["float32", "float16", "int32", "int64", "uint8", "int8", "bool"]
+    # As the artifact has it, batch dimension included; a null dimension is dynamic, a null
+    # shape is one the artifact does not state (some Core ML outputs).
+    shape: list[int | None] | None
+    # The source tensor's dtype when a converter narrowed it (int64 -> int32, float64 -> float32).
+    narrowed_from: Literal["int64", "float64"] | None = None
+
+
+class VariantSignature(BaseModel):
+    """The I/O signature read from a variant's artifact (the inputs and outputs a device feeds)."""
+
+    inputs: list[ArtifactTensor]
+    outputs: list[ArtifactTensor]
 
 
 class VariantOut(BaseModel):
@@ -119,8 +159,15 @@ class VariantOut(BaseModel):
     size: int | None
     sha256: str | None
     target_path: str | None = None
-    fidelity: dict[str, Any]
+    fidelity: dict[str, Any] = Field(description=(
+        "measured against the source (docs/conversion.md): the first output's figures at the top "
+        "level (top1_agreement, accuracy, source_accuracy, accuracy_drop or max_abs_error, "
+        "mean_abs_error, relative_rmse) and, per output name under `outputs`, that output's "
+        "`task` (classification | regression) and figures"))
     reference_latency_ms: dict[str, Any] | None
+    signature: VariantSignature | None = Field(default=None, description=(
+        "the inputs and outputs the artifact really has (read from it after conversion); "
+        "null for variants recorded before signatures were kept"))
     servable: bool
     public: bool = False  # in TUF targets, tokenless download: a release made it deliverable
     reason: str | None
@@ -144,6 +191,7 @@ class ModelOut(BaseModel):
     name: str
     description: str
     accuracy_drop_threshold_pp: float | None = None
+    max_relative_rmse: float | None = None
     created_at: datetime
     latest_version: int | None
     version_count: int

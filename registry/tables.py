@@ -22,6 +22,9 @@ class ModelRow(SQLModel, table=True):
     name: str = Field(index=True, unique=True, max_length=64)
     description: str = ""
     accuracy_drop_threshold_pp: float | None = None
+    # Servability limit for regression outputs (relative RMSE against the source); None: the
+    # server's MODELDROP_MAX_RELATIVE_RMSE. An upload's own value wins over both.
+    max_relative_rmse: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
 
@@ -58,6 +61,9 @@ class VariantRow(SQLModel, table=True):
     target_path: str | None = None
     fidelity: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     reference_latency_ms: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # {"inputs": [{"name", "dtype", "shape", "narrowed_from"?}], "outputs": [...]} read from the
+    # artifact itself; None for variants recorded before signatures were kept (unknown).
+    signature: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     servable: bool = False
     # Listed in TUF targets and downloadable without a token: set (never cleared) when a
     # release or experiment arm first makes the variant deliverable. Until then

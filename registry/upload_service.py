@@ -14,8 +14,12 @@ from registry.schemas import VersionOut, validate_name
 from registry.upload_stream import check_container, parse_metadata, source_format, take_spool
 
 
-def _take_eval(services, eval_part):
-    """The uploaded eval set's spool (None when none was sent), refused past the size limit."""
+def _take_eval(services, eval_part, metadata: dict[str, Any] | None):
+    """The uploaded eval set's spool (None when none was sent), refused past the size limit
+    or when it does not fit the metadata's declared inputs (``registry.evalcheck``): still
+    in staging then, so the request's teardown removes it and nothing is stored."""
+    from registry.evalcheck import check_eval_set
+
     if eval_part is None or not getattr(eval_part, "filename", None):
         return None
     spool = take_spool(eval_part, "eval")
@@ -23,6 +27,7 @@ def _take_eval(services, eval_part):
     if spool.size > limit:
         raise UploadTooLargeError(f"the eval set is larger than the limit of {limit} bytes",
                                   field="eval", limit=limit)
+    check_eval_set(spool.path, metadata)
     return spool
 
 
@@ -34,7 +39,7 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     spool = take_spool(file_part, "file")
     fmt = source_format(file_part.filename)
     check_container(fmt, spool.path, file_part.filename)
-    eval_spool = _take_eval(services, eval_part)
+    eval_spool = _take_eval(services, eval_part, metadata)
     source = services.blobs.adopt_file(spool.path, spool.sha256, spool.size)
     eval_sha = None
     if eval_spool is not None:
@@ -85,7 +90,11 @@ def retry_conversion(services, name: str, number: int, *, actor: str, eval_part=
         sent = json.loads(metadata_raw)  # parse_metadata proved it is a JSON object
         metadata = {k: v for k, v in parsed.items() if k in sent}
     eval_sha = None
-    eval_spool = _take_eval(services, eval_part)
+    eval_spool = None
+    if eval_part is not None and getattr(eval_part, "filename", None):
+        # Checked against the metadata the retry will run with: the new fields over the old.
+        stored = services.store.get_version(name, number).metadata
+        eval_spool = _take_eval(services, eval_part, {**stored, **(metadata or {})})
     if eval_spool is not None:
         eval_sha = services.blobs.adopt_file(eval_spool.path, eval_spool.sha256, eval_spool.size).sha256
     if not isinstance(reason, str) or len(reason) > 1000:

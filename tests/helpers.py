@@ -67,3 +67,15 @@ def assert_problem(resp, status: int, code: str):
     assert body["status"] == status
     assert "Traceback" not in json.dumps(body)
     return body
+
+
+def npz_bytes(seed: int = 0, samples: int = 4, features: int = 8) -> bytes:
+    """A small, valid eval set (``x`` float32 (samples, features), ``y`` int64), distinct per
+    seed: the upload checks the eval set's structure, so garbage bytes are refused."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    np.savez(buf, x=rng.random((samples, features), dtype=np.float32),
+             y=rng.integers(0, 3, samples))
+    return buf.getvalue()

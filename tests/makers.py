@@ -47,7 +47,8 @@ def make_ready_version(services: Any, name: str, *,
 
     Args:
         variants: name -> {"format": "tflite"|"coreml", "size": int, "data": bytes,
-            "servable": bool, "agreement": float}; default :data:`DEFAULT_VARIANTS`.
+            "servable": bool, "agreement": float, "signature": dict}; default
+            :data:`DEFAULT_VARIANTS`.
         min_app_version: Put into the version's metadata.
         number: Explicit version number (default: next).
     """
@@ -68,13 +69,13 @@ def make_ready_version(services: Any, name: str, *,
         info = services.blobs.put_bytes(data)
         path = variant_target_path(name, number, variant, EXTENSIONS[fmt])
         stored.append((variant, fmt, info, path, bool(spec.get("servable", True)),
-                       spec.get("agreement", 0.99)))
-    for variant, fmt, info, path, ok, agreement in stored:
+                       spec.get("agreement", 0.99), spec.get("signature")))
+    for variant, fmt, info, path, ok, agreement, signature in stored:
         services.store.record_variant(
             version_id, name=variant, format=fmt, sha256=info.sha256, size=info.size,
             target_path=path if ok else None, fidelity={"top1_agreement": agreement},
             reference_latency_ms=None, servable=ok, reason=None if ok else "below threshold",
-            error=None)
+            error=None, signature=signature)
     services.store.set_version_status(version_id, "ready")
     return services.store.get_version(name, number)
 

@@ -118,3 +118,142 @@ def hostile_pickle_archive(path: Path, code: str, *, archive_name: str = "archiv
         archive.writestr(f"{archive_name}/version", "3\n")
         archive.writestr(f"{archive_name}/byteorder", "little")
     return path
+
+
+# -- model families (the same as makers_keras's, channels first, exported with batch 1) ----
+
+
+def _torch_family_module(family: str):
+    import torch
+    from torch import nn
+
+    from tests.makers_keras import DETECTOR_BOXES, DETECTOR_CLASSES, FAMILY_SEED, LANDMARKS, VOCAB
+
+    torch.manual_seed(FAMILY_SEED)
+
+    def conv_features(channels_in, filters=8):
+        return nn.Sequential(nn.Conv2d(channels_in, filters, 3, stride=2, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    class ImageClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.head = conv_features(3), nn.Linear(8, 5)
+
+        def forward(self, image):
+            return torch.softmax(self.head(self.features(image)), dim=-1)
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = conv_features(3, 16)
+            self.hidden = nn.Linear(16, 32)
+            self.boxes = nn.Linear(32, DETECTOR_BOXES * 4)
+            self.scores = nn.Linear(32, DETECTOR_BOXES * DETECTOR_CLASSES)
+
+        def forward(self, image):
+            h = torch.relu(self.hidden(self.features(image)))
+            boxes = torch.sigmoid(self.boxes(h)).reshape(-1, DETECTOR_BOXES, 4)
+            scores = torch.softmax(self.scores(h).reshape(-1, DETECTOR_BOXES, DETECTOR_CLASSES), dim=-1)
+            return {"boxes": boxes, "scores": scores}  # named outputs: forward returns a dict
+
+    class Landmarks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.head = conv_features(1), nn.Linear(8, LANDMARKS * 2)
+
+        def forward(self, face):
+            return self.head(self.features(face))
+
+    class Accelerometer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 8, 5, stride=2)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, window):
+            return torch.softmax(self.head(torch.relu(self.conv(window)).mean(dim=-1)), dim=-1)
+
+    class KeywordSpotting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, stride=2)
+            self.depthwise = nn.Conv2d(8, 8, 3, stride=2, groups=8)
+            self.head = nn.Linear(8, 6)
+
+        def forward(self, spectrogram):
+            x = torch.relu(self.depthwise(torch.relu(self.conv(spectrogram))))
+            return torch.softmax(self.head(x.mean(dim=(2, 3))), dim=-1)
+
+    class TextClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(VOCAB, 16)
+            self.hidden, self.head = nn.Linear(16, 16), nn.Linear(16, 2)
+
+        def forward(self, tokens):
+            x = self.embedding(tokens).mean(dim=1)
+            return torch.softmax(self.head(torch.relu(self.hidden(x))), dim=-1)
+
+    class TwoInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.head = conv_features(3), nn.Linear(8 + 4, 3)
+
+        def forward(self, image, features):
+            return torch.softmax(self.head(torch.cat([self.features(image), features], dim=1)), dim=-1)
+
+    classes = {"image_classifier": ImageClassifier, "detector": Detector, "landmarks": Landmarks,
+               "accelerometer": Accelerometer, "keyword_spotting": KeywordSpotting,
+               "text_classifier": TextClassifier, "two_input": TwoInput}
+    return classes[family]().eval()
+
+
+class TorchFamily:
+    """Same fields as makers_keras.FamilyModel; reference outputs from the torch module."""
+
+    def __init__(self, family, source, eval_npz, inputs, outputs, tasks, metadata, model):
+        self.family, self.source, self.eval_npz = family, source, eval_npz
+        self.inputs, self.outputs, self.tasks, self.metadata, self.model = inputs, outputs, tasks, metadata, model
+
+    def reference(self) -> dict:
+        import torch
+
+        collected = {name: [] for name in self.outputs}
+        with torch.no_grad():
+            for i in range(len(next(iter(self.inputs.values())))):
+                result = self.model(*[torch.from_numpy(a[i:i + 1]) for a in self.inputs.values()])
+                values = list(result.values()) if isinstance(result, dict) else (
+                    list(result) if isinstance(result, (tuple, list)) else [result])
+                for name, value in zip(self.outputs, values):
+                    collected[name].append(value.numpy())
+        return {name: np.concatenate(parts) for name, parts in collected.items()}
+
+
+def make_torch_family(family: str, directory: Path, *, suffix: str = ".pt2", labels: bool = True) -> TorchFamily:
+    """Build, save (``.pt2`` with torch.export.save, or ``.pt`` traced TorchScript) and write
+    an eval set with one array per input (channels first) and labels as makers_keras does."""
+    import torch
+
+    from tests.makers_keras import FAMILY_OUTPUTS, family_eval_inputs, family_labels, family_metadata
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = _torch_family_module(family)
+    inputs = family_eval_inputs(family, channels_first=True)
+    sample = tuple(torch.from_numpy(a[:1]) for a in inputs.values())
+    source = directory / f"{family}{suffix}"
+    if suffix == ".pt2":
+        torch.export.save(torch.export.export(model, sample), str(source))
+    else:
+        torch.jit.save(torch.jit.trace(model, sample), str(source))
+    outputs = tuple(FAMILY_OUTPUTS[family])
+    tasks = dict(FAMILY_OUTPUTS[family])
+    probe = TorchFamily(family, source, None, inputs, outputs, tasks, {}, model)
+    reference = probe.reference()
+    arrays = dict(inputs)
+    if labels:
+        arrays.update(family_labels(reference, tasks))
+    eval_npz = directory / f"{family}_eval.npz"
+    np.savez(eval_npz, **arrays)
+    metadata = family_metadata(inputs, reference, tasks, batch=1)
+    return TorchFamily(family, source, eval_npz, inputs, outputs, tasks, metadata, model)

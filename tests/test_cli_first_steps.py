@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC
 
+from tests.helpers import npz_bytes
 from tests.makers import make_ready_version
 
 
@@ -17,7 +18,7 @@ def test_pushing_the_bytes_of_a_failed_version_again_says_so_and_fails(cli, tmp_
     store.set_version_status(store.version_id("digits", first["version"]), "failed",
                              "evaluation set x has shape (5, 3), expected (N, 8, 8, 1)")
     fixed_eval = tmp_path / "eval.npz"
-    fixed_eval.write_bytes(b"not really npz, never read")
+    fixed_eval.write_bytes(npz_bytes(1))  # never read: the version's bytes failed before
     again = cli("push", "digits", str(model), "--eval", str(fixed_eval), ok=False)
     assert again.exit_code == 1, again.output
     assert "digits version 1 already holds these bytes" in again.output
@@ -31,7 +32,7 @@ def test_pushing_identical_bytes_with_another_eval_set_says_it_was_not_applied(c
     model.write_bytes(b"m" * 5000)
     cli("push", "digits", str(model))
     other = tmp_path / "eval.npz"
-    other.write_bytes(b"another eval set")
+    other.write_bytes(npz_bytes(2))
     again = cli("push", "digits", str(model), "--eval", str(other))
     assert "digits version 1: uploaded" in again.output
     assert "were not applied" in again.output

@@ -17,6 +17,7 @@ import pytest
 import requests
 from tuf.ngclient import Updater
 
+from tests.helpers import npz_bytes
 from tests.makers import make_ready_version
 
 ANDROID = {"platform": "android", "os_version": "14", "device_model": "pixel7",
@@ -99,7 +100,7 @@ def _promote(publisher: Http, model: str, version: int, **body) -> dict:
 
 def test_source_and_eval_need_a_reader_token(live_server, http):
     anon, reader, publisher = http
-    data, eval_set = os.urandom(40_000), os.urandom(3_000)
+    data, eval_set = os.urandom(40_000), npz_bytes(int.from_bytes(os.urandom(4), "big"), 64, 8)
     resp = requests.post(f"{live_server.base_url}/v1/models/digits/versions",
                          headers={"Authorization": f"Bearer {publisher.token}"},
                          files={"file": ("model.keras", io.BytesIO(data)),

@@ -61,6 +61,41 @@ def test_documented_example_parses_in_the_sdk():
     example["signatures"] = [{"keyid": "b" * 64, "sig": "c" * 128}]
     manifest = parse_manifest(json.dumps(example).encode(), model="digits", channel="production")
     assert manifest.release_counter == 7 and manifest.arm == "treatment"
+    assert [t.name for t in manifest.signature.inputs] == ["image"]
+    assert manifest.signature.inputs[0].shape == (None, 28, 28, 1)
+
+
+def test_signature_dtypes_are_the_same_in_docs_server_and_sdk():
+    from client_sdk._signature import DTYPES as SDK_DTYPES
+    from registry.delivery.manifest import _WIRE_DTYPES
+    from registry.jobs.results import SIGNATURE_DTYPES
+    from registry.schemas import ARTIFACT_DTYPES
+
+    text = DOC.read_text().split("`signature` (signed like every field)", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"`(\w+)`", text.split("`dtype` is one of", 1)[1].split(";", 1)[0]))
+    assert documented == set(SDK_DTYPES) == set(_WIRE_DTYPES) == set(SIGNATURE_DTYPES) \
+        == set(ARTIFACT_DTYPES)
+
+
+def test_a_server_manifest_with_a_signature_parses_in_the_sdk(live_server):
+    svc = live_server.services
+    signature = {"inputs": [{"name": "tokens", "dtype": "int32", "shape": [None, 12],
+                             "narrowed_from": "int64"}],
+                 "outputs": [{"name": "scores", "dtype": "float32", "shape": None}]}
+    version = make_ready_version(svc, "texts", variants={
+        "tflite-fp32": {"format": "tflite", "data": b"tflite bytes " * 100, "signature": signature}})
+    resp = requests.post(f"{live_server.base_url}/v1/models/texts/releases",
+                         json={"version": version.version, "channel": "production"},
+                         headers={"Authorization": f"Bearer {live_server.admin_token}"}, timeout=10)
+    assert resp.status_code == 201, resp.text
+    served = requests.get(f"{live_server.base_url}/v1/manifest", timeout=10, params={
+        "model": "texts", "channel": "production", "platform": "android", "install_id": INSTALL_ID})
+    assert served.json()["signature"] == signature
+    manifest = parse_manifest(served.content, model="texts", channel="production")
+    root = json.loads(requests.get(f"{live_server.base_url}/v1/trusted-root", timeout=10).content)
+    verify_signatures(manifest, parse_manifest_keys(root["signed"]))  # signed over it
+    assert manifest.signature.inputs[0].narrowed_from == "int64"
+    assert manifest.signature.outputs[0].shape is None
 
 
 def test_sdk_events_match_the_documented_telemetry_kinds():

@@ -281,6 +281,19 @@ def test_every_upload_format_builds_tflite_and_coreml(keras_all, h5_subset, zip_
     assert [(k, n) for k, n, _ in zip_subset[1]] == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_every_built_variant_carries_the_signature_read_from_its_artifact(h5_subset, digits):
+    """The signature came through the sandbox and the worker's check; it matches the model."""
+    sample_shape = list(digits["x"].shape[1:])
+    classes = digits["reference"].shape[1]
+    for result in h5_subset[0]:
+        signature = result.signature
+        assert signature is not None, result.name
+        ((inp,), (out,)) = signature["inputs"], signature["outputs"]
+        assert inp["dtype"] == out["dtype"] == "float32"
+        assert inp["shape"][1:] == sample_shape and inp["shape"][0] in (None, 1)
+        assert out["shape"][1:] == [classes]
+
+
 def test_variant_sizes_shrink_with_compression(keras_all):
     size = {r.name: r.size for r in keras_all[0]}
     assert size["tflite-fp16"] < size["tflite-fp32"]
@@ -337,9 +350,10 @@ def test_coreml_packages_reload_and_weight_error_is_honest(converted, digits, tm
     for result in results.values():
         spec, tensors = _coreml_weights(result.path, tmp_path / result.name)
         assert spec.WhichOneof("Type") == "mlProgram"
-        assert [f.name for f in spec.description.input] == ["input"]
+        # Features carry the Keras model's own tensor names.
+        assert [f.name for f in spec.description.input] == [digits["model"].inputs[0].name]
         assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 8, 8, 1]
-        assert [f.name for f in spec.description.output] == ["output"]
+        assert [f.name for f in spec.description.output] == list(digits["model"].output_names)
 
         fidelity = result.fidelity
         assert result.servable is True and result.reason is None
@@ -384,7 +398,7 @@ def test_synthetic_eval_set_and_reproducible_packages(digits, keras_all, tmp_pat
     tflite, coreml = results
     assert tflite.fidelity["eval_source"] == "synthetic"
     assert tflite.fidelity["accuracy"] is None and tflite.fidelity["accuracy_drop"] is None
-    synthetic = synthetic_eval_set((8, 8, 1)).x
+    (synthetic,) = synthetic_eval_set((8, 8, 1)).inputs.values()
     assert tflite.fidelity["eval_samples"] == len(synthetic)
     outputs, _ = _interpreter_outputs(tflite.path, synthetic)
     reference = digits["model"].predict(synthetic, verbose=0)

@@ -97,9 +97,10 @@ def test_pt_subset_converts(pt_subset):
 def test_coreml_float32_weights_are_the_torch_parameters(pt2_all, torch_digits, tmp_path):
     (fp32,) = [r for r in pt2_all if r.name == "coreml-fp32"]
     spec, weights = _coreml_weights(fp32.path, tmp_path)
+    # The program's own input name (nn.Sequential's forward parameter); an unnamed output is output_0.
     assert [f.name for f in spec.description.input] == ["input"]
     assert tuple(spec.description.input[0].type.multiArrayType.shape) == (1, 1, 8, 8)
-    assert [f.name for f in spec.description.output] == ["output"]
+    assert [f.name for f in spec.description.output] == ["output_0"]
     params = [p.detach().numpy().astype(np.float32) for p in torch_digits["model"].parameters()]
     found = [w.astype(np.float32) for w, _, _ in weights if w.size > 1]
     big = [p for p in params if p.size > 1]

@@ -282,3 +282,37 @@ def test_retry_a_failed_conversion_and_watch_it_finish(page, tmp_path):
     finally:
         services.jobs.stop()
         services.store.engine.dispose()
+
+
+def test_a_reader_sees_one_line_per_output_and_the_signature(page, live_server, services):
+    from tests.test_dashboard_pages import TWO_OUTPUT_FIDELITY, TWO_OUTPUT_SIGNATURE
+
+    version = make_ready_version(services, "detector", variants={
+        "tflite-fp32": {"format": "tflite", "size": 3000}})
+    v = version.variants[0]
+    services.store.record_variant(
+        services.store.version_id("detector", version.version), name=v.name, format=v.format,
+        sha256=v.sha256, size=v.size, target_path=v.target_path, fidelity=TWO_OUTPUT_FIDELITY,
+        reference_latency_ms=None, servable=True, reason=None, error=None,
+        signature=TWO_OUTPUT_SIGNATURE)
+    reader = services.store.create_token("reader", "viewer").token
+    sign_in(page, live_server.base_url, reader)
+    page.get_by_role("link", name="detector", exact=True).click()
+    page.get_by_role("link", name=f"v{version.version}", exact=True).first.click()
+    page.get_by_role("heading", name="Signature").wait_for()
+    variants = page.get_by_role("table").nth(1)
+    boxes = variants.get_by_role("row").filter(has=page.get_by_role("cell", name="boxes", exact=True))
+    scores = variants.get_by_role("row").filter(has=page.get_by_role("cell", name="scores", exact=True))
+    assert boxes.get_by_role("cell", name="regression", exact=True).is_visible()
+    assert boxes.get_by_role("cell", name="0.0123", exact=True).is_visible()
+    assert scores.get_by_role("cell", name="classification", exact=True).is_visible()
+    assert scores.get_by_role("cell", name="0.9876", exact=True).is_visible()
+    # One variant cell spans both output lines.
+    assert variants.get_by_role("cell", name="tflite-fp32", exact=True).count() == 1
+    signature = page.locator("table#signature")
+    tokens = signature.get_by_role("row").filter(has=page.get_by_role("cell", name="tokens"))
+    assert "narrowed from int64" in tokens.inner_text()
+    assert signature.get_by_role("cell", name="[?, 8, 8, 1]", exact=True).is_visible()
+    _shot(page, "version-signature")
+    served = _api(live_server, reader, f"/v1/models/detector/versions/{version.version}")
+    assert served["variants"][0]["signature"]["inputs"][1]["narrowed_from"] == "int64"

@@ -155,3 +155,44 @@ def test_experiment_coverage_pause_and_resume_through_the_confirmation_pages(app
     bad = client.get("/dashboard/experiments/ab/coverage?coverage_percent=150")
     assert bad.status_code == 400 and ">Confirm</button>" not in bad.get_data(as_text=True)
     assert client.get("/dashboard/experiments/ab/explode").status_code == 404
+
+
+TWO_OUTPUT_FIDELITY = {
+    "top1_agreement": None, "max_abs_error": 0.012, "mean_abs_error": 0.004, "relative_rmse": 0.0123,
+    "outputs": {"boxes": {"task": "regression", "max_abs_error": 0.012, "mean_abs_error": 0.004,
+                          "relative_rmse": 0.0123},
+                "scores": {"task": "classification", "top1_agreement": 0.9876, "accuracy": 0.91,
+                           "source_accuracy": 0.92, "accuracy_drop": 1.0}}}
+TWO_OUTPUT_SIGNATURE = {
+    "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 8, 8, 1]},
+               {"name": "tokens", "dtype": "int32", "shape": [None, 12], "narrowed_from": "int64"}],
+    "outputs": [{"name": "boxes", "dtype": "float32", "shape": [None, 4]},
+                {"name": "scores", "dtype": "float32", "shape": [None, 3]}]}
+
+
+def test_version_page_shows_one_line_per_output_and_the_signature(app, services, admin_token):
+    version = make_ready_version(services, "detector", variants={
+        "tflite-fp32": {"format": "tflite", "size": 3000, "signature": TWO_OUTPUT_SIGNATURE},
+        "tflite-fp16": {"format": "tflite", "size": 2000}})
+    vid = services.store.version_id("detector", version.version)
+    services.store.record_variant(
+        vid, name="tflite-fp32", format="tflite", sha256=version.variants[0].sha256, size=3000,
+        target_path=version.variants[0].target_path, fidelity=TWO_OUTPUT_FIDELITY,
+        reference_latency_ms=None, servable=True, reason=None, error=None,
+        signature=TWO_OUTPUT_SIGNATURE)
+    html = app.test_client().get(f"/dashboard/models/detector/versions/{version.version}",
+                                 headers=_bearer(admin_token)).get_data(as_text=True)
+    rows = re.findall(r'<tr class="variant-output" data-variant="([^"]+)" data-output="([^"]+)">'
+                      r'(.*?)</tr>', html, re.S)
+    assert [(v, o) for v, o, _ in rows] == [("tflite-fp32", "boxes"), ("tflite-fp32", "scores"),
+                                            ("tflite-fp16", "-")]
+    boxes, scores = rows[0][2], rows[1][2]
+    assert "regression" in boxes and "0.0123" in boxes and 'rowspan="2"' in boxes
+    assert "classification" in scores and "0.9876" in scores and "0.9100" in scores
+    tensors = re.findall(r'<tr class="tensor" data-kind="(\w+)" data-name="([^"]+)">(.*?)</tr>',
+                         html, re.S)
+    assert [(k, n) for k, n, _ in tensors] == [("input", "image"), ("input", "tokens"),
+                                              ("output", "boxes"), ("output", "scores")]
+    assert "[?, 8, 8, 1]" in tensors[0][2]
+    assert "narrowed from int64" in tensors[1][2]
+    assert "tflite-fp32" in tensors[0][2]  # only that variant has it: the block names it

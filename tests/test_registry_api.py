@@ -146,16 +146,23 @@ def test_patch_metadata_merges_and_is_audited(api, admin_api):
 
 
 def test_eval_set_stored_and_size_limited(tmp_path):
+    import io
+
+    import numpy as np
+
     from registry.app import create_app
     from tests.helpers import ApiClient, base_settings
 
-    app = create_app(base_settings(tmp_path, max_eval_bytes=100))
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((2, 2), np.float32))  # 272 bytes
+    npz = buf.getvalue()
+    app = create_app(base_settings(tmp_path, max_eval_bytes=len(npz)))
     svc = app.extensions["modeldrop"]
     api = ApiClient(app.test_client(), svc.store.create_token("publisher").token)
-    assert_problem(api.upload("digits", b"m", eval_bytes=b"e" * 101), 413, "upload_too_large")
+    assert_problem(api.upload("digits", b"m", eval_bytes=npz + b"e"), 413, "upload_too_large")
     assert svc.store.list_models() == []
-    body = api.upload("digits", b"m", eval_bytes=b"e" * 100).get_json()
-    assert body["source"]["eval_sha256"] == hashlib.sha256(b"e" * 100).hexdigest()
+    body = api.upload("digits", b"m", eval_bytes=npz).get_json()
+    assert body["source"]["eval_sha256"] == hashlib.sha256(npz).hexdigest()
 
 
 def test_json_body_instead_of_multipart(api):
@@ -199,3 +206,41 @@ def test_a_405_is_a_problem_that_says_which_methods_are_allowed(app, method, pat
     resp = app.test_client().open(path, method=method)
     assert_problem(resp, 405, "method_not_allowed")
     assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
+
+
+def test_model_max_relative_rmse_is_set_validated_cleared_and_audited(api, admin_api, services):
+    api.upload("boxes", b"v1")
+    resp = api.patch("/v1/models/boxes", json={"max_relative_rmse": 0.02})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["max_relative_rmse"] == 0.02
+    assert api.get("/v1/models/boxes").get_json()["max_relative_rmse"] == 0.02
+    assert services.store.model_max_relative_rmse(services.store.version_id("boxes", 1)) == 0.02
+    for bad in (-0.1, 101, "0.1", True):
+        body = assert_problem(api.patch("/v1/models/boxes", json={"max_relative_rmse": bad}),
+                              400, "validation_error")
+        assert body["field"] == "max_relative_rmse"
+    resp = api.patch("/v1/models/boxes", data='{"max_relative_rmse": Infinity}',
+                     content_type="application/json")
+    assert resp.status_code == 400
+    assert api.get("/v1/models/boxes").get_json()["max_relative_rmse"] == 0.02
+    assert api.patch("/v1/models/boxes", json={"max_relative_rmse": None}).get_json()[
+        "max_relative_rmse"] is None  # null clears: the server's default applies again
+    entries = admin_api.get("/v1/audit?action=model.update").get_json()["items"]
+    assert entries[0]["details"]["max_relative_rmse"] == {"from": 0.02, "to": None}
+    assert entries[1]["details"]["max_relative_rmse"] == {"from": None, "to": 0.02}
+
+
+def test_max_relative_rmse_precedence_upload_then_model_then_server(api, services):
+    from registry.jobs.runner import max_relative_rmse
+
+    api.upload("boxes", b"v1")
+    api.upload("boxes", b"v2", metadata={"max_relative_rmse": 0.2})
+    v1 = services.store.get_version("boxes", 1)
+    v2 = services.store.get_version("boxes", 2)
+    id1, id2 = services.store.version_id("boxes", 1), services.store.version_id("boxes", 2)
+    assert max_relative_rmse(services, v1, id1) == services.settings.max_relative_rmse == 0.05
+    assert api.patch("/v1/models/boxes", json={"max_relative_rmse": 0.01}).status_code == 200
+    assert max_relative_rmse(services, v1, id1) == 0.01  # the model's setting
+    assert max_relative_rmse(services, v2, id2) == 0.2  # the upload's own wins
+    api.patch("/v1/models/boxes", json={"max_relative_rmse": None})
+    assert max_relative_rmse(services, v1, id1) == 0.05  # cleared: the server's again

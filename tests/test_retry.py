@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, npz_bytes
 
 
 def _failed_version(services, data: bytes = b"k" * 5000) -> tuple[int, str]:
@@ -30,7 +30,7 @@ def test_retry_route_queues_a_new_job_with_the_new_eval_set_and_metadata(app, se
     number, old_job = _failed_version(services)
     client = app.test_client()
     auth = {"Authorization": f"Bearer {publisher_token}"}
-    eval_bytes = b"a fixed eval set"
+    eval_bytes = npz_bytes(3)
     resp = client.post(f"/v1/models/digits/versions/{number}/retry", headers=auth,
                        data={"eval": (io.BytesIO(eval_bytes), "eval.npz"),
                              "metadata": json.dumps({"description": "fixed"}), "reason": "fixed x"},
@@ -64,7 +64,7 @@ def test_repushing_a_failed_versions_bytes_points_at_retry(app, services, publis
     number, _ = _failed_version(services, data)
     resp = app.test_client().post(
         "/v1/models/digits/versions", headers={"Authorization": f"Bearer {publisher_token}"},
-        data={"file": (io.BytesIO(data), "model.keras"), "eval": (io.BytesIO(b"new eval"), "eval.npz")},
+        data={"file": (io.BytesIO(data), "model.keras"), "eval": (io.BytesIO(npz_bytes(4)), "eval.npz")},
         content_type="multipart/form-data")
     problem = assert_problem(resp, 409, "version_failed")
     assert f"modeldrop retry digits {number}" in problem["detail"]
@@ -76,7 +76,7 @@ def test_cli_retry(cli, tmp_path):
     services = cli.server.services
     number, _ = _failed_version(services)
     fixed = tmp_path / "eval.npz"
-    fixed.write_bytes(b"fixed eval")
+    fixed.write_bytes(npz_bytes(5))
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"description": "retried"}))
     out = cli("retry", "digits", str(number), "--eval", str(fixed), "--metadata", str(meta),
@@ -84,6 +84,6 @@ def test_cli_retry(cli, tmp_path):
     assert out.startswith(f"digits version {number}: conversion queued again (job ")
     version = services.store.get_version("digits", number)
     assert version.status == "uploaded" and version.metadata["description"] == "retried"
-    assert version.source["eval_sha256"] == hashlib.sha256(b"fixed eval").hexdigest()
+    assert version.source["eval_sha256"] == hashlib.sha256(npz_bytes(5)).hexdigest()
     again = cli("retry", "digits", str(number), ok=False)
     assert again.exit_code == 1 and "[version_not_failed]" in again.output

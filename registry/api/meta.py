@@ -143,7 +143,7 @@ DESCRIPTIONS: dict[str, dict] = {
     "models.list_models": {"summary": "List models", "response": "ModelOut", "list": True},
     "models.get_model": {"summary": "One model", "response": "ModelOut"},
     "models.patch_model": {"summary": "Model-wide settings: description, "
-                                      "accuracy_drop_threshold_pp (audited)",
+                                      "accuracy_drop_threshold_pp, max_relative_rmse (audited)",
                            "request": "ModelPatch", "response": "ModelOut"},
     "models.create_version": {
         "summary": "Upload a model version (multipart: file, metadata JSON, optional eval .npz, "

@@ -165,20 +165,66 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _output_rows(fid: dict) -> list[tuple[str, str, str, str, str, str]]:
+    """(output, task, agreement, accuracy, drop, relative RMSE) per output: one row per output
+    where the fidelity lists several, else one row from the top-level figures."""
+    outputs = fid.get("outputs") if isinstance(fid.get("outputs"), dict) else {}
+    if len(outputs) > 1:
+        tables = [(name, f if isinstance(f, dict) else {}) for name, f in outputs.items()]
+    else:
+        only = next(iter(outputs.values()), {}) if outputs else {}
+        tables = [(next(iter(outputs), "-"), {**(only if isinstance(only, dict) else {}), **fid})]
+    return [(name, f.get("task") or "-", _fmt(f.get("top1_agreement")), _fmt(f.get("accuracy")),
+             _fmt(f.get("accuracy_drop")), _fmt(f.get("relative_rmse"))) for name, f in tables]
+
+
 def _variant_table(version: dict) -> str:
     rows = []
     for v in version.get("variants", []):
         fid = v.get("fidelity") or {}
         lat = v.get("reference_latency_ms") or {}
-        rows.append((v["name"], human_size(v.get("size")), _fmt(fid.get("top1_agreement")),
-                     _fmt(fid.get("accuracy")), _fmt(fid.get("accuracy_drop")),
-                     _fmt(fid.get("weight_rel_error")),
-                     f"{_fmt(lat.get('p50'))}/{_fmt(lat.get('p90'))}" if lat else "-",
-                     "yes" if v["servable"] else "no", v.get("reason") or ""))
+        for i, (output, task, agree, acc, drop, rmse) in enumerate(_output_rows(fid)):
+            if i == 0:
+                rows.append((v["name"], human_size(v.get("size")), output, task, agree, acc, drop,
+                             rmse, _fmt(fid.get("weight_rel_error")),
+                             f"{_fmt(lat.get('p50'))}/{_fmt(lat.get('p90'))}" if lat else "-",
+                             "yes" if v["servable"] else "no", v.get("reason") or ""))
+            else:  # a further output of the same variant
+                rows.append(("", "", output, task, agree, acc, drop, rmse, "", "", "", ""))
     if not rows:
         return "(no variants yet)"
-    return table(["VARIANT", "SIZE", "AGREE", "ACC", "DROP(pp)", "W-ERR", "SERVER p50/p90 ms",
-                  "SERVABLE", "REASON"], rows)
+    return table(["VARIANT", "SIZE", "OUTPUT", "TASK", "AGREE", "ACC", "DROP(pp)", "REL-RMSE",
+                  "W-ERR", "SERVER p50/p90 ms", "SERVABLE", "REASON"], rows)
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape or []) + "]"
+
+
+def _signature_table(version: dict) -> str | None:
+    """The inputs and outputs each variant's artifact has; variants with the same signature
+    share one block. None when no variant has one (converted before signatures were kept)."""
+    groups: dict[str, list[str]] = {}
+    signatures: dict[str, dict] = {}
+    for v in version.get("variants", []):
+        if v.get("signature"):
+            key = json.dumps(v["signature"], sort_keys=True)
+            groups.setdefault(key, []).append(v["name"])
+            signatures[key] = v["signature"]
+    if not groups:
+        return None
+    rows = []
+    for key, names in groups.items():
+        every = len(groups) == 1 and len(names) == len(version.get("variants", []))
+        label = "all variants" if every else ", ".join(names)
+        for side in ("inputs", "outputs"):
+            for t in signatures[key].get(side) or []:
+                dtype = t.get("dtype", "")
+                if t.get("narrowed_from"):
+                    dtype += f" (from {t['narrowed_from']})"
+                rows.append((label, side[:-1], t.get("name", ""), dtype, _dims(t.get("shape"))))
+                label = ""
+    return table(["SIGNATURE", "KIND", "TENSOR", "DTYPE", "SHAPE"], rows)
 
 
 @click.command()
@@ -212,6 +258,10 @@ def show(ctx, name, number, as_json) -> None:
     click.echo(table(["FIELD", "VALUE"], rows))
     click.echo("")
     click.echo(_variant_table(v))
+    signature = _signature_table(v)
+    if signature:
+        click.echo("")
+        click.echo(signature)
     if latency and latency.get("items"):
         click.echo("")
         click.echo(table(["VARIANT", "DEVICE", "N", "p50 ms", "p90 ms", "p99 ms", "UPLOADED ms"],

@@ -44,6 +44,8 @@ def convert_version(
     progress: Callable[[int, int, str], None] | None = None,
     max_extract_bytes: int = 8 << 30,
     check_ops: bool = True,
+    declared: dict | None = None,
+    max_relative_rmse: float = 0.05,
 ) -> list[VariantResult]:
     """Convert one uploaded model version into device variants and measure each.
 
@@ -52,13 +54,14 @@ def convert_version(
     usual ``if __name__ == "__main__":`` guard.
 
     Args:
-        source_path: ``.keras``, ``.h5`` or ``.zip`` (a zipped SavedModel directory
-            with a ``serving_default`` signature).
+        source_path: ``.keras``, ``.h5``, ``.zip`` (a zipped SavedModel directory
+            with a ``serving_default`` signature), ``.pt2`` or ``.pt``.
         workdir: scratch directory owned by the caller; artifacts land in
             ``workdir/variants/<variant>.<extension>``.
         variants: names from the catalogue; None builds all of them.
-        eval_path: ``.npz`` with ``x`` (N, *input shape) and optional integer ``y``.
-            Without it a fixed-seed synthetic set is used (agreement only).
+        eval_path: ``.npz`` with one array per input name (``x`` for a single input),
+            (N, *input shape), and optional integer labels ``y`` / ``y__<output>``.
+            Without it a fixed-seed synthetic set is used (agreement and errors only).
         accuracy_drop_threshold_pp: a TFLite variant whose accuracy drop (or, without
             labels, top-1 disagreement) exceeds this many percentage points is not
             servable.
@@ -69,6 +72,13 @@ def convert_version(
         max_extract_bytes: a zipped SavedModel may not expand beyond this (bytes).
         check_ops: refuse a SavedModel whose graph reads or writes files, opens
             connections or runs Python before loading it (``_opcheck``).
+        declared: the metadata's declared ``{"input": [...], "output": [...]}``
+            (TensorSignature dicts: name, shape, dtype, optional task). A declared list
+            that differs from the model is a ConversionError naming the tensor; an
+            output's ``task`` sets how its fidelity is judged; PyTorch outputs without
+            names of their own take the declared output names.
+        max_relative_rmse: a TFLite variant whose regression output has a relative RMSE
+            against the source above this is not servable.
 
     Returns:
         One VariantResult per requested variant, in catalogue order. A variant that
@@ -92,4 +102,6 @@ def convert_version(
         progress=progress,
         max_extract_bytes=max_extract_bytes,
         check_ops=check_ops,
+        declared=declared,
+        max_relative_rmse=max_relative_rmse,
     )

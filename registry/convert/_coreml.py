@@ -20,8 +20,7 @@ import numpy as np
 from ._fidelity import relative_l2
 from ._source import SIGNATURE_KEY, ModelSignature
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
+INPUT_NAME = "input"  # only for check_package's single-shape form
 PALETTE_BITS = {"coreml-palettized-6bit": 6, "coreml-palettized-4bit": 4}
 # Which built package a derived variant starts from. Palettizing from fp16 is ~3x
 # faster than from fp32 and ends in the same fp16 look-up tables.
@@ -49,8 +48,7 @@ def convert_coreml(
         if signature.framework == "torch":
             from ._torch import convert_coreml as convert_torch_coreml
 
-            mlmodel = convert_torch_coreml(Path(signature.saved_model_dir), signature.input_shape, precision,
-                                           INPUT_NAME, OUTPUT_NAME)
+            mlmodel = convert_torch_coreml(Path(signature.saved_model_dir), signature, precision)
         else:
             mlmodel = _convert_saved_model(signature, precision)
     else:
@@ -86,34 +84,48 @@ def convert_coreml(
 
 
 def _convert_saved_model(signature: ModelSignature, precision):
-    """Convert through a tf.function with a named batch-1 TensorSpec.
+    """Convert through a tf.function with named batch-1 TensorSpecs, one per input.
 
     ``ct.convert`` rejects Sequential models and multi-signature SavedModels given
-    directly; a single concrete function around the serving signature works for both.
+    directly; a single concrete function around the serving signature works for both. Its
+    outputs are a list in the source's order, renamed after the source's outputs.
     """
     import coremltools as ct
     import tensorflow as tf
 
+    from ._torch import coreml_input_dtype
+
     loaded = tf.saved_model.load(signature.saved_model_dir)
     serving = loaded.signatures[SIGNATURE_KEY]
+    names = [t.name for t in signature.inputs]
+    output_names = [t.name for t in signature.outputs]
 
     @tf.function
-    def forward(x):
-        return serving(**{signature.input_name: x})[signature.output_name]
+    def forward(*args):
+        result = serving(**dict(zip(names, args)))
+        return [result[name] for name in output_names]
 
-    shape = (1, *signature.input_shape)
-    concrete = forward.get_concrete_function(tf.TensorSpec(shape, tf.float32, name=INPUT_NAME))
+    specs = [tf.TensorSpec((1, *t.shape), getattr(tf, t.dtype), name=t.name) for t in signature.inputs]
+    concrete = forward.get_concrete_function(*specs)
+    target = {"minimum_deployment_target": ct.target.iOS16} if any(
+        t.dtype == "float16" for t in signature.inputs) else {}
     mlmodel = ct.convert(
         [concrete],
         source="tensorflow",
         convert_to="mlprogram",
-        inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)],
+        inputs=[ct.TensorType(name=t.name, shape=(1, *t.shape), dtype=coreml_input_dtype(t))
+                for t in signature.inputs],
         compute_precision=precision,
+        **target,
     )
     spec = mlmodel.get_spec()
-    (current,) = [out.name for out in spec.description.output]
-    if current != OUTPUT_NAME:
-        ct.utils.rename_feature(spec, current, OUTPUT_NAME)
+    current = [out.name for out in spec.description.output]
+    if len(current) != len(output_names):
+        raise ValueError(f"the Core ML model has {len(current)} outputs, the source {len(output_names)}")
+    if current != output_names:
+        for old, new in zip(current, output_names):
+            if old != new:
+                ct.utils.rename_feature(spec, old, new)
         mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
     return mlmodel
 
@@ -230,23 +242,28 @@ def weight_tensors(program) -> list[tuple[str, np.ndarray]]:
 
 
 def check_package(
-    zip_path: Path, reference_weights: list[tuple[str, np.ndarray]] | None, input_shape: tuple[int, ...]
+    zip_path: Path, reference_weights: list[tuple[str, np.ndarray]] | None, inputs
 ) -> dict:
     """Validate the shipped zip and measure its weights against the float32 program.
 
-    Raises on anything that would stop a device from loading it: the zip does not
-    extract, the package does not reload, it is not an mlprogram, its program fails type
-    inference, or its input is not the expected ``input`` tensor.
+    ``inputs`` are the source's TensorSpecs (or, as before, one input shape for an input
+    named ``input``). Raises on anything that would stop a device from loading it: the
+    zip does not extract, the package does not reload, it is not an mlprogram, its
+    program fails type inference, or its inputs are not the source's names with batch-1
+    shapes.
     """
     with tempfile.TemporaryDirectory(prefix="modeldrop-coreml-check-") as tmp:
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(tmp)  # our own artifact, written just now by zip_package
         (package,) = list(Path(tmp).glob("*.mlpackage"))
         spec, program = _load_program(package)
-        inputs = {feature.name: tuple(feature.type.multiArrayType.shape) for feature in spec.description.input}
-        expected = {INPUT_NAME: (1, *input_shape)}
-        if inputs != expected:
-            raise ValueError(f"package inputs {inputs} differ from the expected {expected}")
+        found = {feature.name: tuple(feature.type.multiArrayType.shape) for feature in spec.description.input}
+        if isinstance(inputs, tuple) and all(isinstance(d, int) for d in inputs):
+            expected = {INPUT_NAME: (1, *inputs)}
+        else:
+            expected = {t.name: (1, *t.shape) for t in inputs}
+        if found != expected:
+            raise ValueError(f"package inputs {found} differ from the expected {expected}")
         report = {"spec_valid": True, "reloaded": True, "spec_version": int(spec.specificationVersion)}
         report.update(_weight_error(weight_tensors(program), reference_weights))
     return report

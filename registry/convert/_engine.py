@@ -20,15 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _coreml, _fidelity, _tasks, _tflite
+from . import _coreml, _fidelity, _signature, _tasks, _tflite
 from ._evalset import EvalSet, load_eval_set, synthetic_eval_set
-from ._source import MAX_SAVEDMODEL_BYTES, ModelSignature, load_source
+from ._source import MAX_SAVEDMODEL_BYTES, ModelSignature, check_declared, load_source
 from ._tasks import ConvertTask, TaskOutcome, describe_error, run_task
 from .catalog import VARIANTS, ConversionError, VariantResult, validate_variants
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]
+DEFAULT_MAX_RELATIVE_RMSE = 0.05  # regression outputs: RMSE of the difference / RMS of the source
 
 # Start the long tasks and the ones others depend on first, so two workers stay busy.
 _SCHEDULE_ORDER = (
@@ -60,6 +61,8 @@ def convert_version(
     progress: ProgressFn | None = None,
     max_extract_bytes: int = MAX_SAVEDMODEL_BYTES,
     check_ops: bool = True,
+    declared: dict | None = None,
+    max_relative_rmse: float = DEFAULT_MAX_RELATIVE_RMSE,
 ) -> list[VariantResult]:
     """See registry.convert.convert_version."""
     names = validate_variants(variants)
@@ -69,6 +72,8 @@ def convert_version(
         raise ValueError("max_parallel must be at least 1")
     if not accuracy_drop_threshold_pp >= 0:
         raise ValueError("accuracy_drop_threshold_pp must be a number >= 0")
+    if not max_relative_rmse >= 0:
+        raise ValueError("max_relative_rmse must be a number >= 0")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     build_dir = workdir / "build"
@@ -79,26 +84,35 @@ def convert_version(
     # Start the workers first: their imports overlap the parent's load and export.
     framework = "torch" if Path(source_path).suffix.lower() in (".pt2", ".pt") else "tensorflow"
     executor = _start_pool(workers, framework) if workers > 1 else _InlineExecutor()
+    declared = declared or {}
+    declared_outputs = [t for t in declared.get("output") or [] if isinstance(t, dict)]
     try:
         source = load_source(Path(source_path), workdir, max_extract_bytes=max_extract_bytes,
-                             check_ops=check_ops, eval_path=Path(eval_path) if eval_path is not None else None)
+                             check_ops=check_ops, eval_path=Path(eval_path) if eval_path is not None else None,
+                             output_names=[str(t.get("name")) for t in declared_outputs] or None)
         signature = source.signature
+        check_declared(signature, declared)
         evalset = (
-            load_eval_set(Path(eval_path), signature.input_shape)
+            load_eval_set(Path(eval_path), signature.inputs, signature.outputs)
             if eval_path is not None
-            else synthetic_eval_set(signature.input_shape)
+            else synthetic_eval_set(signature.inputs, signature.int_high)
         )
-        reference = source.predict(evalset.x)
+        reference = source.predict(evalset.inputs)
         del source  # the parent no longer needs the model itself; workers load the SavedModel
-        if evalset.y is not None and _fidelity.top1(reference).shape != evalset.y.shape:
-            raise ConversionError(
-                f"evaluation labels have shape {evalset.y.shape} but the model predicts classes of shape "
-                f"{_fidelity.top1(reference).shape}"
-            )
+        declared_tasks = {str(t.get("name")): t.get("task") for t in declared_outputs}
+        labels = resolve_labels(evalset.labels, reference, declared_tasks)
+        tasks = _fidelity.output_tasks(reference, declared_tasks, set(labels))
+        for name, y in labels.items():
+            if tasks[name] != _fidelity.CLASSIFICATION:
+                raise ConversionError(f"the eval set labels output {name!r}, which is declared {tasks[name]}")
+            expected = _fidelity.top1(reference[name]).shape
+            if y.shape != expected:
+                raise ConversionError(f"evaluation labels for output {name!r} have shape {y.shape} but the model "
+                                      f"predicts classes of shape {expected}")
         calibration_path = None
         if "tflite-int8-full" in names:
-            calibration_path = build_dir / "calibration.npy"
-            np.save(calibration_path, evalset.calibration_inputs())
+            calibration_path = build_dir / "calibration.npz"
+            np.savez(calibration_path, **evalset.calibration_inputs())
 
         run = _Run(
             names=names,
@@ -106,7 +120,10 @@ def convert_version(
             workdir=workdir,
             evalset=evalset,
             reference=reference,
+            labels=labels,
+            tasks=tasks,
             threshold_pp=float(accuracy_drop_threshold_pp),
+            max_relative_rmse=float(max_relative_rmse),
             latency_runs=latency_runs,
             calibration_path=calibration_path,
             progress=progress,
@@ -114,6 +131,32 @@ def convert_version(
         return run.execute(executor, builds, workers)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def resolve_labels(labels: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                   declared_tasks: dict[str, str | None]) -> dict[str, np.ndarray]:
+    """Tie the eval set's ``y`` to an output: the model's only output; else the one output
+    declared ``classification``; else the one softmax-like output. ``y__<name>`` labels
+    are already tied."""
+    resolved = {name: y for name, y in labels.items() if name != "y"}
+    if "y" not in labels:
+        return resolved
+    outputs = list(reference)
+    if len(outputs) == 1:
+        target = outputs[0]
+    else:
+        declared = [n for n in outputs if declared_tasks.get(n) == _fidelity.CLASSIFICATION]
+        likely = [n for n in outputs if declared_tasks.get(n) is None and _fidelity.softmax_like(reference[n])]
+        candidates = declared if declared else likely
+        if len(candidates) != 1:
+            raise ConversionError(
+                "the eval set's 'y' could label any of the outputs "
+                f"{', '.join(repr(n) for n in candidates or outputs)}; name its output: y__<output name>")
+        target = candidates[0]
+    if target in resolved:
+        raise ConversionError(f"the eval set labels output {target!r} twice ('y' and 'y__{target}')")
+    resolved[target] = labels["y"]
+    return resolved
 
 
 def plan_builds(names: list[str]) -> list[str]:
@@ -156,7 +199,8 @@ class _Run:
     """State of one convert_version call."""
 
     def __init__(self, *, names, signature: ModelSignature, workdir: Path, evalset: EvalSet,
-                 reference: np.ndarray, threshold_pp: float, latency_runs: int,
+                 reference: dict[str, np.ndarray], labels: dict[str, np.ndarray], tasks: dict[str, str],
+                 threshold_pp: float, max_relative_rmse: float, latency_runs: int,
                  calibration_path: Path | None, progress: ProgressFn | None):
         self.names = names
         self.signature = signature
@@ -165,7 +209,10 @@ class _Run:
         self.artifact_dir = workdir / "variants"
         self.evalset = evalset
         self.reference = reference
+        self.labels = labels
+        self.tasks = tasks
         self.threshold_pp = threshold_pp
+        self.max_relative_rmse = max_relative_rmse
         self.latency_runs = latency_runs
         self.calibration_path = calibration_path
         self.progress = progress
@@ -292,21 +339,27 @@ class _Run:
         name = outcome.variant
         try:
             result = self._artifact_result(outcome)
-            outputs = _tflite.run_tflite(result.path, self.evalset.x)
+            result.signature = self._read_signature(_signature.tflite_signature, result.path)
+            outputs = _tflite.run_tflite(result.path, self.evalset.inputs, [t.name for t in self.signature.outputs])
             result.fidelity = _fidelity.output_fidelity(
-                self.reference, outputs, labels=self.evalset.y, eval_source=self.evalset.source
+                self.reference, outputs, labels=self.labels, eval_source=self.evalset.source, tasks=self.tasks
             )
-            result.servable, result.reason = _fidelity.tflite_servability(result.fidelity, self.threshold_pp)
+            result.servable, result.reason = _fidelity.tflite_servability(
+                result.fidelity, self.threshold_pp, self.max_relative_rmse)
         except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
             self._fail(name, exc, "interpreter check failed")
             return
         self.results[name] = result
 
+    def _read_signature(self, reader, path: Path) -> dict:
+        """The artifact's own signature, ``narrowed_from`` where the source's dtype was wider."""
+        return _signature.mark_narrowed(reader(path), self.signature.as_dict())
+
     def _measure_latency(self, name: str) -> None:
         result = self.results[name]
         if result.error is None:
             try:
-                timings = _tflite.time_tflite(result.path, self.evalset.x[0], self.latency_runs)
+                timings = _tflite.time_tflite(result.path, self.evalset.first_sample(), self.latency_runs)
                 result.reference_latency_ms = _fidelity.latency_summary(timings)
             except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
                 self._fail(name, exc, "latency measurement failed")
@@ -316,8 +369,9 @@ class _Run:
         name = outcome.variant
         try:
             result = self._artifact_result(outcome)
-            report = _coreml.check_package(result.path, self.reference_weights, self.signature.input_shape)
-            result.fidelity = _fidelity.coreml_fidelity(report)
+            result.signature = self._read_signature(_signature.coreml_signature, result.path)
+            report = _coreml.check_package(result.path, self.reference_weights, self.signature.inputs)
+            result.fidelity = _fidelity.coreml_fidelity(report, [t.name for t in self.signature.outputs])
             result.servable, result.reason = True, None  # validated and reloaded
         except Exception as exc:  # noqa: BLE001 - a failed step fails this variant only
             self._fail(name, exc, "package check failed")

@@ -71,7 +71,7 @@ def run_task(task: ConvertTask) -> TaskOutcome:
             if task.signature.framework == "torch":
                 from ._torch import convert_tflite as convert_torch_tflite
 
-                convert_torch_tflite(Path(task.signature.saved_model_dir), task.signature.input_shape,
+                convert_torch_tflite(Path(task.signature.saved_model_dir), task.signature,
                                      task.variant, artifact, Path(task.build_dir), calibration)
             else:
                 convert_tflite(task.signature, task.variant, artifact, calibration)

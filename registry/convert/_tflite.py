@@ -45,15 +45,18 @@ def convert_tflite(
     elif variant == "tflite-int8-full":
         if calibration_path is None:
             raise ValueError("tflite-int8-full needs calibration inputs")
-        calibration = np.load(calibration_path)
+        calibration = load_calibration(calibration_path)
+        count = len(next(iter(calibration.values())))
 
         def representative_dataset():
-            for sample in calibration:
-                yield [sample[None, ...]]
+            # One dict per sample, keyed by input name: several inputs need no order.
+            for index in range(count):
+                yield {name: x[index:index + 1] for name, x in calibration.items()}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # Float inputs and outputs become int8; integer inputs (token ids) stay as they are.
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     else:
@@ -64,6 +67,12 @@ def convert_tflite(
     return out_path
 
 
+def load_calibration(path: Path) -> dict[str, np.ndarray]:
+    """The calibration inputs the parent saved (``np.savez``, one array per input name)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
 def _interpreter(model_path: Path, num_threads: int | None):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -71,57 +80,102 @@ def _interpreter(model_path: Path, num_threads: int | None):
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float inputs to the tensor's dtype using its (scale, zero_point); floats pass through."""
+    """Inputs to the tensor's dtype: a quantized tensor (scale > 0) takes floats through its
+    (scale, zero_point); anything else (floats, token ids) is a plain cast."""
     dtype = detail["dtype"]
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype, copy=False)
     scale, zero_point = detail["quantization"]
+    if not np.issubdtype(dtype, np.integer) or not scale:
+        return np.asarray(x).astype(dtype, copy=False)
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
 def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
-    """Integer outputs back to float with the tensor's (scale, zero_point)."""
-    if not np.issubdtype(detail["dtype"], np.integer):
-        return y.astype(np.float32, copy=False)
+    """Quantized outputs back to float with the tensor's (scale, zero_point); others as they are."""
     scale, zero_point = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer) or not scale:
+        return y
     return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def run_tflite(model_path: Path, x: np.ndarray) -> np.ndarray:
-    """Run the interpreter over every sample and return float outputs (dequantized)."""
+def _tensors(interpreter, expected_inputs, expected_outputs):  # outputs None: not checked
+    """(input details, output details), each {source name: detail}, matched by name.
+
+    Names come from the model's one signature (what the converters write, named after the
+    source's tensors); a model without a signature and a single input/output pairs by
+    position. Anything else is refused rather than guessed.
+    """
+    by_index_in = {int(d["index"]): d for d in interpreter.get_input_details()}
+    by_index_out = {int(d["index"]): d for d in interpreter.get_output_details()}
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        inputs = {name: by_index_in[int(d["index"])] for name, d in runner.get_input_details().items()}
+        outputs = {name: by_index_out[int(d["index"])] for name, d in runner.get_output_details().items()}
+    elif len(by_index_in) == len(expected_inputs) == 1 and (
+            expected_outputs is None or len(by_index_out) == len(expected_outputs) == 1):
+        inputs = {expected_inputs[0]: next(iter(by_index_in.values()))}
+        outputs = {(expected_outputs or ["output"])[0]: next(iter(by_index_out.values()))}
+    else:
+        raise ValueError("the TFLite model has no single signature to match its tensors by name")
+    if expected_outputs is None:
+        expected_outputs = list(outputs)
+    if sorted(inputs) != sorted(expected_inputs) or sorted(outputs) != sorted(expected_outputs):
+        raise ValueError(f"the TFLite model's tensors (inputs {sorted(inputs)}, outputs {sorted(outputs)}) are not "
+                         f"the source's (inputs {sorted(expected_inputs)}, outputs {sorted(expected_outputs)})")
+    return inputs, outputs
+
+
+def run_tflite(model_path: Path, inputs: dict[str, np.ndarray],
+               output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run the interpreter over every sample; outputs by name (quantized ones dequantized).
+
+    ``inputs`` maps the source's input names to arrays (batch first); ``output_names``
+    are the source's outputs (default: whatever the model has).
+    """
     interpreter = _interpreter(model_path, num_threads=None)
-    (inp,) = interpreter.get_input_details()
-    (out,) = interpreter.get_output_details()
-    # A dynamic batch dimension lets us run chunks; a fixed one means one sample a time.
-    dynamic_batch = int(inp["shape_signature"][0]) == -1
-    batch = eval_batch_size(tuple(x.shape[1:])) if dynamic_batch else int(inp["shape"][0])
+    ins, outs = _tensors(interpreter, list(inputs), list(output_names) if output_names is not None else None)
+    output_names = list(output_names) if output_names is not None else list(outs)
+    # Dynamic batch dimensions let us run chunks; fixed ones mean their batch a time.
+    dynamic_batch = all(int(d["shape_signature"][0]) == -1 for d in ins.values())
+    sample_bytes = sum(x[0].nbytes for x in inputs.values())
+    batches = {int(d["shape"][0]) for d in ins.values()}
+    batch = eval_batch_size(sample_bytes) if dynamic_batch else min(batches)
+    count = len(next(iter(inputs.values())))
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
+    current = None
     if not dynamic_batch:
         interpreter.allocate_tensors()
-    outputs = []
-    current = None
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        if dynamic_batch and current != len(chunk):
-            interpreter.resize_tensor_input(inp["index"], [len(chunk), *map(int, inp["shape"][1:])])
+    for start in range(0, count, batch):
+        chunk = {name: x[start:start + batch] for name, x in inputs.items()}
+        size = len(next(iter(chunk.values())))
+        if dynamic_batch and current != size:
+            for detail in ins.values():
+                interpreter.resize_tensor_input(detail["index"], [size, *map(int, detail["shape"][1:])])
             interpreter.allocate_tensors()
-            current = len(chunk)
-        interpreter.set_tensor(inp["index"], quantize_input(chunk, inp))
+            current = size
+        for name, detail in ins.items():
+            interpreter.set_tensor(detail["index"], quantize_input(chunk[name], detail))
         interpreter.invoke()
-        outputs.append(dequantize_output(interpreter.get_tensor(out["index"]).copy(), out))
-    return np.concatenate(outputs, axis=0)
+        for name in output_names:
+            detail = outs[name]
+            collected[name].append(dequantize_output(interpreter.get_tensor(detail["index"]).copy(), detail))
+    return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
 
 
-def time_tflite(model_path: Path, sample: np.ndarray, runs: int) -> list[float]:
-    """Wall-clock milliseconds of ``runs`` single-input invocations, one thread, after warm-up.
+def time_tflite(model_path: Path, sample: dict[str, np.ndarray], runs: int) -> list[float]:
+    """Wall-clock milliseconds of ``runs`` single-sample invocations, one thread, after warm-up.
 
-    Uses the interpreter's default CPU delegate (XNNPACK for float ops), as a device would.
+    ``sample`` maps input names to batch-1 arrays. Uses the interpreter's default CPU
+    delegate (XNNPACK for float ops), as a device would.
     """
     interpreter = _interpreter(model_path, num_threads=1)
-    (inp,) = interpreter.get_input_details()
-    interpreter.resize_tensor_input(inp["index"], [1, *map(int, inp["shape"][1:])])
+    ins, _ = _tensors(interpreter, list(sample), None)
+    for detail in ins.values():
+        interpreter.resize_tensor_input(detail["index"], [1, *map(int, detail["shape"][1:])])
     interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], quantize_input(sample[None, ...], inp))
+    for name, detail in ins.items():
+        interpreter.set_tensor(detail["index"], quantize_input(sample[name][:1], detail))
     for _ in range(LATENCY_WARMUP_RUNS):
         interpreter.invoke()
     timings = []

@@ -4,8 +4,9 @@ Both formats are reduced to one ``torch.export`` ExportedProgram with static sha
 
 - ``.pt2`` is what ``torch.export.save`` writes; ``torch.export.load`` reads it back.
 - ``.pt`` is a TorchScript archive (``torch.jit.save``). TorchScript records no input
-  shape, so the eval set's ``x`` supplies it; ``TS2EPConverter`` turns the module into an
-  ExportedProgram for litert-torch, and coremltools converts the TorchScript module itself.
+  shapes, so the eval set's arrays (one per ``forward`` parameter, ``x`` for one) supply
+  them; ``TS2EPConverter`` turns the module into an ExportedProgram for litert-torch, and
+  coremltools converts the TorchScript module itself.
 
 TFLite comes from litert-torch (float32), then ai-edge-quantizer for fp16 weights
 (float casting), dynamic int8 and full-integer int8 (static int8 weights and
@@ -40,8 +41,33 @@ def _is_zip(path: Path) -> bool:
         return False
 
 
-def load_program(path: Path, input_shape: tuple[int, ...] | None = None):
+def _torch_dtype(dtype):
+    import torch
+
+    return getattr(torch, dtype)
+
+
+def _dtype_name(dtype, where: str) -> str:
+    from ._source import SUPPORTED_DTYPES
+
+    name = str(dtype).removeprefix("torch.")
+    if name not in SUPPORTED_DTYPES:
+        raise ConversionError(f"{where} is {name}; supported dtypes are {', '.join(SUPPORTED_DTYPES)}")
+    return name
+
+
+def sample_args(inputs, batch: int = 1) -> tuple:
+    """Zero tensors shaped and typed like the inputs, batch first."""
+    import torch
+
+    return tuple(torch.zeros((batch, *spec.shape), dtype=_torch_dtype(spec.dtype)) for spec in inputs)
+
+
+def load_program(path: Path, inputs=None):
     """The upload as an ExportedProgram (and, for TorchScript, the scripted module).
+
+    ``inputs`` (TensorSpecs) are needed for TorchScript, which records no shapes: without
+    them a ``.pt`` returns ``(None, script)``.
 
     Returns:
         (exported_program, script_module_or_None)
@@ -68,78 +94,138 @@ def load_program(path: Path, input_shape: tuple[int, ...] | None = None):
     except Exception as exc:
         raise ConversionError(f"{path.name} is not a {what}: {exc}") from exc
     script.eval()
-    if input_shape is None:
-        raise ConversionError(
-            f"{path.name} is TorchScript, which does not record its input shape: upload an eval set "
-            "whose 'x' has the model's input shape (N, ...), or save the model with torch.export.save (.pt2)")
+    if inputs is None:
+        return None, script
     from torch._export.converter import TS2EPConverter
 
-    sample = torch.zeros((1, *input_shape), dtype=torch.float32)
     try:
-        program = TS2EPConverter(script, (sample,)).convert()
+        program = TS2EPConverter(script, sample_args(inputs)).convert()
     except Exception as exc:
         raise ConversionError(f"cannot convert the TorchScript module {path.name} to a torch.export "
-                              f"program for input shape (1, {', '.join(map(str, input_shape))}): {exc}") from exc
+                              f"program for inputs {_describe(inputs)}: {exc}") from exc
     return program, script
 
 
-def describe_script(script, input_shape: tuple[int, ...],
-                    filename: str) -> tuple[str, tuple[int, ...], str, tuple[int, ...]]:
-    """The same for TorchScript, whose shape comes from the eval set: one run on zeros
-    shows that it takes that input and returns one tensor.
+def _describe(inputs) -> str:
+    return ", ".join(f"{t.name} {t.dtype} (1, {', '.join(map(str, t.shape))})" for t in inputs)
 
-    (``TS2EPConverter`` marks dimensions dynamic, so the program's own shapes say nothing.)
-    """
+
+def script_inputs(script, arrays: dict | None, filename: str):
+    """A TorchScript module's inputs: names from ``forward``'s parameters, shapes and
+    dtypes from the eval set's arrays of those names (``x`` for a single input)."""
+    from ._evalset import input_array_name
+    from ._source import TensorSpec
+
+    names = [argument.name for argument in script.forward.schema.arguments[1:]]
+    if not arrays:
+        raise ConversionError(
+            f"{filename} is TorchScript, which does not record its input shapes: upload an eval set with one "
+            f"array per input ({', '.join(repr(n) for n in names)}; 'x' for a single input) shaped (N, ...), "
+            "or save the model with torch.export.save (.pt2)")
+    specs = []
+    for name in names:
+        array = input_array_name(name, arrays, len(names) == 1)
+        if array is None:
+            raise ConversionError(f"the eval set has no array for input {name!r} of the TorchScript module "
+                                  f"{filename} (found: {', '.join(arrays) or 'none'})")
+        shape, dtype = arrays[array]
+        dtype = {"float64": "float32"}.get(dtype, dtype)
+        specs.append(TensorSpec(name, _dtype_name(dtype, f"eval set array {array!r}"), tuple(shape)))
+    return tuple(specs)
+
+
+def _flatten(result) -> list:
+    if isinstance(result, dict):
+        return list(result.values())
+    if isinstance(result, (tuple, list)):
+        return list(result)
+    return [result]
+
+
+def _output_names(count: int, declared: list[str] | None, keys: list[str] | None) -> list[str]:
+    """Outputs are named by forward's dict keys, else by the metadata's declared output list
+    (in order, when it has as many), else ``output_<i>``."""
+    if keys and len(keys) == count:
+        return [str(k) for k in keys]
+    if declared and len(declared) == count:
+        return list(declared)
+    return [f"output_{i}" for i in range(count)]
+
+
+def describe_script_outputs(script, inputs, filename: str, declared: list[str] | None):
+    """One run on zeros shows what the TorchScript module returns."""
     import torch
+
+    from ._source import TensorSpec
 
     try:
         with torch.no_grad():
-            result = script(torch.zeros((1, *input_shape), dtype=torch.float32))
+            result = script(*sample_args(inputs))
     except Exception as exc:
-        raise ConversionError(f"the TorchScript module {filename} does not run on an input of shape "
-                              f"(1, {', '.join(map(str, input_shape))}) (from the eval set): {exc}") from exc
-    if isinstance(result, (tuple, list)) and len(result) == 1:
-        (result,) = result
-    if not isinstance(result, torch.Tensor):
-        count = len(result) if isinstance(result, (tuple, list, dict)) else "no tensor"
-        raise ConversionError(f"only single-input, single-output models are supported; {filename} returns {count}")
-    return "input", tuple(input_shape), "output", tuple(int(d) for d in result.shape[1:])
+        raise ConversionError(f"the TorchScript module {filename} does not run on inputs {_describe(inputs)} "
+                              f"(from the eval set): {exc}") from exc
+    values = _flatten(result)
+    if not values or not all(isinstance(v, torch.Tensor) for v in values):
+        raise ConversionError(f"{filename} must return a tensor, a tuple of tensors or a dict of tensors")
+    names = _output_names(len(values), declared, list(result) if isinstance(result, dict) else None)
+    return tuple(TensorSpec(name, _dtype_name(v.dtype, f"model output {name!r}"), tuple(int(d) for d in v.shape[1:]))
+                 for name, v in zip(names, values))
 
 
-def describe_program(program, filename: str) -> tuple[str, tuple[int, ...], str, tuple[int, ...]]:
-    """(input name, input shape without batch, output name, output shape) of a program.
+def describe_program(program, filename: str, declared: list[str] | None = None):
+    """(inputs, outputs) of a program, as TensorSpecs without the batch dimension.
 
     Raises:
-        ConversionError: not exactly one input and one output, a non-float32 input, a
-            dynamic dimension (named by index) or a batch other than 1.
+        ConversionError: a dtype outside the supported ones, a dynamic dimension (named by
+            input and index) or a batch other than 1.
     """
     import torch
 
+    from ._source import TensorSpec
+
     signature = program.graph_signature
-    inputs = list(signature.user_inputs)
-    outputs = list(signature.user_outputs)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ConversionError(
-            f"only single-input, single-output models are supported; {filename} has "
-            f"{len(inputs)} inputs and {len(outputs)} outputs")
+    input_names = list(signature.user_inputs)
+    if not input_names or not signature.user_outputs:
+        raise ConversionError(f"{filename} has no tensor inputs or outputs")
     nodes = {node.name: node for node in program.graph.nodes}
-    (input_name,), (output_name,) = inputs, outputs
-    value = nodes[input_name].meta.get("val")
-    if not isinstance(value, torch.Tensor):
-        raise ConversionError(f"model input {input_name!r} of {filename} is not a tensor")
-    if value.dtype != torch.float32:
-        raise ConversionError(f"model input {input_name!r} is {str(value.dtype).removeprefix('torch.')}; "
-                              "only float32 is supported")
-    shape = _static_shape(value, input_name, "input")
-    if len(shape) < 2:
-        raise ConversionError(f"model input {input_name!r} has shape {shape}; expected a batch dimension "
-                              "and at least one more")
-    if shape[0] != 1:
-        raise ConversionError(f"model input {input_name!r} has a fixed batch of {shape[0]} (dimension 0); "
-                              "export it with batch 1")
-    out_value = nodes[output_name].meta.get("val") if output_name in nodes else None
-    out_shape = _static_shape(out_value, output_name, "output") if isinstance(out_value, torch.Tensor) else ()
-    return input_name, shape[1:], output_name, out_shape[1:]
+    inputs = []
+    for name in input_names:
+        value = nodes[name].meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(f"model input {name!r} of {filename} is not a tensor")
+        dtype = _dtype_name(value.dtype, f"model input {name!r}")
+        shape = _static_shape(value, name, "input")
+        if len(shape) < 2:
+            raise ConversionError(f"model input {name!r} has shape {shape}; expected a batch dimension "
+                                  "and at least one more")
+        if shape[0] != 1:
+            raise ConversionError(f"model input {name!r} has a fixed batch of {shape[0]} (dimension 0); "
+                                  "export it with batch 1")
+        inputs.append(TensorSpec(name, dtype, shape[1:]))
+    output_node = next(node for node in program.graph.nodes if node.op == "output")
+    values = [arg.meta.get("val") if hasattr(arg, "meta") else None for arg in output_node.args[0]]
+    values = values[len(values) - len(signature.user_outputs):]  # mutated buffers come first
+    out_spec = getattr(program.call_spec, "out_spec", None)
+    keys = list(out_spec.context) if out_spec is not None and out_spec.type is dict else None
+    names = _output_names(len(values), declared, keys)
+    outputs = []
+    for name, value in zip(names, values):
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(f"model output {name!r} of {filename} is not a tensor")
+        shape = _static_shape(value, name, "output")
+        outputs.append(TensorSpec(name, _dtype_name(value.dtype, f"model output {name!r}"), shape[1:]))
+    return tuple(inputs), tuple(outputs)
+
+
+def vocabulary(program) -> int | None:
+    """The smallest ``aten.embedding`` table in the program (valid token ids are below it)."""
+    sizes = []
+    for node in program.graph.nodes:
+        if node.op == "call_function" and "embedding" in str(node.target) and node.args:
+            weight = getattr(node.args[0], "meta", {}).get("val")
+            if weight is not None and len(weight.shape) == 2 and isinstance(weight.shape[0], int):
+                sizes.append(int(weight.shape[0]))
+    return min(sizes) if sizes else None
 
 
 def _static_shape(value, name: str, role: str) -> tuple[int, ...]:
@@ -158,36 +244,60 @@ class TorchPredictor:
     exported program), one batch-1 sample at a time: an exported program is specialised to
     the batch it was exported with."""
 
-    def __init__(self, program, script=None):
+    def __init__(self, program, script, signature):
         self._module = script if script is not None else program.module()
+        self._inputs = signature.inputs
+        self._outputs = [t.name for t in signature.outputs]
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        outputs = []
+        count = len(next(iter(batch.values())))
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in self._outputs}
         with torch.no_grad():
-            for sample in batch:
-                result = self._module(torch.from_numpy(np.ascontiguousarray(sample[None, ...], dtype=np.float32)))
-                if isinstance(result, (tuple, list)):
-                    (result,) = result
-                outputs.append(result.detach().cpu().numpy().astype(np.float32))
-        return np.concatenate(outputs, axis=0)
+            for index in range(count):
+                args = [torch.from_numpy(np.ascontiguousarray(batch[t.name][index:index + 1], dtype=t.dtype))
+                        for t in self._inputs]
+                values = _flatten(self._module(*args))
+                for name, value in zip(self._outputs, values):
+                    collected[name].append(value.detach().cpu().numpy())
+        return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
+
+
+def _named_module(program, signature):
+    """The program as a module taking keyword inputs and returning a dict of outputs:
+    litert-torch names a TFLite signature's tensors after those keys (else args_0, output_0)."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self, inner, input_names, output_names):
+            super().__init__()
+            self.inner = inner
+            self.input_names = input_names
+            self.output_names = output_names
+
+        def forward(self, **kwargs):
+            values = _flatten(self.inner(*[kwargs[name] for name in self.input_names]))
+            return dict(zip(self.output_names, values))
+
+    return Named(program.module(), [t.name for t in signature.inputs], [t.name for t in signature.outputs])
 
 
 # -- TFLite ---------------------------------------------------------------------------------
 
 
-def convert_tflite(source_file: Path, input_shape: tuple[int, ...], variant: str, out_path: Path,
+def convert_tflite(source_file: Path, signature, variant: str, out_path: Path,
                    build_dir: Path, calibration_path: Path | None = None) -> Path:
     """litert-torch to float32, then ai-edge-quantizer for the quantized variants."""
     import litert_torch
-    import torch
 
-    program, _ = load_program(source_file, input_shape)
-    sample = torch.zeros((1, *input_shape), dtype=torch.float32)
+    from ._tflite import load_calibration
+
+    program, _ = load_program(source_file, signature.inputs)
+    samples = dict(zip([t.name for t in signature.inputs], sample_args(signature.inputs)))
     build_dir.mkdir(parents=True, exist_ok=True)
     float_path = build_dir / f"{variant}.float32.tflite"
-    litert_torch.convert(program.module(), (sample,)).export(str(float_path))
+    litert_torch.convert(_named_module(program, signature), sample_kwargs=samples).export(str(float_path))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if variant == "tflite-fp32":
         float_path.replace(out_path)
@@ -205,10 +315,11 @@ def convert_tflite(source_file: Path, input_shape: tuple[int, ...], variant: str
         if calibration_path is None:
             raise ValueError("tflite-int8-full needs calibration inputs")
         qt.load_quantization_recipe(recipe.static_wi8_ai8())
-        input_key = _tflite_input_key(float_path)
-        samples = np.load(calibration_path)
+        arrays = load_calibration(calibration_path)
+        count = len(next(iter(arrays.values())))
         calibration = qt.calibrate(
-            {TFLITE_SIGNATURE: [{input_key: s[None, ...].astype(np.float32)} for s in samples]}, num_threads=1)
+            {TFLITE_SIGNATURE: [{name: _calibration_value(x[i:i + 1]) for name, x in arrays.items()}
+                                for i in range(count)]}, num_threads=1)
     else:
         raise ValueError(f"not a TFLite variant: {variant}")
     qt.quantize(calibration, enable_progress_report=False).export_model(str(out_path), overwrite=True)
@@ -216,38 +327,39 @@ def convert_tflite(source_file: Path, input_shape: tuple[int, ...], variant: str
     return out_path
 
 
-def _tflite_input_key(model_path: Path) -> str:
-    from ai_edge_litert.interpreter import Interpreter
-
-    signatures = Interpreter(model_path=str(model_path)).get_signature_list()
-    (key,) = signatures[TFLITE_SIGNATURE]["inputs"]
-    return key
+def _calibration_value(x: np.ndarray) -> np.ndarray:
+    # litert-torch narrows int64 inputs to int32 in the flatbuffer; feed what it takes.
+    return x.astype(np.int32) if x.dtype == np.int64 else x
 
 
 # -- Core ML --------------------------------------------------------------------------------
 
 
-def convert_coreml(source_file: Path, input_shape: tuple[int, ...], precision, input_name: str,
-                   output_name: str):
-    """An mlprogram with its feature names set to ``input_name``/``output_name``.
+def coreml_input_dtype(spec):
+    """The numpy dtype a Core ML multi-array input takes for a source input; int64 is
+    narrowed to int32 (Core ML has no int64 arrays)."""
+    mapping = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int32,
+               "bool": np.bool_}
+    if spec.dtype not in mapping:
+        raise ValueError(f"input {spec.name!r} is {spec.dtype}, which Core ML multi-arrays cannot take "
+                         "(a uint8 tensor needs an image input)")
+    return mapping[spec.dtype]
+
+
+def convert_coreml(source_file: Path, signature, precision):
+    """An mlprogram whose features carry the source's input and output names.
 
     The ExportedProgram goes through ``run_decompositions({})`` (coremltools refuses the
-    training dialect); TorchScript is converted as the scripted module with its shape.
+    training dialect); TorchScript is converted as the scripted module with its shapes.
     """
     import coremltools as ct
 
-    program, script = load_program(source_file, input_shape)
-    shape = (1, *input_shape)
-    if script is not None:
-        mlmodel = ct.convert(script, source="pytorch", convert_to="mlprogram",
-                             inputs=[ct.TensorType(name=input_name, shape=shape, dtype=np.float32)],
-                             outputs=[ct.TensorType(name=output_name)], compute_precision=precision)
-    else:
-        mlmodel = ct.convert(program.run_decompositions({}), source="pytorch", convert_to="mlprogram",
-                             outputs=[ct.TensorType(name=output_name)], compute_precision=precision)
-    spec = mlmodel.get_spec()
-    (current,) = [feature.name for feature in spec.description.input]
-    if current != input_name:
-        ct.utils.rename_feature(spec, current, input_name)
-        mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
-    return mlmodel
+    program, script = load_program(source_file, signature.inputs)
+    inputs = [ct.TensorType(name=t.name, shape=(1, *t.shape), dtype=coreml_input_dtype(t))
+              for t in signature.inputs]
+    outputs = [ct.TensorType(name=t.name) for t in signature.outputs]
+    source = script if script is not None else program.run_decompositions({})
+    target = {"minimum_deployment_target": ct.target.iOS16} if any(
+        t.dtype == "float16" for t in signature.inputs) else {}
+    return ct.convert(source, source="pytorch", convert_to="mlprogram", inputs=inputs, outputs=outputs,
+                      compute_precision=precision, **target)

@@ -136,7 +136,9 @@ class VariantResult:
 
     ``fidelity`` and ``reference_latency_ms`` shapes are documented in
     docs/conversion.md. A failed variant has ``error`` set, ``path`` None and
-    ``servable`` False with ``reason`` equal to the error.
+    ``servable`` False with ``reason`` equal to the error. ``signature`` is the I/O
+    signature read from the built artifact (``registry.convert._signature``):
+    ``{"inputs": [{"name", "dtype", "shape"[, "narrowed_from"]}], "outputs": [...]}``.
     """
 
     name: str
@@ -149,3 +151,4 @@ class VariantResult:
     servable: bool = False
     reason: str | None = None
     error: str | None = None
+    signature: dict | None = None

@@ -39,6 +39,7 @@ def _result_document(results) -> dict:
             "servable": bool(r.servable),
             "reason": r.reason,
             "error": r.error,
+            "signature": r.signature,
         })
     return {"error": None, "variants": out}
 
@@ -68,6 +69,8 @@ def main(input_dir: Path, work: Path) -> int:
             progress=report,
             max_extract_bytes=int(request["max_extract_bytes"]),
             check_ops=bool(request.get("check_ops", True)),
+            declared=request.get("declared") or None,
+            max_relative_rmse=float(request.get("max_relative_rmse", 0.05)),
         )
     except ConversionError as e:
         _write_result(work, {"error": str(e), "code": getattr(e, "code", "conversion_failed"),

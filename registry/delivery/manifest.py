@@ -52,6 +52,7 @@ __all__ = [
     "manifest_etag",
     "parse_query",
     "resolve",
+    "wire_signature",
 ]
 
 log = logging.getLogger("modeldrop.delivery")
@@ -202,7 +203,45 @@ def build_document(query: ManifestQuery, offer: Offer, *, artifact_url: Callable
         "issued_at": _rfc3339(issued),
         "expires_at": _rfc3339(issued + timedelta(seconds=ttl)),
         "delta": delta,
+        "signature": wire_signature(variant.get("signature")),
     }
+
+
+_WIRE_DTYPES = frozenset({"float32", "float16", "int32", "int64", "uint8", "int8", "bool"})
+
+
+def wire_signature(signature: Any) -> dict[str, Any] | None:
+    """A variant's stored I/O signature as devices receive it (manifest and ruleset), or
+    None when it is unknown (variants recorded before signatures were kept) or not one.
+
+    Only integers, strings, lists and null: the manifest is signed as canonical JSON,
+    which has no floats. ``narrowed_from`` appears only on a narrowed tensor; ``shape`` is
+    null where the artifact does not state one."""
+    if not isinstance(signature, Mapping):
+        return None
+    out: dict[str, Any] = {}
+    for side in ("inputs", "outputs"):
+        tensors = signature.get(side)
+        if not isinstance(tensors, list):
+            return None
+        clean = []
+        for t in tensors:
+            if not isinstance(t, Mapping):
+                return None
+            name, dtype, shape = t.get("name"), t.get("dtype"), t.get("shape")
+            if not isinstance(name, str) or dtype not in _WIRE_DTYPES or (shape is not None and (
+                    not isinstance(shape, list)
+                    or not all(d is None or (type(d) is int and d >= 0) for d in shape))):
+                return None
+            entry: dict[str, Any] = {"name": name, "dtype": dtype,
+                                     "shape": None if shape is None else list(shape)}
+            if t.get("narrowed_from") is not None:
+                if not isinstance(t["narrowed_from"], str):
+                    return None
+                entry["narrowed_from"] = t["narrowed_from"]
+            clean.append(entry)
+        out[side] = clean
+    return out
 
 
 def manifest_etag(document: Mapping[str, Any]) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 from client_sdk.rules import RULESET_KIND, RULESET_SCHEMA, ruleset_target_path
 from registry.delivery.bucketing import arm_ranges, assign_arm, in_rollout
-from registry.delivery.manifest import _with_latency
+from registry.delivery.manifest import _with_latency, wire_signature
 from registry.delivery.targeting import TargetingRules
 
 __all__ = [
@@ -69,7 +69,7 @@ def _finite(value: Any) -> bool:
 def _variant_entry(v: Mapping[str, Any]) -> dict[str, Any]:
     fidelity = v.get("fidelity")
     latency = v.get("latency_by_device") or {}
-    return {
+    entry = {
         "name": v["name"], "format": v["format"], "size": int(v["size"]), "sha256": v["sha256"],
         "target": v["target_path"],
         "fidelity": fidelity if _finite(fidelity) else None,
@@ -77,6 +77,12 @@ def _variant_entry(v: Mapping[str, Any]) -> dict[str, Any]:
         "latency_by_device": {k: x for k, x in sorted(latency.items())
                               if isinstance(k, str) and _finite(x) and x > 0},
     }
+    # Written only when known: an SDK from before signatures refuses a ruleset with a field
+    # it does not know, so the rulesets of models converted earlier stay readable to it.
+    signature = wire_signature(v.get("signature"))
+    if signature is not None:
+        entry["signature"] = signature
+    return entry
 
 
 def build_ruleset(services: Any, model: str, channel: str, *,

@@ -61,8 +61,13 @@ class SandboxedConversion:
         return self.dirs.input
 
     def run(self, source_name: str, *, eval_name: str | None = None, variants: list[str] | None = None,
-            threshold_pp: float | None = None, progress: ProgressFn | None = None) -> list[VariantResult]:
-        """Convert ``input_dir/source_name``; the caller has put the upload (and eval set) there."""
+            threshold_pp: float | None = None, progress: ProgressFn | None = None,
+            declared: dict | None = None, max_relative_rmse: float | None = None) -> list[VariantResult]:
+        """Convert ``input_dir/source_name``; the caller has put the upload (and eval set) there.
+
+        ``declared`` is the metadata's ``{"input": [...], "output": [...]}`` (checked against
+        the model inside the sandbox); ``max_relative_rmse`` the regression outputs' bound
+        (default: the setting)."""
         settings, dirs = self.settings, self.dirs
         names = validate_variants(variants)
         upload_bytes = sum((dirs.input / n).stat().st_size for n in (source_name, eval_name) if n)
@@ -71,7 +76,10 @@ class SandboxedConversion:
                    "threshold_pp": float(settings.accuracy_drop_threshold_pp if threshold_pp is None
                                          else threshold_pp),
                    "latency_runs": settings.latency_runs, "max_parallel": settings.convert_max_parallel or None,
-                   "max_extract_bytes": budget, "check_ops": settings.convert_op_check}
+                   "max_extract_bytes": budget, "check_ops": settings.convert_op_check,
+                   "declared": _declared(declared),
+                   "max_relative_rmse": float(settings.max_relative_rmse if max_relative_rmse is None
+                                              else max_relative_rmse)}
         (dirs.input / REQUEST_NAME).write_text(json.dumps(request))
         for p in dirs.input.iterdir():
             os.chmod(p, 0o644)
@@ -115,9 +123,21 @@ class SandboxedConversion:
                                       max_artifact_bytes=max(budget, 4 * upload_bytes + (256 << 20)))
 
 
+def _declared(declared: dict | None) -> dict:
+    """The declared signature lists as plain JSON (TensorSignature dicts or models)."""
+    out = {}
+    for key in ("input", "output"):
+        entries = []
+        for entry in (declared or {}).get(key) or []:
+            entries.append(entry.model_dump() if hasattr(entry, "model_dump") else dict(entry))
+        out[key] = entries
+    return out
+
+
 def convert_file(settings: Settings, source: Path, root: Path, *, eval_path: Path | None = None,
                  variants: list[str] | None = None, threshold_pp: float | None = None,
-                 progress: ProgressFn | None = None) -> list[VariantResult]:
+                 progress: ProgressFn | None = None, declared: dict | None = None,
+                 max_relative_rmse: float | None = None) -> list[VariantResult]:
     """The job path for a file on disk: what ``registry.convert.convert_version`` does,
     but in the sandbox, with the worker's checks on what comes back."""
     names = validate_variants(variants)  # a ValueError before anything is copied
@@ -129,7 +149,7 @@ def convert_file(settings: Settings, source: Path, root: Path, *, eval_path: Pat
         eval_name = "eval.npz"
         shutil.copyfile(eval_path, conversion.input_dir / eval_name)
     return conversion.run(source_name, eval_name=eval_name, variants=names, threshold_pp=threshold_pp,
-                          progress=progress)
+                          progress=progress, declared=declared, max_relative_rmse=max_relative_rmse)
 
 
 def exit_reason(returncode: int | None) -> str:

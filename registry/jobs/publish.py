@@ -33,7 +33,8 @@ def publish_variants(services, model: str, number: int, version_id: int, results
             version_id, name=r.name, format=r.format, sha256=info.sha256 if info else None,
             size=info.size if info else None, target_path=path if r.servable else None,
             fidelity=r.fidelity or {}, reference_latency_ms=r.reference_latency_ms,
-            servable=bool(r.servable and info), reason=r.reason, error=r.error)
+            servable=bool(r.servable and info), reason=r.reason, error=r.error,
+            signature=getattr(r, "signature", None) if info else None)
         summary[r.name] = {"state": "failed" if r.error else "done", "error": r.error,
                            "servable": bool(r.servable and info)}
     return summary

@@ -33,6 +33,12 @@ MAX_TEXT = 400  # characters of an error or reason shown to clients
 MAX_JOB_TEXT = 1000  # characters of a job's error, which may join several variants' errors
 MAX_FIELDS = 32  # keys in a fidelity or latency table
 MAX_FIELD_TEXT = 200  # characters of a string value in those tables
+MAX_TENSORS = 64  # inputs or outputs in a signature
+MAX_RANK = 8
+MAX_DIM = 1 << 31  # a dimension larger than this is not a real tensor
+SIGNATURE_DTYPES = ("float32", "float16", "int32", "int64", "uint8", "int8", "bool")
+_SIGNATURE_ENTRY_KEYS = {"name", "dtype", "shape", "narrowed_from"}
+_TENSOR_NAME = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?")  # printable ASCII, ≤ 128
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -96,6 +102,69 @@ def _table(value: Any, work: Path, *, nullable: bool) -> dict | None:
             out[key] = scrub(v, work, limit=MAX_FIELD_TEXT)
         else:
             out[key] = _number(v)
+    return out
+
+
+def _fidelity(value: Any, work: Path) -> dict:
+    """A fidelity table: flat numbers and short texts, plus an optional ``outputs`` table
+    of flat tables keyed by output name (one per model output)."""
+    if not isinstance(value, dict):
+        raise InvalidResultError("a measurement table is not a small object")
+    per_output = value.get("outputs")
+    out = _table({k: v for k, v in value.items() if k != "outputs"}, work, nullable=False)
+    if "outputs" in value:
+        if not isinstance(per_output, dict) or len(per_output) > MAX_TENSORS:
+            raise InvalidResultError("per-output fidelity is not a small object")
+        tables = {}
+        for name, table in per_output.items():
+            if not isinstance(name, str) or not _TENSOR_NAME.fullmatch(name):
+                raise InvalidResultError("a per-output fidelity key is not a tensor name")
+            tables[name] = _table(table, work, nullable=False)
+        out["outputs"] = tables
+    return out
+
+
+def validate_signature(value: Any) -> dict | None:
+    """An artifact's I/O signature as the converter reported it, or InvalidResultError.
+
+    ``{"inputs": [...], "outputs": [...]}``, each at most ``MAX_TENSORS`` entries of
+    ``{"name", "dtype", "shape"}`` and optionally ``narrowed_from``: names printable ASCII
+    of at most 128 characters and unique per side, dtypes from ``SIGNATURE_DTYPES``, shapes
+    of rank ≤ ``MAX_RANK`` whose dimensions are positive integers or null (a shape of null:
+    the artifact does not say). A signature of None (not reported) stays None.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"inputs", "outputs"}:
+        raise InvalidResultError("the signature is not an object of inputs and outputs")
+    out: dict[str, list] = {}
+    for role in ("inputs", "outputs"):
+        entries = value[role]
+        if not isinstance(entries, list) or not 0 < len(entries) <= MAX_TENSORS:
+            raise InvalidResultError(f"signature {role} is not a list of 1 to {MAX_TENSORS} tensors")
+        checked, seen = [], set()
+        for entry in entries:
+            if not isinstance(entry, dict) or not {"name", "dtype", "shape"} <= set(entry) <= _SIGNATURE_ENTRY_KEYS:
+                raise InvalidResultError(f"a signature {role} entry is not a name, dtype and shape")
+            name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
+            if not isinstance(name, str) or not _TENSOR_NAME.fullmatch(name) or name in seen:
+                raise InvalidResultError(f"a signature {role} name is not a short printable unique name")
+            seen.add(name)
+            if not isinstance(dtype, str) or dtype not in SIGNATURE_DTYPES:
+                raise InvalidResultError(f"signature tensor {name!r} has an unknown dtype")
+            if shape is not None and (not isinstance(shape, list) or len(shape) > MAX_RANK or not all(
+                    d is None or (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM)
+                    for d in shape)):
+                raise InvalidResultError(f"signature tensor {name!r} has a shape that is not up to {MAX_RANK} "
+                                         "positive dimensions or nulls")
+            item = {"name": name, "dtype": dtype, "shape": None if shape is None else list(shape)}
+            if "narrowed_from" in entry:
+                wider = entry["narrowed_from"]
+                if not isinstance(wider, str) or wider not in ("int64", "float64") or wider == dtype:
+                    raise InvalidResultError(f"signature tensor {name!r} has an odd narrowed_from")
+                item["narrowed_from"] = wider
+            checked.append(item)
+        out[role] = checked
     return out
 
 
@@ -184,11 +253,12 @@ def _accept_one(spec, entry: dict, work: Path, accepted: Path, max_bytes: int) -
         raise InvalidResultError("wrong format for this variant")
     error = _text(entry.get("error"), work)
     reason = _text(entry.get("reason"), work)
-    fidelity = _table(entry.get("fidelity") or {}, work, nullable=False)
+    fidelity = _fidelity(entry.get("fidelity") or {}, work)
     latency = _table(entry.get("reference_latency_ms"), work, nullable=True)
     if error is not None:
         return VariantResult(name=spec.name, format=spec.format, servable=False,
                              reason=reason or error, error=error, fidelity=fidelity)
+    signature = validate_signature(entry.get("signature"))
     servable = entry.get("servable")
     if not isinstance(servable, bool):
         raise InvalidResultError("servable is not true or false")
@@ -216,4 +286,4 @@ def _accept_one(spec, entry: dict, work: Path, accepted: Path, max_bytes: int) -
         raise InvalidResultError("the artifact does not match its stated size and sha256")
     return VariantResult(name=spec.name, format=spec.format, path=target, size=size, sha256=digest,
                          fidelity=fidelity, reference_latency_ms=latency, servable=servable,
-                         reason=reason)
+                         reason=reason, signature=signature)

@@ -98,11 +98,27 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
     def progress(done: int, total: int, name: str) -> None:
         services.store.job_progress(job_id, done, total, f"variant {done} of {total}: {name}")
 
+    declared = {"input": version.metadata.get("input") or [], "output": version.metadata.get("output") or []}
     try:
         return conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
-                              progress=progress)
+                              progress=progress, declared=declared,
+                              max_relative_rmse=max_relative_rmse(services, version, version_id))
     except ConversionError as e:
         return str(e)
+
+
+def max_relative_rmse(services, version, version_id: int | None = None) -> float:
+    """The regression outputs' bound for a version: its upload's ``max_relative_rmse``,
+    else its model's (``PATCH /v1/models/{name}``), else the server's setting
+    (MODELDROP_MAX_RELATIVE_RMSE) — the same precedence as the accuracy-drop threshold."""
+    value = (version.metadata or {}).get("max_relative_rmse")
+    if value is not None:
+        return float(value)
+    if version_id is not None:
+        model_value = services.store.model_max_relative_rmse(version_id)
+        if model_value is not None:
+            return float(model_value)
+    return float(services.settings.max_relative_rmse)
 
 
 def sweep_abandoned_work(services) -> list[Path]:

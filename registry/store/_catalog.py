@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from registry.errors import VersionConflictError
-from registry.schemas import ModelOut, VariantOut, VersionOut
+from registry.schemas import ModelOut, VariantOut, VariantSignature, VersionOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
 from registry.store._delivery_types import _invalidates_cache
 from registry.tables import ModelRow, VariantRow, VersionRow, utcnow
 
+log = logging.getLogger("modeldrop.store")
+
+
+def _signature(row: VariantRow) -> VariantSignature | None:
+    """The stored signature, or None when there is none or it is not one (never a 500)."""
+    if row.signature is None:
+        return None
+    try:
+        return VariantSignature.model_validate(row.signature)
+    except PydanticValidationError:
+        log.warning("variant %s has an unreadable stored signature", row.id)
+        return None
+
 
 def variant_out(row: VariantRow) -> VariantOut:
     return VariantOut(name=row.name, format=row.format, size=row.size, sha256=row.sha256,
                       target_path=row.target_path, fidelity=row.fidelity or {},
-                      reference_latency_ms=row.reference_latency_ms, servable=row.servable,
-                      public=row.public, reason=row.reason or row.error)
+                      reference_latency_ms=row.reference_latency_ms, signature=_signature(row),
+                      servable=row.servable, public=row.public, reason=row.reason or row.error)
 
 
 def _version_out(s: Session, model: ModelRow, row: VersionRow,
@@ -46,6 +61,7 @@ class CatalogStore(StoreBase):
                 .group_by(VersionRow.model_id)))
             return [ModelOut(name=m.name, description=m.description, created_at=m.created_at,
                              accuracy_drop_threshold_pp=m.accuracy_drop_threshold_pp,
+                             max_relative_rmse=m.max_relative_rmse,
                              latest_version=stats.get(m.id, (None, 0))[0],
                              version_count=stats.get(m.id, (None, 0))[1])
                     for m in s.exec(select(ModelRow).order_by(ModelRow.name))]
@@ -57,6 +73,7 @@ class CatalogStore(StoreBase):
                            .where(VersionRow.model_id == m.id)).one()
             return ModelOut(name=m.name, description=m.description, created_at=m.created_at,
                             accuracy_drop_threshold_pp=m.accuracy_drop_threshold_pp,
+                            max_relative_rmse=m.max_relative_rmse,
                             latest_version=mx, version_count=n)
 
     def update_model(self, name: str, changes: dict[str, Any], actor: str) -> ModelOut:
@@ -191,11 +208,19 @@ class CatalogStore(StoreBase):
                 return float(meta["accuracy_drop_threshold_pp"])
             return s.get(ModelRow, row.model_id).accuracy_drop_threshold_pp
 
+    def model_max_relative_rmse(self, version_id: int) -> float | None:
+        """The relative-RMSE limit the version's model sets for regression outputs, or None
+        (the upload's own value and the server default are the job runner's to weigh)."""
+        with self.session() as s:
+            row = s.get(VersionRow, version_id)
+            return s.get(ModelRow, row.model_id).max_relative_rmse
+
     # -- variants -------------------------------------------------------------------------
     def record_variant(self, version_id: int, *, name: str, format: str, sha256: str | None,
                        size: int | None, target_path: str | None, fidelity: dict[str, Any],
                        reference_latency_ms: dict[str, Any] | None, servable: bool,
-                       reason: str | None, error: str | None) -> None:
+                       reason: str | None, error: str | None,
+                       signature: dict[str, Any] | None = None) -> None:
         """Upsert one variant; called only after its file is stored, so it is never half-published.
 
         A new variant is confidential (``public`` false); ``target_path`` is the path it will
@@ -210,6 +235,7 @@ class CatalogStore(StoreBase):
                 row.public = False
             row.format, row.sha256, row.size, row.target_path = format, sha256, size, target_path
             row.fidelity, row.reference_latency_ms = fidelity, reference_latency_ms
+            row.signature = signature
             row.servable, row.reason, row.error = servable, reason, error
             s.add(row)
 

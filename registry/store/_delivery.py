@@ -311,7 +311,8 @@ class DeliveryStore(ExperimentStore):
             return [{"name": r.name, "format": r.format, "size": r.size or 0, "sha256": r.sha256,
                      "target_path": r.target_path, "servable": True,
                      "fidelity": (r.fidelity or {}).get("top1_agreement"),
-                     "reference_latency_ms": r.reference_latency_ms, "latency_by_device": {}}
+                     "reference_latency_ms": r.reference_latency_ms, "latency_by_device": {},
+                     "signature": r.signature}
                     for r in rows]
 
     # -- deltas ------------------------------------------------------------------------------

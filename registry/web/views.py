@@ -186,7 +186,20 @@ def version(name: str, number: int):
         if e.code == "model_not_found":
             return error_page(e, (url_for("web.index"), "All models"))
         return error_page(e, (url_for("web.model", name=name), f"All versions of {name}"))
-    return page("version.html", section="models", v=found, latency=latency)
+    return page("version.html", section="models", v=found, latency=latency,
+                signatures=_signature_groups(found))
+
+
+def _signature_groups(version) -> list[tuple[str, object]]:
+    """(which variants, signature) per distinct signature, in variant order."""
+    groups: dict[str, tuple[list[str], object]] = {}
+    for variant in version.variants:
+        if variant.signature is not None:
+            key = variant.signature.model_dump_json()
+            groups.setdefault(key, ([], variant.signature))[0].append(variant.name)
+    if len(groups) == 1 and len(next(iter(groups.values()))[0]) == len(version.variants):
+        return [("all variants", next(iter(groups.values()))[1])]
+    return [(", ".join(names), signature) for names, signature in groups.values()]
 
 
 @bp.get("/experiments/<name>")
