@@ -366,7 +366,20 @@ def check_declared(signature: ModelSignature, declared: dict | None) -> None:
 
 
 def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SAVEDMODEL_BYTES) -> Path:
-    """Extract a zipped SavedModel safely and return the directory holding saved_model.pb.
+    """Extract a zipped SavedModel safely (``extract_zip``) and return the directory
+    holding saved_model.pb."""
+    extract_zip(zip_path, dest, max_bytes)
+    roots = sorted(p.parent for p in dest.rglob("saved_model.pb"))
+    if len(roots) != 1:
+        raise ConversionError(
+            f"{zip_path.name} must contain exactly one SavedModel (saved_model.pb); found {len(roots)}"
+        )
+    return roots[0]
+
+
+def extract_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SAVEDMODEL_BYTES,
+                what: str = "SavedModel zip") -> None:
+    """Extract an uploaded zip (a SavedModel, a Core ML package) into ``dest``, safely.
 
     Member names that are absolute, climb out with ``..``, carry a drive letter or are
     symlinks are refused before anything is written. The declared uncompressed total is
@@ -384,7 +397,7 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SA
     with archive:
         members = []
         for info in archive.infolist():
-            relative = _safe_member_path(info)
+            relative = _safe_member_path(info, what)
             members.append((info, relative))
         declared = sum(info.file_size for info, _ in members)
         if declared > max_bytes:
@@ -415,15 +428,9 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SA
                         dst.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise ConversionError(f"cannot extract {info.filename!r} from {zip_path.name}: {exc}") from exc
-    roots = sorted(p.parent for p in dest.rglob("saved_model.pb"))
-    if len(roots) != 1:
-        raise ConversionError(
-            f"{zip_path.name} must contain exactly one SavedModel (saved_model.pb); found {len(roots)}"
-        )
-    return roots[0]
 
 
-def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath:
+def _safe_member_path(info: zipfile.ZipInfo, what: str = "SavedModel zip") -> PurePosixPath:
     name = info.filename
     posix = PurePosixPath(name.replace("\\", "/"))
     unsafe = (
@@ -434,7 +441,7 @@ def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath:
         or not posix.parts
     )
     if unsafe:
-        raise ConversionError(f"unsafe path in SavedModel zip: {name!r}")
+        raise ConversionError(f"unsafe path in {what}: {name!r}")
     if stat.S_ISLNK(info.external_attr >> 16):
-        raise ConversionError(f"symlink in SavedModel zip: {name!r}")
+        raise ConversionError(f"symlink in {what}: {name!r}")
     return posix

@@ -80,7 +80,7 @@ def _heartbeat(store, job_id: str, stop: threading.Event, interval: float) -> No
 def _convert(services, job_id: str, version, version_id: int, root: Path) -> list | str:
     """Run the untrusted converter in the sandbox and return the variants it built, re-hashed
     and validated, or the (scrubbed) reason the source cannot be used."""
-    from registry.convert.catalog import ConversionError, validate_variants
+    from registry.convert.catalog import PROVIDED_VARIANT, ConversionError, validate_variants
     from registry.jobs.conversion import SandboxedConversion
 
     conversion = SandboxedConversion(services.settings, root)
@@ -92,7 +92,11 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
         services.blobs.copy_to(version.source["eval_sha256"], conversion.input_dir / eval_name)
     # The upload's own threshold wins, then the model's, then the server default.
     threshold = services.store.model_threshold(version_id)
-    variants = validate_variants(version.metadata.get("variants"))
+    fmt = version.source["format"]
+    if fmt in PROVIDED_VARIANT:  # an engineer's own artifact: one variant, its own bytes
+        variants = [PROVIDED_VARIANT[fmt]]
+    else:
+        variants = validate_variants(version.metadata.get("variants"))
     services.store.job_progress(job_id, 0, len(variants), "loading the model")
 
     def progress(done: int, total: int, name: str) -> None:
