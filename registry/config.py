@@ -39,6 +39,9 @@ class Settings:
     # Redis broker only: an unacknowledged message is handed out again after this long
     # (acks_late: a message is acknowledged when its job ends, not when it starts).
     celery_visibility_timeout: int = 3600  # seconds
+    # Celery only: a conversion job still queued after this long, whose toolchain queue
+    # (convert-tf, convert-torch) no live worker consumes, fails as toolchain_missing.
+    toolchain_grace: int = 300  # seconds
     # Delta patches are built by the workers (jobs of kind "deltas"); bsdiff peaks near 17x
     # the artifact in memory, so larger artifacts get no patch (64 MiB: about 1.1 GiB).
     delta_max_bytes: int = 64 << 20  # bytes

@@ -146,7 +146,7 @@ def check_tflite(path: Path, latency_runs: int) -> tuple[dict, dict]:
         interpreter.invoke()
         for detail in interpreter.get_output_details():
             interpreter.get_tensor(detail["index"])
-    except Exception as exc:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError of its own
+    except Exception as exc:
         raise ProvidedArtifactError(
             f"invalid_artifact: the TFLite model does not load and run in the LiteRT interpreter: "
             f"{type(exc).__name__}: {exc}") from exc
@@ -183,7 +183,7 @@ def check_coreml(path: Path, fmt: str, build_dir: Path, max_extract_bytes: int) 
     try:
         mlmodel = ct.models.MLModel(str(model_path), skip_model_load=True)
         spec = mlmodel.get_spec()
-    except Exception as exc:  # noqa: BLE001 - coremltools raises many types for a bad model
+    except Exception as exc:
         raise ProvidedArtifactError(f"invalid_artifact: coremltools cannot load the Core ML model: "
                                     f"{type(exc).__name__}: {exc}") from exc
     kind = spec.WhichOneof("Type")
@@ -201,7 +201,7 @@ def check_coreml(path: Path, fmt: str, build_dir: Path, max_extract_bytes: int) 
 
         try:
             _load_program(model_path)  # rebuilds the MIL program: type inference on every op
-        except Exception as exc:  # noqa: BLE001 - a program that does not type-check cannot ship
+        except Exception as exc:
             raise ProvidedArtifactError(f"invalid_artifact: the Core ML program does not type-check: "
                                         f"{type(exc).__name__}: {exc}") from exc
         report["program_checked"] = True

@@ -15,6 +15,8 @@ from registry.errors import ModelDropError  # standard library only, like this m
 
 __all__ = [
     "ConversionError",
+    "GENERAL_QUEUE",
+    "TOOLCHAIN_QUEUES",
     "PROVIDED_FORMATS",
     "PROVIDED_VARIANT",
     "PROVIDED_VARIANT_NAMES",
@@ -23,6 +25,7 @@ __all__ = [
     "VARIANT_NAMES",
     "VariantResult",
     "VariantSpec",
+    "toolchain_queue",
     "validate_variants",
 ]
 
@@ -123,6 +126,25 @@ PROVIDED_FORMATS: dict[str, str] = {".tflite": "tflite", ".mlpackage": "mlpackag
 # ".pt2" a torch.export ExportedProgram (torch.export.save), ".pt" TorchScript (torch.jit.save).
 # A provided artifact (".tflite", ".mlpackage.zip", ".mlmodel") is not converted.
 SOURCE_FORMATS: tuple[str, ...] = (".keras", ".h5", ".zip", ".pt2", ".pt")
+
+
+# Celery queue per toolchain (docs/conversion.md, "Worker queues"). A provided artifact
+# needs only ai_edge_litert (TFLite) or coremltools (Core ML), both in the TensorFlow
+# worker's environment, so it goes to convert-tf. Jobs that need no converter (delta
+# patches) and the beat's maintenance stay on the general queue.
+GENERAL_QUEUE = "modeldrop"
+TOOLCHAIN_QUEUES: dict[str, str] = {"keras": "convert-tf", "h5": "convert-tf", "zip": "convert-tf",
+                                    "tflite": "convert-tf", "mlpackage": "convert-tf", "mlmodel": "convert-tf",
+                                    "pt2": "convert-torch", "pt": "convert-torch"}
+TOOLCHAIN_NAMES: dict[str, str] = {"convert-tf": "TensorFlow (with coremltools and ai-edge-litert)",
+                                   "convert-torch": "PyTorch (torch, litert-torch, coremltools)"}
+
+
+def toolchain_queue(kind: str, source_format: str) -> str:
+    """The Celery queue a job goes to: its source format's toolchain, or the general queue."""
+    if kind != "convert":
+        return GENERAL_QUEUE
+    return TOOLCHAIN_QUEUES.get(source_format, "convert-tf")
 
 
 def validate_variants(variants: Iterable[str] | None, *, allow_provided: bool = False) -> list[str]:
