@@ -227,10 +227,20 @@ def test_synthetic_token_ids_are_valid_for_the_embedding(tmp_path):
     assert len(np.unique(tokens)) > makers_keras.VOCAB // 2  # spread over the vocabulary, not a constant
     unknown = synthetic_eval_set((TensorSpec("ids", "int64", (5,)),), int_high=None).inputs["ids"]
     assert unknown.dtype == np.int64 and 0 <= unknown.min() and unknown.max() < 8
-    model = makers_torch.make_torch_family("text_classifier", tmp_path / "model", labels=False)
-    (result,) = _convert(model.source, tmp_path / "work", variants=["tflite-fp32"], declared=model.metadata,
-                         sandboxed=False)
+    # The text model exported with int64 token ids (torch's default): no eval set, so synthetic
+    # ids; litert-torch stores the input as int32, and the signature says it narrowed it.
+    import torch
+
+    module = makers_torch._torch_family_module("text_classifier")
+    path = tmp_path / "text64.pt2"
+    torch.export.save(torch.export.export(module, (torch.zeros(1, makers_keras.SEQUENCE, dtype=torch.int64),)),
+                      str(path))
+    (result,) = _convert(path, tmp_path / "work", variants=["tflite-fp32"], sandboxed=False)
     assert result.servable and result.fidelity["eval_source"] == "synthetic", result.reason
+    (tokens,) = result.signature["inputs"]
+    assert tokens == {"name": "tokens", "dtype": "int32", "shape": [1, makers_keras.SEQUENCE],
+                      "narrowed_from": "int64"}
+    assert result.fidelity["outputs"]["output_0"]["top1_agreement"] == 1.0  # unnamed output: output_0
 
 
 # -- bad inputs: each a clear error before anything is built ----------------------------------
