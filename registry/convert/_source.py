@@ -180,6 +180,22 @@ def _keras_vocabulary(model) -> int | None:
     return min(sizes) if sizes else None
 
 
+def _keras_output_names(model) -> list[str]:
+    """``model.output_names`` (a functional model's output layers, or its dict keys); a
+    Sequential model has none, so the name of the layer producing each output, else
+    ``output_<i>``."""
+    names = list(getattr(model, "output_names", None) or [])
+    outputs = list(getattr(model, "outputs", None) or [])
+    if names and len(names) == len(outputs):
+        return [str(n) for n in names]
+    found = []
+    for index, tensor in enumerate(outputs):
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None) if history is not None else None
+        found.append(str(getattr(operation, "name", None) or f"output_{index}"))
+    return found if len(set(found)) == len(found) else [f"output_{i}" for i in range(len(outputs))]
+
+
 def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
     import keras
     import tensorflow as tf
@@ -191,7 +207,7 @@ def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
     except Exception as exc:  # the loader raises many types; its message is what matters
         raise ConversionError(f"cannot load {source_path.name}: {exc}") from exc
     inputs = list(getattr(model, "inputs", None) or [])
-    output_names = list(getattr(model, "output_names", None) or [])
+    output_names = _keras_output_names(model)
     if not inputs or not output_names:
         raise ConversionError(f"{source_path.name} has no inputs or outputs (a model that was never built?)")
     input_names = [str(t.name) for t in inputs]
