@@ -104,11 +104,25 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
 
     declared = {"input": version.metadata.get("input") or [], "output": version.metadata.get("output") or []}
     try:
-        return conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
-                              progress=progress, declared=declared,
-                              max_relative_rmse=max_relative_rmse(services, version))
+        results = conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
+                                 progress=progress, declared=declared,
+                                 max_relative_rmse=max_relative_rmse(services, version))
     except ConversionError as e:
         return str(e)
+    if fmt in PROVIDED_VARIANT:
+        return _provided_is_the_upload(results, version.source["sha256"])
+    return results
+
+
+def _provided_is_the_upload(results: list, source_sha256: str) -> list | str:
+    """A provided variant ships the uploaded bytes: whatever the sandbox reports, its
+    artifact must have the upload's sha256 (compared here, outside the sandbox)."""
+    import hmac
+
+    for r in results:
+        if r.error is None and not hmac.compare_digest(str(r.sha256), source_sha256):
+            return "invalid_artifact: the converter returned other bytes than the uploaded artifact"
+    return results
 
 
 def max_relative_rmse(services, version) -> float:
