@@ -116,3 +116,36 @@ def test_unsafe_or_mislabelled_artifacts_are_refused_at_upload(server, tmp_path,
     body = assert_problem(api.upload("byo-bad", b"onnx" * 100, filename="model.onnx"), 400, "unsupported_format")
     assert "coremltools 9 does not read ONNX" in body["detail"] and ".tflite" in body["detail"]
     assert all(m.name != "byo-bad" for m in server["services"].store.list_models())
+
+
+@pytest.mark.parametrize(("kind", "platform", "variant"), [
+    ("tflite", {"platform": "android", "os_version": "14", "device_model": "Pixel 8"}, "tflite-provided"),
+    ("mlmodel", {"platform": "ios", "os_version": "17.4", "device_model": "iPhone15,2"},
+     "coreml-provided-mlmodel"),
+])
+def test_a_released_provided_artifact_reaches_a_device_of_its_format(server, artifacts, tmp_path,
+                                                                    kind, platform, variant):
+    from client_sdk._loadcheck import check_model
+
+    api, services = server["api"], server["services"]
+    name = f"deliver-{kind}"
+    _, job = _push(server, name, artifacts[kind])
+    assert job["state"] == "done", job
+    resp = api.post(f"/v1/models/{name}/releases", json={"version": 1, "channel": "production"})
+    assert resp.status_code == 201, resp.get_json()
+    manifest = api.get("/v1/manifest", query_string={
+        "model": name, "channel": "production", "install_id": "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c",
+        **platform})
+    assert manifest.status_code == 200, manifest.get_data(as_text=True)
+    doc = manifest.get_json()
+    assert doc["variant"] == variant
+    art = doc["artifact"]
+    assert art["sha256"] == _sha(artifacts[kind].read_bytes())
+    info = services.signing.target_info(art["target"])  # a TUF target with the uploaded bytes' hash
+    assert info["hashes"]["sha256"] == art["sha256"] and info["length"] == artifacts[kind].stat().st_size
+    body = api.get(art["urls"][0].split("localhost", 1)[1]).get_data()
+    assert _sha(body) == art["sha256"]
+    # The SDK's load check accepts what it downloaded, in the manifest's format.
+    installed = tmp_path / art["target"].rsplit("/", 1)[1]
+    installed.write_bytes(body)
+    check_model(installed, doc["format"])
