@@ -149,3 +149,22 @@ def test_a_released_provided_artifact_reaches_a_device_of_its_format(server, art
     installed = tmp_path / art["target"].rsplit("/", 1)[1]
     installed.write_bytes(body)
     check_model(installed, doc["format"])
+
+
+def test_modeldrop_push_of_a_tflite_over_http(server, artifacts, tmp_path):
+    """`modeldrop push NAME model.tflite --wait` as a user runs it: a subprocess over loopback."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.live import serve_app
+
+    token = server["services"].store.create_token("publisher", "cli").token
+    with serve_app(server["app"]) as url:
+        env = {**os.environ, "MODELDROP_URL": url, "MODELDROP_TOKEN": token}
+        done = subprocess.run([sys.executable, "-m", "registry.cli", "push", "cli-tflite", str(artifacts["tflite"]),
+                               "--wait"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tflite-provided" in done.stdout, done.stdout
+    version = server["api"].get("/v1/models/cli-tflite/versions/1").get_json()
+    assert version["variants"][0]["sha256"] == _sha(artifacts["tflite"].read_bytes())
