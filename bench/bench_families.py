@@ -70,11 +70,56 @@ def run_one(framework: str, family: str) -> dict:
                 "tasks": model.tasks, "seconds": round(seconds, 1), "variants": variants}
 
 
+SHORT = {"tflite-fp32": "tfl fp32", "tflite-fp16": "tfl fp16", "tflite-int8-dynamic": "tfl int8-dyn",
+         "tflite-int8-full": "tfl int8-full", "coreml-fp32": "cml fp32", "coreml-fp16": "cml fp16",
+         "coreml-int8": "cml int8", "coreml-palettized-6bit": "cml pal6", "coreml-palettized-4bit": "cml pal4"}
+
+
+def _cell(variant: dict) -> str:
+    """✓ servable, ~ built but not servable, ✗ failed; then the worst output's figure:
+    classification top-1 agreement (agr) or accuracy drop (drop, pp), regression relative
+    RMSE (rr); Core ML the weight error (w)."""
+    if not variant["works"]:
+        return "✗"
+    mark = "✓" if variant["servable"] else "~"
+    figures = []
+    for out in variant["outputs"].values():
+        if out.get("task") == "regression" and "relative_rmse" in out:
+            figures.append(f"rr {out['relative_rmse']:.1e}")
+        elif "accuracy_drop" in out:
+            figures.append(f"drop {out['accuracy_drop']:.1f}")
+        elif "top1_agreement" in out:
+            figures.append(f"agr {out['top1_agreement']:.2f}")
+    if not figures and variant.get("weight_rel_error") is not None:
+        figures.append(f"w {variant['weight_rel_error']:.1e}")
+    return f"{mark} {' / '.join(figures)}".strip()
+
+
+def markdown(document: dict) -> str:
+    from registry.convert import VARIANT_NAMES
+
+    header = "| framework | family | source | " + " | ".join(SHORT[n] for n in VARIANT_NAMES) + " | s |"
+    lines = [header, "|" + "---|" * (len(VARIANT_NAMES) + 4)]
+    for run in document["runs"]:
+        if "job_error" in run:
+            cells = [run["job_error"][:60]] + [""] * (len(VARIANT_NAMES) - 1)
+        else:
+            cells = [_cell(run["variants"][n]) for n in VARIANT_NAMES]
+        lines.append(f"| {run['framework']} | {run['family']} | {run.get('source', '')} | " + " | ".join(cells)
+                     + f" | {run.get('seconds', '')} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", action="append", help="framework:family (repeatable)")
+    parser.add_argument("--markdown", action="store_true", help="print the support matrix from the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.markdown:
+        sys.path.insert(0, str(ROOT))
+        print(markdown(json.loads(RESULTS.read_text())))
+        return 0
     if args.child:
         framework, family = args.child.split(":")
         print(json.dumps(run_one(framework, family)))
@@ -99,12 +144,16 @@ def main() -> int:
         servable = sum(v["servable"] for v in result.get("variants", {}).values())
         print(f"{case:32s} {time.perf_counter() - started:6.1f} s  works {works}/9  servable {servable}/9"
               f"{'  ' + result['job_error'][:80] if 'job_error' in result else ''}", flush=True)
+        _write(runs)  # after every case: a long run that is stopped keeps what it measured
+    return 0
+
+
+def _write(runs: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     document = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
                 "note": "tiny random-initialised models; per-output fidelity vs the source in LiteRT",
                 "runs": sorted(runs.values(), key=lambda r: (r["framework"], r["family"]))}
     RESULTS.write_text(json.dumps(document, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ So before the active pointer moves:
   loads the file, allocates tensors and runs one inference on zeros.
 * Core ML: devices have no coremltools and Linux cannot run Core ML, so the check is
   structural: the ``.mlpackage`` zip is intact, ``Manifest.json`` names a root model
-  whose spec file exists and walks as a protobuf ``Model`` with a specification version.
+  whose spec file exists and walks as a protobuf ``Model`` with a specification version
+  (a file that is not a zip is an ``.mlmodel``: it must walk as that ``Model`` itself).
   An iOS port replaces this with ``MLModel.compileModel(at:)``.
 """
 
@@ -94,6 +95,15 @@ def _check_tflite(path: Path, contract: ModelContract | None) -> None:
 
 
 def _check_coreml_package(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        # Not a zipped .mlpackage: an .mlmodel (a single protobuf Model), as an engineer's
+        # own Core ML artifact may be (variant ``coreml-provided-mlmodel``).
+        try:
+            spec = path.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"Core ML model cannot be read: {e}") from e
+        _check_model_spec(spec)
+        return
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()

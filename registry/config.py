@@ -44,6 +44,9 @@ class Settings:
     # False keeps it 200 then (a web tier behind a load balancer that should stay in while
     # the conversion tier is down; alert on /metrics or workers.alive instead).
     healthz_requires_workers: bool = True
+    # Celery only: a conversion job still queued after this long, whose toolchain queue
+    # (convert-tf, convert-torch) no live worker consumes, fails as toolchain_missing.
+    toolchain_grace: int = 300  # seconds
     # Delta patches are built by the workers (jobs of kind "deltas"); bsdiff peaks near 17x
     # the artifact in memory, so larger artifacts get no patch (64 MiB: about 1.1 GiB).
     delta_max_bytes: int = 64 << 20  # bytes

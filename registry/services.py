@@ -75,7 +75,7 @@ def build_services(settings: Settings, *, start_workers: bool = False) -> Servic
     work.mkdir(parents=True, exist_ok=True)
     services = Services(settings=settings, store=store, blobs=blobs,
                         signing=_image_repository(settings, store),
-                        jobs=job_queue_from_settings(settings), work_dir=work)
+                        jobs=job_queue_from_settings(settings, store.job_route), work_dir=work)
     for path in unlist_sources(services):  # sources are confidential (docs/security.md)
         log.warning("removed source %s from TUF targets", path)
     # Uploads a crash left half-written on this machine (each web machine stages its own).

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.errors import UploadTooLargeError, VersionFailedError
+from registry.convert.catalog import PROVIDED_VARIANT
+from registry.errors import InvalidMetadataError, UploadTooLargeError, VersionFailedError
 from registry.schemas import VersionOut, validate_name
 from registry.upload_stream import check_container, parse_metadata, source_format, take_spool
 
@@ -39,6 +40,11 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     spool = take_spool(file_part, "file")
     fmt = source_format(file_part.filename)
     check_container(fmt, spool.path, file_part.filename)
+    if fmt in PROVIDED_VARIANT and metadata.get("variants") is not None:
+        raise InvalidMetadataError(
+            f"{file_part.filename!r} is your own conversion and is served as uploaded (variant "
+            f"{PROVIDED_VARIANT[fmt]!r}): nothing is converted from it, so 'variants' does not apply",
+            field="variants")
     eval_spool = _take_eval(services, eval_part, metadata)
     source = services.blobs.adopt_file(spool.path, spool.sha256, spool.size)
     eval_sha = None

@@ -142,8 +142,9 @@ class Cluster:
                                            and resp.json().get("status") == "no_workers")
 
     def start_worker(self, name: str) -> Proc:
-        argv = [str(BIN / "celery"), "-A", "registry.jobs.celery_app", "worker", "-Q", "modeldrop",
-                "--concurrency", "1", "-n", f"{name}@%h", "--loglevel", "INFO"]
+        argv = [str(BIN / "celery"), "-A", "registry.jobs.celery_app", "worker",
+                "-Q", "modeldrop,convert-tf,convert-torch", "--concurrency", "1", "-n", f"{name}@%h",
+                "--loglevel", "INFO"]
         proc = Proc(name, argv, self._env(name), self.root / f"{name}.log").start()
         self.procs[name] = proc
         return proc

@@ -67,8 +67,13 @@ def _check_command(argv: list[str]) -> None:
     assert role in ("worker", "beat"), argv
     assert "-B" not in argv, "the beat runs once, on its own (docs/deployment.md)"
     if role == "worker":
-        queue = argv[argv.index("-Q") + 1]
-        assert f'task_default_queue="{queue}"' in (ROOT / "registry/jobs/celery_app.py").read_text()
+        # The general queue (maintenance, delta jobs) and every toolchain's queue: this image
+        # holds TensorFlow and PyTorch, so its workers take every job.
+        from registry.convert.catalog import GENERAL_QUEUE, TOOLCHAIN_QUEUES
+
+        queues = argv[argv.index("-Q") + 1].split(",")
+        assert f'task_default_queue="{queues[0]}"' in (ROOT / "registry/jobs/celery_app.py").read_text()
+        assert queues[0] == GENERAL_QUEUE and set(queues[1:]) == set(TOOLCHAIN_QUEUES.values()), queues
         assert argv[argv.index("--concurrency") + 1] == "1"
     # The command is the one docs/deployment.md gives (a schedule file path aside).
     documented = " ".join(argv[:argv.index("-s")] if "-s" in argv else argv)

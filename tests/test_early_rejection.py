@@ -31,7 +31,7 @@ def server(tmp_path):
     services.store.engine.dispose()
 
 
-def _push(url: str, path: str, token: str | None, declared: int = DECLARED):
+def _push(url: str, path: str, token: str | None, declared: int = DECLARED, filename: str = "m.keras"):
     """Send headers and then body bytes until the server stops taking them; returns (status
     line, bytes sent, seconds)."""
     port = int(url.rsplit(":", 1)[1])
@@ -42,7 +42,8 @@ def _push(url: str, path: str, token: str | None, declared: int = DECLARED):
             f"Content-Length: {declared}\r\n"
             + (f"Authorization: Bearer {token}\r\n" if token else "") + "\r\n")
     s.sendall(head.encode())
-    first = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="m.keras"\r\n\r\n'
+    first = (b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="'
+             + filename.encode() + b'"\r\n\r\n')
     s.sendall(first)
     sent, started = len(first), time.monotonic()
     try:
@@ -103,3 +104,15 @@ def test_an_accepted_upload_is_still_read_whole(server):
                          files={"file": ("m.keras", b"\1" * (8 << 20))})
     assert resp.status_code == 201, resp.text
     assert resp.json()["source"]["size"] == 8 << 20
+
+
+def test_an_onnx_upload_is_refused_from_its_part_header_without_taking_the_body(server):
+    """The file name in the part's header is enough to refuse ONNX (docs/conversion.md): the
+    answer comes before the body is read, and nothing is spooled."""
+    url, tokens, services = server
+    # 90 MB: under the upload limit, so only the part header can refuse it early.
+    line, sent, _ = _push(url, "/v1/models/ok/versions", tokens["publisher"], declared=90 << 20,
+                          filename="model.onnx")
+    assert line.split()[1] == "400", line
+    assert sent < 16 << 20, f"the server took {sent >> 20} MiB of a refused upload"
+    assert list(services.blobs.staging_dir.glob("upload-*")) == []

@@ -138,10 +138,11 @@ def test_crashed_worker_job_is_requeued_then_given_up(tmp_path):
     assert svc.store.get_version("digits", 1).status == "failed"
 
 
-def _celery_worker(env: dict, log: Path) -> Proc:
+def _celery_worker(env: dict, log: Path, queues: str = "modeldrop,convert-tf,convert-torch",
+                   *extra: str) -> Proc:
     return Proc("celery worker", [sys.executable, "-m", "celery", "-A", "registry.jobs.celery_app", "worker",
-                                  "--pool=solo", "-Q", "modeldrop", "--loglevel=INFO", "--without-gossip",
-                                  "--without-mingle", "--without-heartbeat"], env, log, grace=20).start()
+                                  "--pool=solo", "-Q", queues, "--loglevel=INFO", "--without-gossip",
+                                  "--without-mingle", "--without-heartbeat", *extra], env, log, grace=20).start()
 
 
 @pytest.mark.parametrize("broker", ["redis://127.0.0.1:6379/15",
@@ -169,3 +170,55 @@ def test_celery_worker_runs_conversion(tmp_path, digits, broker, db_url):
     finally:
         worker.stop()
         svc.store.engine.dispose()
+
+
+def test_celery_jobs_go_to_their_toolchains_queue_and_an_unserved_one_fails(tmp_path, digits, pg_database):
+    """A real worker on Redis that consumes only the general and TensorFlow queues (as an
+    image without PyTorch would) converts a Keras upload, is never handed the PyTorch job,
+    and the maintenance its embedded beat runs fails that job as toolchain_missing once
+    MODELDROP_TOOLCHAIN_GRACE has passed with no consumer for convert-torch."""
+    import zipfile
+
+    from registry.app import create_app
+
+    broker = "redis://127.0.0.1:6379/14"
+    model, eval_npz = digits
+    import redis
+
+    db_url = pg_database
+    redis.Redis(db=14).flushdb()  # no message of an earlier run
+    settings = base_settings(tmp_path, job_backend="celery", broker_url=broker, database_url=db_url,
+                             toolchain_grace=2)
+    app = create_app(settings)
+    svc = app.extensions["modeldrop"]
+    env = dict(os.environ, MODELDROP_DATA_DIR=str(settings.data_dir), MODELDROP_JOB_BACKEND="celery",
+               MODELDROP_BROKER_URL=broker, MODELDROP_DATABASE_URL=db_url, MODELDROP_LATENCY_RUNS="5",
+               MODELDROP_TOOLCHAIN_GRACE="2", MODELDROP_REFRESH_INTERVAL="2")
+    log = tmp_path / "celery.log"
+    worker = _celery_worker(env, log, "modeldrop,convert-tf", "-B", "-s", str(tmp_path / "beat-schedule"))
+    try:
+        api = ApiClient(app.test_client(), svc.store.create_token("publisher").token)
+        # A zip named .pt2 passes the upload's container check; what it holds never matters,
+        # since no worker here may open it.
+        pt2 = tmp_path / "m.pt2"
+        with zipfile.ZipFile(pt2, "w") as archive:
+            archive.writestr("m/data.pkl", b"never read")
+        torch_job = api.upload("torchy", pt2.read_bytes(), filename="m.pt2").get_json()["job"]
+        keras_job = _upload(api, model, eval_npz, ["tflite-fp32"]).get_json()["job"]
+        keras = _wait_job(api, keras_job, timeout=300)
+        assert keras["state"] == "done", keras
+        job = _wait_job(api, torch_job, timeout=120)
+        assert job["state"] == "failed", job
+        assert job["error"].startswith("toolchain_missing: no live worker consumes the Celery queue 'convert-torch'")
+        assert "MODELDROP_TOOLCHAIN_GRACE" in job["error"]
+        # Never handed to this worker: never claimed, never started.
+        assert job["attempts"] == 0 and job["started_at"] is None
+        received = [line for line in log.read_text().splitlines()
+                    if "Task modeldrop.convert[" in line and line.endswith("received")]
+        assert len(received) == 1, received  # the Keras job's message only
+        version = api.get("/v1/models/torchy/versions/1").get_json()
+        assert version["status"] == "failed" and version["error"] == job["error"]
+    finally:
+        worker.stop()
+        svc.store.engine.dispose()
+        redis.Redis(db=14).flushdb()  # the PyTorch job's message, which nothing consumed

@@ -5,8 +5,8 @@ landmark regressor, 1-D CNN over accelerometer windows, keyword spotting on a sp
 text classifier on int32 token ids, image + feature-vector model) is built tiny and
 random-initialised, saved as a user would (.keras/.h5, .pt2/.pt), and converted by
 ``registry.jobs.conversion.convert_file`` (bubblewrap, the converter process, the worker's
-checks) with its declared signature — the families with several tensors or integer inputs;
-the single-float-input ones run the same engine in this process (``SANDBOXED``). What comes
+checks) with its declared signature — the families with several inputs or outputs; the
+single-input ones run the same engine in this process (``SANDBOXED``). What comes
 back is checked against what the test computes itself: the artifact's tensors (read here
 with the LiteRT interpreter and the Core ML spec), and per-output fidelity recomputed from
 the in-memory model's outputs and the interpreter's outputs on the published file.
@@ -37,10 +37,10 @@ TFLITE_ONLY = ["tflite-fp32", "tflite-int8-dynamic"]
 # Keras -> Core ML costs ~10 s a job here (TensorFlow graph through coremltools): only the
 # families with several inputs or outputs request it; every PyTorch family does.
 KERAS_COREML = {"detector", "two_input"}
-# The families with several tensors or integer inputs go through the sandboxed job path (the
+# The families with several tensors go through the sandboxed job path (the
 # converter process, result.json, the worker's checks of signature and per-output fidelity);
 # the single-float-input families run the same engine in this process to keep CI time down.
-SANDBOXED = {"detector", "text_classifier", "two_input"}
+SANDBOXED = {"detector", "two_input"}
 CASES = [(framework, family) for framework in ("keras", "torch") for family in makers_keras.FAMILIES]
 # One family per framework in the other file format: .h5 and TorchScript .pt.
 SUFFIX = {("keras", "two_input"): ".h5", ("torch", "two_input"): ".pt"}
@@ -227,10 +227,20 @@ def test_synthetic_token_ids_are_valid_for_the_embedding(tmp_path):
     assert len(np.unique(tokens)) > makers_keras.VOCAB // 2  # spread over the vocabulary, not a constant
     unknown = synthetic_eval_set((TensorSpec("ids", "int64", (5,)),), int_high=None).inputs["ids"]
     assert unknown.dtype == np.int64 and 0 <= unknown.min() and unknown.max() < 8
-    model = makers_torch.make_torch_family("text_classifier", tmp_path / "model", labels=False)
-    (result,) = _convert(model.source, tmp_path / "work", variants=["tflite-fp32"], declared=model.metadata,
-                         sandboxed=False)
+    # The text model exported with int64 token ids (torch's default): no eval set, so synthetic
+    # ids; litert-torch stores the input as int32, and the signature says it narrowed it.
+    import torch
+
+    module = makers_torch._torch_family_module("text_classifier")
+    path = tmp_path / "text64.pt2"
+    torch.export.save(torch.export.export(module, (torch.zeros(1, makers_keras.SEQUENCE, dtype=torch.int64),)),
+                      str(path))
+    (result,) = _convert(path, tmp_path / "work", variants=["tflite-fp32"], sandboxed=False)
     assert result.servable and result.fidelity["eval_source"] == "synthetic", result.reason
+    (tokens,) = result.signature["inputs"]
+    assert tokens == {"name": "tokens", "dtype": "int32", "shape": [1, makers_keras.SEQUENCE],
+                      "narrowed_from": "int64"}
+    assert result.fidelity["outputs"]["output_0"]["top1_agreement"] == 1.0  # unnamed output: output_0
 
 
 # -- bad inputs: each a clear error before anything is built ----------------------------------
@@ -305,7 +315,7 @@ def test_a_two_input_model_is_pushed_converted_promoted_and_loaded_by_the_sdk(tm
     headers = {"Authorization": f"Bearer {admin}"}
     try:
         with serve_app(app) as url:
-            metadata = {"framework": "pytorch", "variants": ["tflite-fp32", "coreml-fp32"], **model.metadata}
+            metadata = {"framework": "pytorch", "variants": ["tflite-fp32"], **model.metadata}
             with open(model.source, "rb") as source, open(model.eval_npz, "rb") as eval_file:
                 resp = requests.post(f"{url}/v1/models/two-input/versions", headers=headers, timeout=60,
                                      files={"file": ("model.pt2", source), "eval": ("eval.npz", eval_file)},

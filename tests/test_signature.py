@@ -256,3 +256,18 @@ def test_coreml_signature_refuses_a_zip_without_one_package(tmp_path):
         archive.writestr("readme.txt", "no package here")
     with pytest.raises(SignatureError, match="exactly one .mlpackage"):
         coreml_signature(path)
+
+
+def test_narrowed_tensors_are_marked_against_the_source():
+    from registry.convert._signature import mark_narrowed
+
+    source = {"inputs": [{"name": "ids", "dtype": "int64", "shape": [1, 5]},
+                         {"name": "image", "dtype": "float32", "shape": [1, 3, 8, 8]}],
+              "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 2]}]}
+    artifact = {"inputs": [{"name": "ids", "dtype": "int32", "shape": [1, 5]},
+                           {"name": "image", "dtype": "int8", "shape": [1, 3, 8, 8]}],  # quantized, not narrowed
+                "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 2]}]}
+    marked = mark_narrowed(copy.deepcopy(artifact), source)
+    assert marked["inputs"][0] == {"name": "ids", "dtype": "int32", "shape": [1, 5], "narrowed_from": "int64"}
+    assert "narrowed_from" not in marked["inputs"][1] and "narrowed_from" not in marked["outputs"][0]
+    assert validate_signature(marked) == marked

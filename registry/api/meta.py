@@ -10,7 +10,7 @@ from flask import Blueprint, current_app
 from registry import __version__
 from registry.api._util import respond
 from registry.auth import require_role
-from registry.convert.catalog import VARIANT_NAMES
+from registry.convert.catalog import VARIANTS
 from registry.services import current_services
 
 bp = Blueprint("meta", __name__)
@@ -62,7 +62,7 @@ BODIES: dict[str, dict] = {
                              "version": {"type": "integer", "minimum": 1, "maximum": _INT64_MAX},
                              "channel": _CHANNEL,
                              "rollout_percent": _PERCENT,
-                             "variant": {"enum": [*VARIANT_NAMES, None]},
+                             "variant": {"enum": [*VARIANTS, None]},
                              "targeting": {"anyOf": [_TARGETING, {"type": "null"}]},
                              "guardrails": {"anyOf": [_GUARDRAILS, {"type": "null"}]},
                              "reason": {"anyOf": [_REASON, {"type": "null"}]}}},

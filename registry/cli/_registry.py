@@ -31,7 +31,8 @@ def register(main: click.Group) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the created version as JSON.")
 @pass_ctx
 def push(ctx, name, model_file, metadata_file, eval_file, number, wait, as_json) -> None:
-    """Upload MODEL_FILE (.keras, .h5, SavedModel .zip, torch.export .pt2, TorchScript .pt) as a new version of NAME."""
+    """Upload MODEL_FILE (.keras, .h5, SavedModel .zip, torch.export .pt2, TorchScript .pt; or your own .tflite,
+    .mlpackage.zip or .mlmodel, served as uploaded) as a new version of NAME."""
     metadata = _read_metadata(metadata_file)
     total = model_file.stat().st_size + (eval_file.stat().st_size if eval_file else 0)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=as_json) as bar:

@@ -55,7 +55,9 @@ def convert_version(
 
     Args:
         source_path: ``.keras``, ``.h5``, ``.zip`` (a zipped SavedModel directory
-            with a ``serving_default`` signature), ``.pt2`` or ``.pt``.
+            with a ``serving_default`` signature), ``.pt2`` or ``.pt``; or a provided
+            artifact (``.tflite``, ``.mlpackage`` holding a zipped package, ``.mlmodel``),
+            which is checked and measured, not converted (``_provided``).
         workdir: scratch directory owned by the caller; artifacts land in
             ``workdir/variants/<variant>.<extension>``.
         variants: names from the catalogue; None builds all of them.
@@ -89,6 +91,11 @@ def convert_version(
         ConversionError: the source model does not load (with the loader's message)
             or the evaluation set does not fit it.
     """
+    from ._provided import measure_provided, provided_format
+
+    if provided_format(source_path) is not None:  # an engineer's own .tflite / Core ML model
+        return measure_provided(Path(source_path), Path(workdir), variants=variants, latency_runs=latency_runs,
+                                max_extract_bytes=max_extract_bytes, progress=progress)
     from ._engine import convert_version as _convert_version
 
     return _convert_version(

@@ -180,6 +180,22 @@ def _keras_vocabulary(model) -> int | None:
     return min(sizes) if sizes else None
 
 
+def _keras_output_names(model) -> list[str]:
+    """``model.output_names`` (a functional model's output layers, or its dict keys); a
+    Sequential model has none, so the name of the layer producing each output, else
+    ``output_<i>``."""
+    names = list(getattr(model, "output_names", None) or [])
+    outputs = list(getattr(model, "outputs", None) or [])
+    if names and len(names) == len(outputs):
+        return [str(n) for n in names]
+    found = []
+    for index, tensor in enumerate(outputs):
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None) if history is not None else None
+        found.append(str(getattr(operation, "name", None) or f"output_{index}"))
+    return found if len(set(found)) == len(found) else [f"output_{i}" for i in range(len(outputs))]
+
+
 def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
     import keras
     import tensorflow as tf
@@ -191,7 +207,7 @@ def _load_keras_source(source_path: Path, export_dir: Path) -> SourceModel:
     except Exception as exc:  # the loader raises many types; its message is what matters
         raise ConversionError(f"cannot load {source_path.name}: {exc}") from exc
     inputs = list(getattr(model, "inputs", None) or [])
-    output_names = list(getattr(model, "output_names", None) or [])
+    output_names = _keras_output_names(model)
     if not inputs or not output_names:
         raise ConversionError(f"{source_path.name} has no inputs or outputs (a model that was never built?)")
     input_names = [str(t.name) for t in inputs]
@@ -366,7 +382,20 @@ def check_declared(signature: ModelSignature, declared: dict | None) -> None:
 
 
 def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SAVEDMODEL_BYTES) -> Path:
-    """Extract a zipped SavedModel safely and return the directory holding saved_model.pb.
+    """Extract a zipped SavedModel safely (``extract_zip``) and return the directory
+    holding saved_model.pb."""
+    extract_zip(zip_path, dest, max_bytes)
+    roots = sorted(p.parent for p in dest.rglob("saved_model.pb"))
+    if len(roots) != 1:
+        raise ConversionError(
+            f"{zip_path.name} must contain exactly one SavedModel (saved_model.pb); found {len(roots)}"
+        )
+    return roots[0]
+
+
+def extract_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SAVEDMODEL_BYTES,
+                what: str = "SavedModel zip") -> None:
+    """Extract an uploaded zip (a SavedModel, a Core ML package) into ``dest``, safely.
 
     Member names that are absolute, climb out with ``..``, carry a drive letter or are
     symlinks are refused before anything is written. The declared uncompressed total is
@@ -384,7 +413,7 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SA
     with archive:
         members = []
         for info in archive.infolist():
-            relative = _safe_member_path(info)
+            relative = _safe_member_path(info, what)
             members.append((info, relative))
         declared = sum(info.file_size for info, _ in members)
         if declared > max_bytes:
@@ -415,15 +444,9 @@ def _extract_saved_model_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_SA
                         dst.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise ConversionError(f"cannot extract {info.filename!r} from {zip_path.name}: {exc}") from exc
-    roots = sorted(p.parent for p in dest.rglob("saved_model.pb"))
-    if len(roots) != 1:
-        raise ConversionError(
-            f"{zip_path.name} must contain exactly one SavedModel (saved_model.pb); found {len(roots)}"
-        )
-    return roots[0]
 
 
-def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath:
+def _safe_member_path(info: zipfile.ZipInfo, what: str = "SavedModel zip") -> PurePosixPath:
     name = info.filename
     posix = PurePosixPath(name.replace("\\", "/"))
     unsafe = (
@@ -434,7 +457,7 @@ def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath:
         or not posix.parts
     )
     if unsafe:
-        raise ConversionError(f"unsafe path in SavedModel zip: {name!r}")
+        raise ConversionError(f"unsafe path in {what}: {name!r}")
     if stat.S_ISLNK(info.external_attr >> 16):
-        raise ConversionError(f"symlink in SavedModel zip: {name!r}")
+        raise ConversionError(f"symlink in {what}: {name!r}")
     return posix

@@ -15,11 +15,17 @@ from registry.errors import ModelDropError  # standard library only, like this m
 
 __all__ = [
     "ConversionError",
+    "GENERAL_QUEUE",
+    "TOOLCHAIN_QUEUES",
+    "PROVIDED_FORMATS",
+    "PROVIDED_VARIANT",
+    "PROVIDED_VARIANT_NAMES",
     "SOURCE_FORMATS",
     "VARIANTS",
     "VARIANT_NAMES",
     "VariantResult",
     "VariantSpec",
+    "toolchain_queue",
     "validate_variants",
 ]
 
@@ -92,18 +98,62 @@ VARIANTS: dict[str, VariantSpec] = {
     )
 }
 
+# What the converter builds from a source model (and what ``variants`` may ask for).
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
+
+# An engineer's own conversion, served as uploaded (docs/conversion.md, "Bring your own
+# artifact"). Never built, so not in VARIANT_NAMES; in VARIANTS so that every lookup by
+# name (result checks, publication, target paths) knows their format and extension.
+# ``coreml-provided-mlmodel`` is a separate name because an .mlmodel is one protobuf file,
+# not a zipped package: the name fixes the file extension the device receives.
+_PROVIDED = (
+    VariantSpec("tflite-provided", _TFLITE, "tflite", "TFLite, the engineer's own file, served as uploaded"),
+    VariantSpec("coreml-provided", _COREML, _COREML_EXT,
+                "Core ML package (zipped .mlpackage), the engineer's own, served as uploaded"),
+    VariantSpec("coreml-provided-mlmodel", _COREML, "mlmodel",
+                "Core ML .mlmodel, the engineer's own, served as uploaded"),
+)
+VARIANTS.update({spec.name: spec for spec in _PROVIDED})
+PROVIDED_VARIANT_NAMES: tuple[str, ...] = tuple(spec.name for spec in _PROVIDED)
+
+# Provided-artifact upload formats (the version's ``source_format``) -> the variant they become.
+PROVIDED_VARIANT: dict[str, str] = {"tflite": "tflite-provided", "mlpackage": "coreml-provided",
+                                    "mlmodel": "coreml-provided-mlmodel"}
+# The file name suffix each provided format has inside the converter's input folder.
+PROVIDED_FORMATS: dict[str, str] = {".tflite": "tflite", ".mlpackage": "mlpackage", ".mlmodel": "mlmodel"}
 
 # Accepted upload file extensions. ".zip" is a zipped TensorFlow SavedModel directory,
 # ".pt2" a torch.export ExportedProgram (torch.export.save), ".pt" TorchScript (torch.jit.save).
+# A provided artifact (".tflite", ".mlpackage.zip", ".mlmodel") is not converted.
 SOURCE_FORMATS: tuple[str, ...] = (".keras", ".h5", ".zip", ".pt2", ".pt")
 
 
-def validate_variants(variants: Iterable[str] | None) -> list[str]:
+# Celery queue per toolchain (docs/conversion.md, "Worker queues"). A provided artifact
+# needs only ai_edge_litert (TFLite) or coremltools (Core ML), both in the TensorFlow
+# worker's environment, so it goes to convert-tf. Jobs that need no converter (delta
+# patches) and the beat's maintenance stay on the general queue.
+GENERAL_QUEUE = "modeldrop"
+TOOLCHAIN_QUEUES: dict[str, str] = {"keras": "convert-tf", "h5": "convert-tf", "zip": "convert-tf",
+                                    "tflite": "convert-tf", "mlpackage": "convert-tf", "mlmodel": "convert-tf",
+                                    "pt2": "convert-torch", "pt": "convert-torch"}
+TOOLCHAIN_NAMES: dict[str, str] = {"convert-tf": "TensorFlow (with coremltools and ai-edge-litert)",
+                                   "convert-torch": "PyTorch (torch, litert-torch, coremltools)"}
+
+
+def toolchain_queue(kind: str, source_format: str) -> str:
+    """The Celery queue a job goes to: its source format's toolchain, or the general queue."""
+    if kind != "convert":
+        return GENERAL_QUEUE
+    return TOOLCHAIN_QUEUES.get(source_format, "convert-tf")
+
+
+def validate_variants(variants: Iterable[str] | None, *, allow_provided: bool = False) -> list[str]:
     """Normalise a requested variant list.
 
     Args:
         variants: names to build, or None for every variant in the catalogue.
+        allow_provided: accept the provided-artifact names too (the job of a pushed
+            ``.tflite``/Core ML file, which measures rather than builds them).
 
     Returns:
         The names in catalogue order, without duplicates.
@@ -118,7 +168,18 @@ def validate_variants(variants: Iterable[str] | None) -> list[str]:
         # A bare string would otherwise be iterated character by character.
         variants = [variants]
     requested = list(variants)
-    unknown = [name for name in requested if name not in VARIANTS]
+    provided = [name for name in requested if name in PROVIDED_VARIANT_NAMES]
+    if provided and allow_provided:
+        wanted = set(requested)
+        unknown = [name for name in requested if name not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant {', '.join(repr(n) for n in unknown)}")
+        return [name for name in VARIANTS if name in wanted]
+    if provided:
+        raise ValueError(
+            f"{', '.join(repr(n) for n in provided)} cannot be built: a provided variant is the "
+            "engineer's own file (push it as the model file, or attach it with --artifact)")
+    unknown = [name for name in requested if name not in VARIANT_NAMES]
     if unknown:
         raise ValueError(
             f"unknown variant {', '.join(repr(n) for n in unknown)}; "

@@ -1,5 +1,14 @@
-"""Celery wiring for the scale mode: ``celery -A registry.jobs.celery_app worker -Q modeldrop``
-on worker machines and exactly one ``celery -A registry.jobs.celery_app beat`` of its own.
+"""Celery wiring for the scale mode: ``celery -A registry.jobs.celery_app worker -Q
+modeldrop,convert-tf,convert-torch`` on worker machines and exactly one ``celery -A
+registry.jobs.celery_app beat`` of its own.
+
+Conversion jobs are sent to the queue of their toolchain (``convert-tf`` for Keras,
+SavedModel and provided artifacts, ``convert-torch`` for ``.pt2``/``.pt``;
+``registry.convert.catalog.toolchain_queue``); delta jobs and the beat's maintenance use
+the general queue ``modeldrop``. A worker image without PyTorch runs ``-Q
+modeldrop,convert-tf`` and is never handed a PyTorch job; a job whose queue no live worker
+consumes fails as ``toolchain_missing`` after ``MODELDROP_TOOLCHAIN_GRACE`` (the
+maintenance task asks the workers which queues they consume).
 
 Settings come from ``MODELDROP_*`` variables, exactly as for the web process.
 """
@@ -59,11 +68,16 @@ def _celery_for(broker_url: str, refresh_interval: int, stale_after: int,
 
         return run_job(services, job_id)
 
-    @app.task(name="modeldrop.maintenance")
-    def maintenance() -> None:
+    @app.task(name="modeldrop.maintenance", bind=True)
+    def maintenance(self) -> None:
         from registry.jobs.worker import maintenance as run_maintenance
 
-        run_maintenance(_services())
+        services = _services()
+        # This worker is busy running this task, so it may not answer the broadcast asking
+        # which queues live workers consume (a solo pool cannot): count its own queues.
+        own = getattr(self.app.amqp.queues, "consume_from", None) or {}
+        services.jobs.local_queues = set(own)
+        run_maintenance(services)
 
     return app
 

@@ -69,7 +69,7 @@ class SandboxedConversion:
         the model inside the sandbox); ``max_relative_rmse`` the regression outputs' bound
         (default: the setting)."""
         settings, dirs = self.settings, self.dirs
-        names = validate_variants(variants)
+        names = validate_variants(variants, allow_provided=True)
         upload_bytes = sum((dirs.input / n).stat().st_size for n in (source_name, eval_name) if n)
         budget = extract_budget(settings, upload_bytes)
         request = {"source": source_name, "eval": eval_name, "variants": names,
@@ -140,9 +140,10 @@ def convert_file(settings: Settings, source: Path, root: Path, *, eval_path: Pat
                  max_relative_rmse: float | None = None) -> list[VariantResult]:
     """The job path for a file on disk: what ``registry.convert.convert_version`` does,
     but in the sandbox, with the worker's checks on what comes back."""
-    names = validate_variants(variants)  # a ValueError before anything is copied
+    names = validate_variants(variants, allow_provided=True)  # a ValueError before anything is copied
     conversion = SandboxedConversion(settings, root)
-    source_name = "source" + Path(source).suffix.lower()
+    lower = Path(source).name.lower()
+    source_name = "source.mlpackage" if lower.endswith(".mlpackage.zip") else "source" + Path(source).suffix.lower()
     shutil.copyfile(source, conversion.input_dir / source_name)
     eval_name = None
     if eval_path is not None:

@@ -80,7 +80,7 @@ def _heartbeat(store, job_id: str, stop: threading.Event, interval: float) -> No
 def _convert(services, job_id: str, version, version_id: int, root: Path) -> list | str:
     """Run the untrusted converter in the sandbox and return the variants it built, re-hashed
     and validated, or the (scrubbed) reason the source cannot be used."""
-    from registry.convert.catalog import ConversionError, validate_variants
+    from registry.convert.catalog import PROVIDED_VARIANT, ConversionError, validate_variants
     from registry.jobs.conversion import SandboxedConversion
 
     conversion = SandboxedConversion(services.settings, root)
@@ -92,7 +92,11 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
         services.blobs.copy_to(version.source["eval_sha256"], conversion.input_dir / eval_name)
     # The upload's own threshold wins, then the model's, then the server default.
     threshold = services.store.model_threshold(version_id)
-    variants = validate_variants(version.metadata.get("variants"))
+    fmt = version.source["format"]
+    if fmt in PROVIDED_VARIANT:  # an engineer's own artifact: one variant, its own bytes
+        variants = [PROVIDED_VARIANT[fmt]]
+    else:
+        variants = validate_variants(version.metadata.get("variants"))
     services.store.job_progress(job_id, 0, len(variants), "loading the model")
 
     def progress(done: int, total: int, name: str) -> None:
@@ -100,11 +104,25 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
 
     declared = {"input": version.metadata.get("input") or [], "output": version.metadata.get("output") or []}
     try:
-        return conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
-                              progress=progress, declared=declared,
-                              max_relative_rmse=max_relative_rmse(services, version, version_id))
+        results = conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
+                                 progress=progress, declared=declared,
+                                 max_relative_rmse=max_relative_rmse(services, version, version_id))
     except ConversionError as e:
         return str(e)
+    if fmt in PROVIDED_VARIANT:
+        return _provided_is_the_upload(results, version.source["sha256"])
+    return results
+
+
+def _provided_is_the_upload(results: list, source_sha256: str) -> list | str:
+    """A provided variant ships the uploaded bytes: whatever the sandbox reports, its
+    artifact must have the upload's sha256 (compared here, outside the sandbox)."""
+    import hmac
+
+    for r in results:
+        if r.error is None and not hmac.compare_digest(str(r.sha256), source_sha256):
+            return "invalid_artifact: the converter returned other bytes than the uploaded artifact"
+    return results
 
 
 def max_relative_rmse(services, version, version_id: int | None = None) -> float:

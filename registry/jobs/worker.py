@@ -85,6 +85,8 @@ def maintenance(services) -> None:
         for job_id in services.store.requeue_stale_jobs(stale_after(services.settings)):
             log.warning("job %s requeued: its worker stopped heart-beating", job_id)
             services.jobs.enqueue(job_id)
+        for job_id in services.jobs.fail_unserved(services.store):
+            log.warning("job %s failed: no worker consumes its toolchain's queue", job_id)
         services.signing.refresh()
         from registry.delivery.rulesets import refresh_rulesets  # stale or expiring rulesets
 

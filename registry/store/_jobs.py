@@ -147,6 +147,40 @@ class JobStore(StoreBase):
                 "jobs_by_source": by_source,
                 "recent_durations_by_source": {k: sorted(v) for k, v in durations.items()}}
 
+    def job_route(self, job_id: str) -> tuple[str, str]:
+        """(kind, source format) of a job: what decides its Celery queue."""
+        with self.session() as s:
+            row = s.exec(select(JobRow.kind, VersionRow.source_format)
+                         .join(VersionRow, VersionRow.id == JobRow.version_id)
+                         .where(JobRow.id == job_id)).first()
+        if row is None:
+            raise JobNotFoundError(f"job {job_id!r} does not exist", job=job_id)
+        return row[0], row[1]
+
+    def queued_jobs(self, older_than: timedelta) -> list[tuple[str, str, str]]:
+        """(job id, kind, source format) of jobs queued for longer than ``older_than``."""
+        cutoff = utcnow() - older_than
+        with self.session() as s:
+            return [tuple(r) for r in s.exec(
+                select(JobRow.id, JobRow.kind, VersionRow.source_format)
+                .join(VersionRow, VersionRow.id == JobRow.version_id)
+                .where(JobRow.state == "queued", JobRow.created_at < cutoff)).all()]
+
+    def fail_queued_job(self, job_id: str, error: str) -> bool:
+        """Fail a job that is still queued (and its version, for a conversion); False when a
+        worker took it meanwhile."""
+        with self.session() as s:
+            # One conditional UPDATE, like claim_job: a worker claiming it now wins or loses whole.
+            taken = s.exec(update(JobRow).where(JobRow.id == job_id, JobRow.state == "queued")
+                           .values(state="failed", error=error, finished_at=utcnow()))
+            if taken.rowcount != 1:
+                return False
+            row = s.get(JobRow, job_id)
+            if row.kind == "convert":
+                version = s.get(VersionRow, row.version_id)
+                version.status, version.error, version.updated_at = "failed", error, utcnow()
+            return True
+
     def live_job_ids(self, stale_after: timedelta) -> set[str]:
         """Jobs that are ``running`` with a heartbeat younger than ``stale_after``: a live
         worker (perhaps another one on the same data dir) is running them."""
