@@ -347,11 +347,15 @@ def test_coreml_packages_reload_and_weight_error_is_honest(converted, digits, tm
     _, _, distances = _pairing_cost(kernels, fp32_values, subset=True)
     assert max(distances) == 0.0
 
+    import keras
+
+    # The uploaded file's input name (an in-memory model's tensors are named keras_tensor_N).
+    saved_input_name = keras.models.load_model(digits["paths"].keras_path, compile=False).inputs[0].name
     for result in results.values():
         spec, tensors = _coreml_weights(result.path, tmp_path / result.name)
         assert spec.WhichOneof("Type") == "mlProgram"
         # Features carry the Keras model's own tensor names.
-        assert [f.name for f in spec.description.input] == [digits["model"].inputs[0].name]
+        assert [f.name for f in spec.description.input] == [saved_input_name]
         assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 8, 8, 1]
         # A Sequential model's output is named after its last layer.
         assert [f.name for f in spec.description.output] == [digits["model"].layers[-1].name]
