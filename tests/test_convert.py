@@ -347,14 +347,24 @@ def test_coreml_packages_reload_and_weight_error_is_honest(converted, digits, tm
     _, _, distances = _pairing_cost(kernels, fp32_values, subset=True)
     assert max(distances) == 0.0
 
+    import keras
+    import tensorflow as tf
+
+    # The upload's own input name: the .keras/.h5 file's input layer, or the zipped SavedModel's
+    # serving signature key (model.export names it after the in-memory tensor, keras_tensor).
+    keras_name = keras.models.load_model(digits["paths"].keras_path, compile=False).inputs[0].name
+    export_dir = digits["paths"].saved_model_zip.with_suffix("")
+    serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    (saved_model_name,) = serving.structured_input_signature[1]
     for result in results.values():
         spec, tensors = _coreml_weights(result.path, tmp_path / result.name)
         assert spec.WhichOneof("Type") == "mlProgram"
         # Features carry the Keras model's own tensor names.
-        assert [f.name for f in spec.description.input] == [digits["model"].inputs[0].name]
+        assert [f.name for f in spec.description.input] in ([keras_name], [saved_model_name])
         assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 8, 8, 1]
-        # A Sequential model's output is named after its last layer.
-        assert [f.name for f in spec.description.output] == [digits["model"].layers[-1].name]
+        # A Sequential model's output is named after its last layer (a SavedModel: its signature's key).
+        assert [f.name for f in spec.description.output] in ([digits["model"].layers[-1].name],
+                                                              list(serving.structured_outputs))
 
         fidelity = result.fidelity
         assert result.servable is True and result.reason is None
