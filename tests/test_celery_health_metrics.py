@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from registry.config import Settings
 from registry.delivery import releases
+from registry.delivery.deltas import forget_scheduled
 from registry.services import build_services
 from tests.makers import make_ready_version
 from tests.scale_cluster import BIN, Proc, free_port, wait_for
@@ -60,6 +61,8 @@ def deployment(tmp_path_factory):
     finally:
         worker.stop()
         web.stop()
+        # Its delta jobs were the killed worker's: no later wait_for_deltas may wait on them.
+        forget_scheduled(services)
         services.store.engine.dispose()
         redis.Redis.from_url(broker).flushdb()
 

@@ -64,7 +64,7 @@ def test_targeted_device_gets_a_signed_schema_1_manifest(services, api, anon_api
     doc = resp.get_json()
     assert set(doc) == {"schema", "model", "channel", "release_counter", "version", "variant",
                         "format", "artifact", "experiment", "arm", "install_id", "issued_at",
-                        "expires_at", "delta", "signatures"}
+                        "expires_at", "delta", "signature", "signatures"}
     smallest = next(v for v in version.variants if v.name == "tflite-int8-dynamic")
     assert doc["schema"] == 1 and doc["model"] == "digits" and doc["channel"] == "production"
     assert doc["release_counter"] == 1 and doc["version"] == 1

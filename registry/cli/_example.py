@@ -87,7 +87,8 @@ def train_digits(out_dir: Path, *, epochs: int = 10, seed: int = 1) -> dict[str,
         keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
         keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax"),
+        # The output is named as meta.json declares it (a Sequential output takes its layer's name).
+        keras.layers.Dense(10, activation="softmax", name="probabilities"),
     ])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:TRAIN_SAMPLES], y[:TRAIN_SAMPLES], epochs=epochs, batch_size=32, verbose=0)

@@ -178,10 +178,16 @@ def wait_for_deltas(timeout: float = 60.0) -> bool:
                 if not services.store.has_jobs(kind="deltas", states=("queued", "running")):
                     break
                 if time.monotonic() > deadline:
+                    forget_scheduled(services)  # this call fails; a later one is not held up by it
                     return False
                 time.sleep(0.1)
         except Exception:
             log.debug("cannot drain the delta jobs of %r", services, exc_info=True)
-        with _scheduled_lock:  # drained (or gone): forget it
-            _scheduled[:] = [s for s in _scheduled if s is not services]
+        forget_scheduled(services)  # drained (or gone)
     return True
+
+
+def forget_scheduled(services: Any) -> None:
+    """Stop tracking ``services`` for :func:`wait_for_deltas` (its owner is closing it)."""
+    with _scheduled_lock:
+        _scheduled[:] = [s for s in _scheduled if s is not services]
