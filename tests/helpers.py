@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["ApiClient", "assert_problem", "base_settings"]
@@ -79,3 +81,14 @@ def npz_bytes(seed: int = 0, samples: int = 4, features: int = 8) -> bytes:
     np.savez(buf, x=rng.random((samples, features), dtype=np.float32),
              y=rng.integers(0, 3, samples))
     return buf.getvalue()
+
+
+def wait_job(fetch: Callable[[str], dict], job_id: str, timeout: float = 300, step: float = 0.5) -> dict:
+    """Poll ``fetch(job_id)`` (a job as GET /v1/jobs/{id} returns it) until it is done or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = fetch(job_id)
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(step)
+    raise AssertionError(f"job {job_id} did not finish")

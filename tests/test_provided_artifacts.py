@@ -7,12 +7,11 @@ leave nothing servable. ONNX is refused at upload from the part's header."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 
 from tests import makers_provided
-from tests.helpers import ApiClient, assert_problem, base_settings
+from tests.helpers import ApiClient, assert_problem, base_settings, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +38,7 @@ def server(tmp_path_factory):
 
 
 def _wait(api, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get(f"/v1/jobs/{job_id}").get_json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish")
+    return wait_job(lambda j: api.get(f"/v1/jobs/{j}").get_json(), job_id, timeout, step=0.3)
 
 
 def _push(server, name, path, filename=None):

@@ -10,7 +10,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import requests
 
 from client_sdk import DeviceInfo, ModelClient, ModelContract, TensorSpec
 from client_sdk.errors import ModelDropError
-from tests.helpers import base_settings
+from tests.helpers import base_settings, wait_job
 from tests.live import serve_app
 from tests.sdk_origin import fast_config
 from tests.test_signatures import CountingSession
@@ -66,14 +65,8 @@ def server(tmp_path_factory):
 
 
 def _wait(server, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = requests.get(f"{server['url']}/v1/jobs/{job_id}", timeout=10,
-                           headers={"Authorization": f"Bearer {server['token']}"}).json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish")
+    return wait_job(lambda j: requests.get(f"{server['url']}/v1/jobs/{j}", timeout=10, headers={
+        "Authorization": f"Bearer {server['token']}"}).json(), job_id, timeout)
 
 
 def test_two_input_two_output_keras_model_end_to_end(server, tmp_path):

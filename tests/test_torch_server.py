@@ -13,14 +13,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests import makers_torch
-from tests.helpers import ApiClient, base_settings
+from tests.helpers import ApiClient, base_settings, wait_job
 from tests.live import serve_app
 
 pytestmark = pytest.mark.slow
@@ -54,13 +53,8 @@ def _cli(server, *args, cwd: Path, token: str | None = None, timeout: float = 60
 def _wait(server, job_id: str, timeout: float = 300) -> dict:
     client = server["app"].test_client()
     token = (server["data"] / "admin-token").read_text().strip()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}).get_json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish")
+    return wait_job(lambda j: client.get(f"/v1/jobs/{j}", headers={"Authorization": f"Bearer {token}"})
+                    .get_json(), job_id, timeout)
 
 
 def test_a_pt2_pushed_with_the_cli_converts_and_runs_on_a_device(server, tmp_path):
