@@ -103,13 +103,16 @@ class RegistryClient:
         return self.request("PATCH", path, json=body)
 
     def upload(self, name: str, model_path: Path, metadata: str | None, eval_path: Path | None,
-               on_bytes: Callable[[int], None], version: int | None = None) -> Any:
+               on_bytes: Callable[[int], None], version: int | None = None,
+               artifacts: list[Path] | tuple[Path, ...] = ()) -> Any:
+        """``artifacts``: the engineer's own converted files, attached as ``artifact`` parts."""
         fields: list[tuple[str, str]] = []
         if metadata is not None:
             fields.append(("metadata", metadata))
         if version is not None:
             fields.append(("version", str(version)))
         files = [("file", model_path)] + ([("eval", eval_path)] if eval_path else [])
+        files += [("artifact", Path(p)) for p in artifacts]
         body = StreamingMultipart(fields, files, on_bytes)
         return self.request("POST", f"/v1/models/{name}/versions", data=body,
                             headers={"Content-Type": body.content_type}, timeout=None)

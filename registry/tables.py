@@ -74,6 +74,23 @@ class VariantRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class AttachmentRow(SQLModel, table=True):
+    """An engineer's own artifact sent next to a source upload (the ``artifact`` part): kept
+    as a blob, so that the version's conversion (and any retry) makes it a variant, and so
+    that fsck and GC count it as referenced whether or not a variant row names it yet."""
+
+    __tablename__ = "attached_artifacts"
+    __table_args__ = (UniqueConstraint("version_id", "variant"),)
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="versions.id", index=True)
+    variant: str  # tflite-attached | coreml-attached | coreml-attached-mlmodel
+    format: str  # tflite | mlpackage | mlmodel (as a provided upload's source_format)
+    sha256: str = Field(max_length=64, index=True)
+    size: int
+    filename: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class TokenRow(SQLModel, table=True):
     __tablename__ = "api_tokens"
     id: int | None = Field(default=None, primary_key=True)

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.convert.catalog import PROVIDED_VARIANT
-from registry.errors import InvalidMetadataError, UploadTooLargeError, VersionFailedError
+from registry.convert.catalog import ATTACHED_VARIANT, PROVIDED_VARIANT
+from registry.errors import (
+    InvalidMetadataError,
+    UnsupportedFormatError,
+    UploadTooLargeError,
+    ValidationError,
+    VersionFailedError,
+)
 from registry.schemas import VersionOut, validate_name
-from registry.upload_stream import check_container, parse_metadata, source_format, take_spool
+from registry.upload_stream import (
+    SOURCE_EXTENSIONS,
+    check_container,
+    parse_metadata,
+    source_format,
+    take_spool,
+)
+
+ATTACHMENT_FIELD = "artifact"
 
 
 def _take_eval(services, eval_part, metadata: dict[str, Any] | None):
@@ -32,9 +46,55 @@ def _take_eval(services, eval_part, metadata: dict[str, Any] | None):
     return spool
 
 
+def _attachment_format(filename: str) -> str:
+    """``tflite`` / ``mlpackage`` / ``mlmodel`` for an attached file's name, else a 400."""
+    lower = (filename or "").lower()
+    for ext, fmt in SOURCE_EXTENSIONS.items():
+        if lower.endswith(ext):
+            if fmt in ATTACHED_VARIANT:
+                return fmt
+            break
+    raise UnsupportedFormatError(
+        f"the attached artifact {filename!r} is not your own conversion: attach a .tflite, a zipped "
+        ".mlpackage (.mlpackage.zip) or an .mlmodel", field=ATTACHMENT_FIELD)
+
+
+def _take_attachments(services, parts, source_fmt: str, source_name: str) -> list[tuple[Any, dict]]:
+    """The ``artifact`` parts as (spool, attachment) pairs, each header-checked exactly as a
+    provided upload (``check_container``) plus its declared expanded size, at most one per
+    format; any refusal is a 400 naming the part, while every spool is still in staging
+    (the request's teardown removes them: nothing is stored)."""
+    parts = [p for p in parts or [] if p is not None and getattr(p, "filename", None)]
+    if not parts:
+        return []
+    if source_fmt in PROVIDED_VARIANT:
+        raise ValidationError(
+            f"{source_name!r} is itself your own conversion: artifacts are attached to a source model "
+            "(.keras, .h5, SavedModel .zip, .pt2, .pt) whose conversion they join", field=ATTACHMENT_FIELD)
+    from registry.jobs.conversion import extract_budget
+
+    taken: list[tuple[Any, dict]] = []
+    for part in parts:
+        fmt = _attachment_format(part.filename)
+        variant = ATTACHED_VARIANT[fmt]
+        if any(a["variant"] == variant for _, a in taken):
+            raise ValidationError(
+                f"two attached artifacts would both be variant {variant!r} ({part.filename!r} and an earlier "
+                "part): attach at most one file per format", field=ATTACHMENT_FIELD)
+        spool = take_spool(part, ATTACHMENT_FIELD)
+        check_container(fmt, spool.path, part.filename, field=ATTACHMENT_FIELD,
+                        max_expanded=extract_budget(services.settings, spool.size))
+        taken.append((spool, {"variant": variant, "format": fmt, "sha256": spool.sha256,
+                              "size": spool.size, "filename": part.filename[:255]}))
+    return taken
+
+
 def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: str | None,
-                   number: int | None, actor: str) -> tuple[VersionOut, bool, str | None]:
-    """Returns (version, created, job id). Bad input raises before anything is stored."""
+                   number: int | None, actor: str, artifact_parts=()) -> tuple[VersionOut, bool, str | None]:
+    """Returns (version, created, job id). Bad input raises before anything is stored.
+
+    ``artifact_parts``: the engineer's own converted files attached to the source (each becomes
+    the variant ``ATTACHED_VARIANT[format]``, served as those exact bytes)."""
     validate_name(name)
     metadata = parse_metadata(metadata_raw)
     spool = take_spool(file_part, "file")
@@ -45,20 +105,25 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
             f"{file_part.filename!r} is your own conversion and is served as uploaded (variant "
             f"{PROVIDED_VARIANT[fmt]!r}): nothing is converted from it, so 'variants' does not apply",
             field="variants")
+    attached = _take_attachments(services, artifact_parts, fmt, file_part.filename)
     eval_spool = _take_eval(services, eval_part, metadata)
     source = services.blobs.adopt_file(spool.path, spool.sha256, spool.size)
     eval_sha = None
     if eval_spool is not None:
         eval_sha = services.blobs.adopt_file(eval_spool.path, eval_spool.sha256, eval_spool.size).sha256
+    attachments = []
+    for attached_spool, attachment in attached:
+        services.blobs.adopt_file(attached_spool.path, attached_spool.sha256, attached_spool.size)
+        attachments.append(attachment)
     try:
         version, created = services.store.create_version(
             name, sha256=source.sha256, size=source.size, source_format=fmt,
             filename=file_part.filename, metadata=metadata, eval_sha256=eval_sha, actor=actor,
-            number=number)
+            number=number, attachments=attachments)
     except BaseException:
         # A 409 (or any failure) after the bytes were stored: no row will refer to them, so
         # they go too, unless another version already has the same bytes.
-        for sha in {source.sha256, eval_sha} - {None}:
+        for sha in {source.sha256, eval_sha, *(a["sha256"] for a in attachments)} - {None}:
             if not services.store.blob_referenced(sha):
                 services.blobs.delete(sha)
         raise

@@ -156,7 +156,8 @@ def source_format(filename: str) -> str:
         field="file")
 
 
-def check_container(fmt: str, path: Path, filename: str, field: str = "file") -> None:
+def check_container(fmt: str, path: Path, filename: str, field: str = "file",
+                    max_expanded: int | None = None) -> None:
     """Refuse, before anything is stored, a file that cannot be what its extension claims.
 
     Only the container is checked here (the web process never opens a model): a ``.pt2``
@@ -165,7 +166,9 @@ def check_container(fmt: str, path: Path, filename: str, field: str = "file") ->
     the job with the loader's reason. An engineer's own artifact gets header checks only
     (``_provided_header_problem``): a ``.tflite`` carries ``TFL3``, an ``.mlmodel`` starts like
     a protobuf ``Model`` and is not a zip, a ``.mlpackage.zip`` lists exactly one
-    ``<name>.mlpackage/Manifest.json`` and no unsafe member path.
+    ``<name>.mlpackage/Manifest.json`` and no unsafe member path (and, with ``max_expanded``,
+    declares no more than that many bytes once extracted: a zip bomb refused from its
+    central directory).
     """
     import zipfile
 
@@ -174,12 +177,12 @@ def check_container(fmt: str, path: Path, filename: str, field: str = "file") ->
             f"{filename!r} is not {_ZIP_FORMATS[fmt]}: that format is a zip archive and this file is not one",
             field="file")
     if fmt in PROVIDED_FORMATS:
-        why = _provided_header_problem(fmt, path)
+        why = _provided_header_problem(fmt, path, max_expanded)
         if why:
             raise UnsupportedFormatError(f"{filename!r} is not {PROVIDED_FORMATS[fmt]}: {why}", field=field)
 
 
-def _provided_header_problem(fmt: str, path: Path) -> str | None:
+def _provided_header_problem(fmt: str, path: Path, max_expanded: int | None = None) -> str | None:
     """Cheap checks on an engineer's own artifact; None when it may be what it claims.
 
     Only headers and (for a zip) the member names are read: whether the flatbuffer or the
@@ -216,6 +219,10 @@ def _provided_header_problem(fmt: str, path: Path) -> str | None:
             manifests.append(name)
     if len(manifests) != 1:
         return f"it must hold exactly one <name>.mlpackage/Manifest.json; found {len(manifests)}"
+    declared = sum(info.file_size for info in infos)
+    if max_expanded is not None and declared > max_expanded:
+        # The sandbox's extraction checks the real sizes again while it streams.
+        return f"its members declare {declared} bytes once extracted (at most {max_expanded})"
     return None
 
 

@@ -88,3 +88,25 @@ def huge_declared_package(path: Path, declared: int) -> Path:
             for _ in range(declared // len(chunk)):
                 fh.write(chunk)
     return path
+
+
+def make_keras_classifier(path: Path, *, inputs: int = 8, classes: int = 4, seed: int = 0):
+    """A small functional Keras classifier (input ``features``, softmax output ``probs``),
+    saved to ``path`` (.keras); returns the live model too, to convert or predict with."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((inputs,), name="features")
+    hidden = keras.layers.Dense(16, activation="relu")(x)
+    model = keras.Model(x, keras.layers.Dense(classes, activation="softmax", name="probs")(hidden))
+    model.save(path)
+    return model
+
+
+def tflite_of(model, path: Path) -> Path:
+    """What an engineer converts by hand: ``TFLiteConverter.from_keras_model`` (its output is
+    called ``output_0``, not the model's output name)."""
+    import tensorflow as tf
+
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return path

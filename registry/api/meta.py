@@ -147,7 +147,9 @@ DESCRIPTIONS: dict[str, dict] = {
                            "request": "ModelPatch", "response": "ModelOut"},
     "models.create_version": {
         "summary": "Upload a model version (multipart: file, metadata JSON, optional eval .npz, "
-                   "optional version number). 201 created, 200 identical bytes already uploaded.",
+                   "optional artifact parts (your own .tflite / .mlpackage.zip / .mlmodel, attached as "
+                   "extra variants), optional version number). 201 created, 200 identical bytes already "
+                   "uploaded, 409 the same source with other attachments.",
         "multipart": True, "response": "VersionOut", "request": "VersionMetadata",
         "status": (200, 201)},
     "models.list_versions": {"summary": "Versions, newest first (limit, cursor)",
@@ -315,6 +317,13 @@ def build_openapi() -> dict:
                         "schema": {"type": "object", "required": ["file"], "properties": {
                             "file": {"type": "string", "format": "binary"},
                             "eval": {"type": "string", "format": "binary"},
+                            "artifact": {
+                                "type": "array", "maxItems": 3, "items": {"type": "string", "format": "binary"},
+                                "description": "your own conversion of the source (.tflite, .mlpackage.zip, "
+                                               ".mlmodel; repeatable, at most one per format): an extra variant "
+                                               "tflite-attached / coreml-attached / coreml-attached-mlmodel, "
+                                               "served as these exact bytes and measured against the source "
+                                               "(docs/conversion.md, 'Attach your own artifact to a source')"},
                             "metadata": {"type": "string", "description": "JSON document", **ref},
                             "version": {"type": "integer"}}}}}}
                 else:

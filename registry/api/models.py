@@ -54,7 +54,8 @@ def create_version(name: str):
         number = int(number)
     version, created, job_id = publish_upload(
         current_services(), name, file_part=request.files.get("file"), eval_part=request.files.get("eval"),
-        metadata_raw=request.form.get("metadata"), number=number, actor=current_actor())
+        metadata_raw=request.form.get("metadata"), number=number, actor=current_actor(),
+        artifact_parts=request.files.getlist("artifact"))
     body = _version_json(version)
     body["job"] = job_id
     location = url_for("models.get_version", name=name, number=version.version)

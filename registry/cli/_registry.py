@@ -26,18 +26,24 @@ def register(main: click.Group) -> None:
               help="JSON file with the version's metadata.")
 @click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Evaluation set (.npz with x and optional y).")
+@click.option("--artifact", "artifacts", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Your own conversion of MODEL_FILE (.tflite, .mlpackage.zip or .mlmodel; repeatable, one per "
+                   "format): an extra variant served as those bytes, measured against MODEL_FILE.")
 @click.option("--version", "number", type=int, default=None, help="Explicit version number.")
 @click.option("--wait/--no-wait", default=False, help="Wait for conversion with a progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the created version as JSON.")
 @pass_ctx
-def push(ctx, name, model_file, metadata_file, eval_file, number, wait, as_json) -> None:
+def push(ctx, name, model_file, metadata_file, eval_file, artifacts, number, wait, as_json) -> None:
     """Upload MODEL_FILE (.keras, .h5, SavedModel .zip, torch.export .pt2, TorchScript .pt; or your own .tflite,
     .mlpackage.zip or .mlmodel, served as uploaded) as a new version of NAME."""
     metadata = _read_metadata(metadata_file)
     total = model_file.stat().st_size + (eval_file.stat().st_size if eval_file else 0)
+    total += sum(p.stat().st_size for p in artifacts)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=as_json) as bar:
         try:
-            result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number)
+            result = client(ctx).upload(name, model_file, metadata, eval_file, bar.update, number,
+                                        artifacts=artifacts)
         except ApiError as e:
             if e.code != "version_failed":
                 raise

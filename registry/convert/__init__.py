@@ -46,6 +46,7 @@ def convert_version(
     check_ops: bool = True,
     declared: dict | None = None,
     max_relative_rmse: float = 0.05,
+    attached: list[tuple[str, Path]] | None = None,
 ) -> list[VariantResult]:
     """Convert one uploaded model version into device variants and measure each.
 
@@ -81,10 +82,15 @@ def convert_version(
             names of their own take the declared output names.
         max_relative_rmse: a TFLite variant whose regression output has a relative RMSE
             against the source above this is not servable.
+        attached: the engineer's own artifacts for this source, as (variant, path):
+            ``tflite-attached`` (a ``.tflite``), ``coreml-attached`` (a zipped package
+            named ``.mlpackage``) or ``coreml-attached-mlmodel``; each is served as those
+            bytes and measured against the source (``_attached``).
 
     Returns:
-        One VariantResult per requested variant, in catalogue order. A variant that
-        fails to build carries ``error`` and is not servable; the others still build.
+        One VariantResult per requested variant, in catalogue order, then one per
+        attached artifact. A variant that fails to build (or an attachment that does not
+        load) carries ``error`` and is not servable; the others still build.
 
     Raises:
         ValueError: an unknown variant name or an invalid argument.
@@ -94,6 +100,8 @@ def convert_version(
     from ._provided import measure_provided, provided_format
 
     if provided_format(source_path) is not None:  # an engineer's own .tflite / Core ML model
+        if attached:
+            raise ValueError("artifacts are attached to a source model, not to a provided artifact")
         return measure_provided(Path(source_path), Path(workdir), variants=variants, latency_runs=latency_runs,
                                 max_extract_bytes=max_extract_bytes, progress=progress)
     from ._engine import convert_version as _convert_version
@@ -111,4 +119,5 @@ def convert_version(
         check_ops=check_ops,
         declared=declared,
         max_relative_rmse=max_relative_rmse,
+        attached=attached,
     )

@@ -63,6 +63,7 @@ def convert_version(
     check_ops: bool = True,
     declared: dict | None = None,
     max_relative_rmse: float = DEFAULT_MAX_RELATIVE_RMSE,
+    attached: list[tuple[str, Path]] | None = None,
 ) -> list[VariantResult]:
     """See registry.convert.convert_version."""
     names = validate_variants(variants)
@@ -128,7 +129,18 @@ def convert_version(
             calibration_path=calibration_path,
             progress=progress,
         )
-        return run.execute(executor, builds, workers)
+        results = run.execute(executor, builds, workers)
+        # After the pool is gone (as the latency of converted variants is measured): the
+        # engineer's own artifacts, each against the same reference outputs.
+        if attached:
+            from ._attached import measure_attached
+
+            total = len(names) + len(attached)
+            for done, (variant, path) in enumerate(attached, len(names) + 1):
+                results.append(measure_attached(run, variant, Path(path), max_extract_bytes))
+                if progress is not None:
+                    progress(done, total, variant)
+        return results
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
 

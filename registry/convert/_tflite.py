@@ -98,12 +98,14 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def _tensors(interpreter, expected_inputs, expected_outputs):  # outputs None: not checked
+def _tensors(interpreter, expected_inputs, expected_outputs, pair_single: bool = False):  # outputs None: not checked
     """(input details, output details), each {source name: detail}, matched by name.
 
     Names come from the model's one signature (what the converters write, named after the
     source's tensors); a model without a signature and a single input/output pairs by
-    position. Anything else is refused rather than guessed.
+    position. With ``pair_single`` (an engineer's own attached file, whose converter named
+    its tensors: ``output_0``), a side with one tensor on both models pairs by position
+    whatever the names. Anything else is refused rather than guessed.
     """
     by_index_in = {int(d["index"]): d for d in interpreter.get_input_details()}
     by_index_out = {int(d["index"]): d for d in interpreter.get_output_details()}
@@ -118,6 +120,10 @@ def _tensors(interpreter, expected_inputs, expected_outputs):  # outputs None: n
         outputs = {(expected_outputs or ["output"])[0]: next(iter(by_index_out.values()))}
     else:
         raise ValueError("the TFLite model has no single signature to match its tensors by name")
+    if pair_single and len(inputs) == len(expected_inputs) == 1:
+        inputs = {expected_inputs[0]: next(iter(inputs.values()))}
+    if pair_single and expected_outputs is not None and len(outputs) == len(expected_outputs) == 1:
+        outputs = {expected_outputs[0]: next(iter(outputs.values()))}
     if expected_outputs is None:
         expected_outputs = list(outputs)
     if sorted(inputs) != sorted(expected_inputs) or sorted(outputs) != sorted(expected_outputs):
@@ -127,14 +133,16 @@ def _tensors(interpreter, expected_inputs, expected_outputs):  # outputs None: n
 
 
 def run_tflite(model_path: Path, inputs: dict[str, np.ndarray],
-               output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+               output_names: list[str] | None = None, *, pair_single: bool = False) -> dict[str, np.ndarray]:
     """Run the interpreter over every sample; outputs by name (quantized ones dequantized).
 
     ``inputs`` maps the source's input names to arrays (batch first); ``output_names``
-    are the source's outputs (default: whatever the model has).
+    are the source's outputs (default: whatever the model has); ``pair_single`` as for
+    ``_tensors``.
     """
     interpreter = _interpreter(model_path, num_threads=None)
-    ins, outs = _tensors(interpreter, list(inputs), list(output_names) if output_names is not None else None)
+    ins, outs = _tensors(interpreter, list(inputs), list(output_names) if output_names is not None else None,
+                         pair_single)
     output_names = list(output_names) if output_names is not None else list(outs)
     # Dynamic batch dimensions let us run chunks; fixed ones mean their batch a time.
     dynamic_batch = all(int(d["shape_signature"][0]) == -1 for d in ins.values())
@@ -163,14 +171,15 @@ def run_tflite(model_path: Path, inputs: dict[str, np.ndarray],
     return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
 
 
-def time_tflite(model_path: Path, sample: dict[str, np.ndarray], runs: int) -> list[float]:
+def time_tflite(model_path: Path, sample: dict[str, np.ndarray], runs: int, *,
+                pair_single: bool = False) -> list[float]:
     """Wall-clock milliseconds of ``runs`` single-sample invocations, one thread, after warm-up.
 
     ``sample`` maps input names to batch-1 arrays. Uses the interpreter's default CPU
     delegate (XNNPACK for float ops), as a device would.
     """
     interpreter = _interpreter(model_path, num_threads=1)
-    ins, _ = _tensors(interpreter, list(sample), None)
+    ins, _ = _tensors(interpreter, list(sample), None, pair_single)
     for detail in ins.values():
         interpreter.resize_tensor_input(detail["index"], [1, *map(int, detail["shape"][1:])])
     interpreter.allocate_tensors()

@@ -14,6 +14,8 @@ from pathlib import Path
 from registry.errors import ModelDropError  # standard library only, like this module
 
 __all__ = [
+    "ATTACHED_VARIANT",
+    "ATTACHED_VARIANT_NAMES",
     "ConversionError",
     "GENERAL_QUEUE",
     "TOOLCHAIN_QUEUES",
@@ -116,9 +118,28 @@ _PROVIDED = (
 VARIANTS.update({spec.name: spec for spec in _PROVIDED})
 PROVIDED_VARIANT_NAMES: tuple[str, ...] = tuple(spec.name for spec in _PROVIDED)
 
+# An engineer's own conversion attached to a *source* upload (``modeldrop push NAME model.pt2
+# --artifact ios.mlpackage.zip``): served as uploaded next to the converted variants, and,
+# unlike a lone provided artifact, measured against that source (docs/conversion.md, "Attach
+# your own artifact to a source"). Distinct names from the provided ones: a version may have
+# ``tflite-fp16`` and ``tflite-attached``, and a table reader knows which one was compared.
+_ATTACHED = (
+    VariantSpec("tflite-attached", _TFLITE, "tflite",
+                "TFLite, the engineer's own file attached to the source, served as uploaded"),
+    VariantSpec("coreml-attached", _COREML, _COREML_EXT,
+                "Core ML package (zipped .mlpackage) attached to the source, served as uploaded"),
+    VariantSpec("coreml-attached-mlmodel", _COREML, "mlmodel",
+                "Core ML .mlmodel attached to the source, served as uploaded"),
+)
+VARIANTS.update({spec.name: spec for spec in _ATTACHED})
+ATTACHED_VARIANT_NAMES: tuple[str, ...] = tuple(spec.name for spec in _ATTACHED)
+
 # Provided-artifact upload formats (the version's ``source_format``) -> the variant they become.
 PROVIDED_VARIANT: dict[str, str] = {"tflite": "tflite-provided", "mlpackage": "coreml-provided",
                                     "mlmodel": "coreml-provided-mlmodel"}
+# An attachment's format (as for a provided upload) -> the variant it becomes.
+ATTACHED_VARIANT: dict[str, str] = {"tflite": "tflite-attached", "mlpackage": "coreml-attached",
+                                    "mlmodel": "coreml-attached-mlmodel"}
 # The file name suffix each provided format has inside the converter's input folder.
 PROVIDED_FORMATS: dict[str, str] = {".tflite": "tflite", ".mlpackage": "mlpackage", ".mlmodel": "mlmodel"}
 
@@ -168,6 +189,11 @@ def validate_variants(variants: Iterable[str] | None, *, allow_provided: bool = 
         # A bare string would otherwise be iterated character by character.
         variants = [variants]
     requested = list(variants)
+    attached = [name for name in requested if name in ATTACHED_VARIANT_NAMES]
+    if attached:
+        raise ValueError(
+            f"{', '.join(repr(n) for n in attached)} cannot be built: an attached variant is the "
+            "engineer's own file, sent next to the source (the 'artifact' part, modeldrop push --artifact)")
     provided = [name for name in requested if name in PROVIDED_VARIANT_NAMES]
     if provided and allow_provided:
         wanted = set(requested)

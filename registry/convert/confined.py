@@ -71,6 +71,8 @@ def main(input_dir: Path, work: Path) -> int:
             check_ops=bool(request.get("check_ops", True)),
             declared=request.get("declared") or None,
             max_relative_rmse=float(request.get("max_relative_rmse", 0.05)),
+            attached=[(str(a["variant"]), input_dir / Path(str(a["file"])).name)
+                      for a in request.get("attached") or []],
         )
     except ConversionError as e:
         _write_result(work, {"error": str(e), "code": getattr(e, "code", "conversion_failed"),

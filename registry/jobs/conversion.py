@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from registry.config import Settings
-from registry.convert.catalog import ConversionError, VariantResult, validate_variants
+from registry.convert.catalog import ATTACHED_VARIANT_NAMES, ConversionError, VariantResult, validate_variants
 from registry.convert.confined import REQUEST_NAME
 from registry.jobs import results as checks
 from registry.jobs.sandbox import JobDirs, Sandbox, SandboxUnavailableError
@@ -62,17 +62,25 @@ class SandboxedConversion:
 
     def run(self, source_name: str, *, eval_name: str | None = None, variants: list[str] | None = None,
             threshold_pp: float | None = None, progress: ProgressFn | None = None,
-            declared: dict | None = None, max_relative_rmse: float | None = None) -> list[VariantResult]:
+            declared: dict | None = None, max_relative_rmse: float | None = None,
+            attached: list[tuple[str, str]] | None = None) -> list[VariantResult]:
         """Convert ``input_dir/source_name``; the caller has put the upload (and eval set) there.
 
         ``declared`` is the metadata's ``{"input": [...], "output": [...]}`` (checked against
         the model inside the sandbox); ``max_relative_rmse`` the regression outputs' bound
-        (default: the setting)."""
+        (default: the setting); ``attached`` the engineer's own artifacts as (variant, file
+        name in ``input_dir``), each measured against the source and reported after the
+        converted variants."""
         settings, dirs = self.settings, self.dirs
         names = validate_variants(variants, allow_provided=True)
-        upload_bytes = sum((dirs.input / n).stat().st_size for n in (source_name, eval_name) if n)
+        attached = list(attached or [])
+        if any(variant not in ATTACHED_VARIANT_NAMES for variant, _ in attached):
+            raise ValueError(f"attached artifacts are variants {', '.join(ATTACHED_VARIANT_NAMES)}")
+        files = [source_name, eval_name, *(file for _, file in attached)]
+        upload_bytes = sum((dirs.input / n).stat().st_size for n in files if n)
         budget = extract_budget(settings, upload_bytes)
         request = {"source": source_name, "eval": eval_name, "variants": names,
+                   "attached": [{"variant": variant, "file": file} for variant, file in attached],
                    "threshold_pp": float(settings.accuracy_drop_threshold_pp if threshold_pp is None
                                          else threshold_pp),
                    "latency_runs": settings.latency_runs, "max_parallel": settings.convert_max_parallel or None,
@@ -81,16 +89,17 @@ class SandboxedConversion:
                    "max_relative_rmse": float(settings.max_relative_rmse if max_relative_rmse is None
                                               else max_relative_rmse)}
         (dirs.input / REQUEST_NAME).write_text(json.dumps(request))
+        reported = names + [variant for variant, _ in attached]
         for p in dirs.input.iterdir():
             os.chmod(p, 0o644)
 
         def on_message(message: dict) -> None:
             done, name = message.get("done"), message.get("variant")
             if (progress is not None and isinstance(done, int) and not isinstance(done, bool)
-                    and 0 <= done <= len(names) and name in names):
-                progress(done, len(names), name)
+                    and 0 <= done <= len(reported) and name in reported):
+                progress(done, len(reported), name)
 
-        cap = work_cap_bytes(settings, upload_bytes, len(names))
+        cap = work_cap_bytes(settings, upload_bytes, len(reported))
         try:
             outcome = self.sandbox.run(dirs, "registry.convert.confined", [str(dirs.input), str(dirs.work)],
                                        file_bytes=budget, timeout=settings.convert_timeout,
@@ -119,7 +128,7 @@ class SandboxedConversion:
             if code in SOURCE_CODES and not message.startswith(code):
                 message = f"{code}: {message}"
             raise SandboxedConversionError(code, message)
-        return checks.accept_variants(document, names, dirs.work, dirs.accepted,
+        return checks.accept_variants(document, reported, dirs.work, dirs.accepted,
                                       max_artifact_bytes=max(budget, 4 * upload_bytes + (256 << 20)))
 
 

@@ -90,6 +90,14 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
     if version.source.get("eval_sha256"):
         eval_name = "eval.npz"
         services.blobs.copy_to(version.source["eval_sha256"], conversion.input_dir / eval_name)
+    # The engineer's own artifacts attached to this source: staged beside it under the
+    # suffix their format has in the converter's input folder (as a provided upload).
+    attached, attached_sha = [], {}
+    for a in version.source.get("attachments") or []:
+        file_name = f"attached-{a['variant']}.{a['format']}"
+        services.blobs.copy_to(a["sha256"], conversion.input_dir / file_name)
+        attached.append((a["variant"], file_name))
+        attached_sha[a["variant"]] = a["sha256"]
     # The upload's own threshold wins, then the model's, then the server default.
     threshold = services.store.model_threshold(version_id)
     fmt = version.source["format"]
@@ -97,7 +105,7 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
         variants = [PROVIDED_VARIANT[fmt]]
     else:
         variants = validate_variants(version.metadata.get("variants"))
-    services.store.job_progress(job_id, 0, len(variants), "loading the model")
+    services.store.job_progress(job_id, 0, len(variants) + len(attached), "loading the model")
 
     def progress(done: int, total: int, name: str) -> None:
         services.store.job_progress(job_id, done, total, f"variant {done} of {total}: {name}")
@@ -106,22 +114,38 @@ def _convert(services, job_id: str, version, version_id: int, root: Path) -> lis
     try:
         results = conversion.run(source_name, eval_name=eval_name, variants=variants, threshold_pp=threshold,
                                  progress=progress, declared=declared,
-                                 max_relative_rmse=max_relative_rmse(services, version, version_id))
+                                 max_relative_rmse=max_relative_rmse(services, version, version_id),
+                                 attached=attached)
     except ConversionError as e:
         return str(e)
     if fmt in PROVIDED_VARIANT:
         return _provided_is_the_upload(results, version.source["sha256"])
-    return results
+    return _attached_are_the_uploads(results, attached_sha)
+
+
+def _not_the_uploaded_bytes(results: list, expected: dict[str, str]) -> list:
+    """The results named in ``expected`` (variant -> sha256 of the uploaded file) whose
+    artifact has other bytes: a variant served as uploaded must be the upload, whatever the
+    sandbox reports (compared here, outside the sandbox)."""
+    import hmac
+
+    return [r for r in results if r.name in expected and r.error is None
+            and not hmac.compare_digest(str(r.sha256), expected[r.name])]
 
 
 def _provided_is_the_upload(results: list, source_sha256: str) -> list | str:
-    """A provided variant ships the uploaded bytes: whatever the sandbox reports, its
-    artifact must have the upload's sha256 (compared here, outside the sandbox)."""
-    import hmac
+    """A provided version's one variant is the upload: other bytes fail the job."""
+    if _not_the_uploaded_bytes(results, {r.name: source_sha256 for r in results}):
+        return "invalid_artifact: the converter returned other bytes than the uploaded artifact"
+    return results
 
-    for r in results:
-        if r.error is None and not hmac.compare_digest(str(r.sha256), source_sha256):
-            return "invalid_artifact: the converter returned other bytes than the uploaded artifact"
+
+def _attached_are_the_uploads(results: list, attached_sha: dict[str, str]) -> list:
+    """An attached variant with other bytes than its attachment fails on its own; the
+    converted variants still publish."""
+    for r in _not_the_uploaded_bytes(results, attached_sha):
+        message = "invalid_artifact: the converter returned other bytes than the attached artifact"
+        r.path, r.sha256, r.size, r.servable, r.reason, r.error = None, None, None, False, message, message
     return results
 
 

@@ -16,7 +16,7 @@ from registry.schemas import ModelOut, VariantOut, VariantSignature, VersionOut
 from registry.store._auth import _audit
 from registry.store._base import StoreBase
 from registry.store._delivery_types import _invalidates_cache
-from registry.tables import ModelRow, VariantRow, VersionRow, utcnow
+from registry.tables import AttachmentRow, ModelRow, VariantRow, VersionRow, utcnow
 
 log = logging.getLogger("modeldrop.store")
 
@@ -39,15 +39,25 @@ def variant_out(row: VariantRow) -> VariantOut:
                       servable=row.servable, public=row.public, reason=row.reason or row.error)
 
 
+def attachment_out(row: AttachmentRow) -> dict[str, Any]:
+    return {"variant": row.variant, "format": row.format, "sha256": row.sha256, "size": row.size,
+            "filename": row.filename}
+
+
 def _version_out(s: Session, model: ModelRow, row: VersionRow,
-                 variants: list[VariantRow] | None = None) -> VersionOut:
+                 variants: list[VariantRow] | None = None,
+                 attachments: list[AttachmentRow] | None = None) -> VersionOut:
     if variants is None:
         variants = s.exec(select(VariantRow).where(VariantRow.version_id == row.id)
                           .order_by(VariantRow.id)).all()
+    if attachments is None:
+        attachments = s.exec(select(AttachmentRow).where(AttachmentRow.version_id == row.id)
+                             .order_by(AttachmentRow.id)).all()
     return VersionOut(
         model=model.name, version=row.number, status=row.status,
         source={"sha256": row.source_sha256, "size": row.source_size, "format": row.source_format,
-                "filename": row.source_filename, "eval_sha256": row.eval_sha256},
+                "filename": row.source_filename, "eval_sha256": row.eval_sha256,
+                "attachments": [attachment_out(a) for a in attachments]},
         metadata=row.metadata_json, variants=[variant_out(v) for v in variants], error=row.error,
         created_at=row.created_at, created_by=row.created_by, updated_at=row.updated_at)
 
@@ -91,16 +101,19 @@ class CatalogStore(StoreBase):
     # -- versions -------------------------------------------------------------------------
     def create_version(self, name: str, *, sha256: str, size: int, source_format: str,
                        filename: str, metadata: dict[str, Any], eval_sha256: str | None,
-                       actor: str, number: int | None = None) -> tuple[VersionOut, bool]:
+                       actor: str, number: int | None = None,
+                       attachments: list[dict[str, Any]] | None = None) -> tuple[VersionOut, bool]:
         """Create the next version, or return the existing one for identical bytes.
 
         Returns (version, created). Identical bytes are idempotent; a different file under an
-        explicitly requested, existing version number is a conflict.
+        explicitly requested, existing version number is a conflict, and so are the same
+        source bytes sent with other attached artifacts (``attachments``: dicts of variant,
+        format, sha256, size, filename) than that version has.
         """
         for attempt in range(5):
             try:
                 return self._create_version_once(name, sha256, size, source_format, filename,
-                                                 metadata, eval_sha256, actor, number)
+                                                 metadata, eval_sha256, actor, number, attachments or [])
             except IntegrityError:
                 # A concurrent upload took the number (or created the model); look again.
                 if attempt == 4:
@@ -108,7 +121,7 @@ class CatalogStore(StoreBase):
         raise AssertionError("unreachable")
 
     def _create_version_once(self, name, sha256, size, source_format, filename, metadata,
-                             eval_sha256, actor, number) -> tuple[VersionOut, bool]:
+                             eval_sha256, actor, number, attachments) -> tuple[VersionOut, bool]:
         with self.session() as s:
             model = s.exec(select(ModelRow).where(ModelRow.name == name)).first()
             if model is None:
@@ -131,6 +144,14 @@ class CatalogStore(StoreBase):
                         f"these bytes are already version {same.number} of {name!r}",
                         model=name, version=same.number)
             if same is not None:
+                had = {(a.variant, a.sha256) for a in s.exec(
+                    select(AttachmentRow).where(AttachmentRow.version_id == same.id))}
+                if attachments and had != {(a["variant"], a["sha256"]) for a in attachments}:
+                    raise VersionConflictError(
+                        f"these bytes are already version {same.number} of {name!r}, with "
+                        f"{'other' if had else 'no'} attached artifacts: a version's attachments are fixed "
+                        "when it is created; push the source again as a new file to attach others",
+                        model=name, version=same.number)
                 return _version_out(s, model, same), False
             if number is None:
                 current = s.exec(select(func.max(VersionRow.number))
@@ -142,8 +163,12 @@ class CatalogStore(StoreBase):
                              metadata_json=metadata, created_by=actor)
             s.add(row)
             s.flush()
+            for a in attachments:
+                s.add(AttachmentRow(version_id=row.id, variant=a["variant"], format=a["format"],
+                                    sha256=a["sha256"], size=a["size"], filename=a["filename"]))
             _audit(s, actor, "version.create", f"model:{name}/version:{number}",
-                   {"sha256": sha256, "size": size})
+                   {"sha256": sha256, "size": size,
+                    **({"attachments": {a["variant"]: a["sha256"] for a in attachments}} if attachments else {})})
             return _version_out(s, model, row), True
 
     def get_version(self, name: str, number: int) -> VersionOut:
@@ -166,11 +191,15 @@ class CatalogStore(StoreBase):
             rows = s.exec(q.order_by(VersionRow.number.desc()).limit(limit + 1)).all()
             # The page's variants in one query, not one per version.
             by_version: dict[int, list[VariantRow]] = {r.id: [] for r in rows[:limit]}
+            attached: dict[int, list[AttachmentRow]] = {r.id: [] for r in rows[:limit]}
             if by_version:
                 for v in s.exec(select(VariantRow).where(VariantRow.version_id.in_(list(by_version)))
                                 .order_by(VariantRow.id)):
                     by_version[v.version_id].append(v)
-            page = [_version_out(s, model, r, by_version[r.id]) for r in rows[:limit]]
+                for a in s.exec(select(AttachmentRow).where(AttachmentRow.version_id.in_(list(attached)))
+                                .order_by(AttachmentRow.id)):
+                    attached[a.version_id].append(a)
+            page = [_version_out(s, model, r, by_version[r.id], attached[r.id]) for r in rows[:limit]]
             return page, (rows[limit - 1].number if len(rows) > limit else None)
 
     def update_metadata(self, name: str, number: int, patch: dict[str, Any], actor: str) -> VersionOut:
@@ -301,5 +330,6 @@ class CatalogStore(StoreBase):
             known = any(s.exec(q).first() is not None for q in (
                 select(VersionRow.id).where(VersionRow.source_sha256 == sha256).limit(1),
                 select(VariantRow.id).where(VariantRow.sha256 == sha256).limit(1),
-                select(VersionRow.id).where(VersionRow.eval_sha256 == sha256).limit(1)))
+                select(VersionRow.id).where(VersionRow.eval_sha256 == sha256).limit(1),
+                select(AttachmentRow.id).where(AttachmentRow.sha256 == sha256).limit(1)))
             return "confidential" if known else None

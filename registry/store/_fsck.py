@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlmodel import select
 
 from registry.store._base import StoreBase
-from registry.tables import DeltaRow, JobRow, ModelRow, VariantRow, VersionRow, utcnow
+from registry.tables import AttachmentRow, DeltaRow, JobRow, ModelRow, VariantRow, VersionRow, utcnow
 
 
 class FsckStore(StoreBase):
@@ -35,6 +35,16 @@ class FsckStore(StoreBase):
                 if lost_mark is not None and reason == lost_mark:
                     continue
                 refs[sha].append(f"{name} v{number} variant {variant}")
+            # An attached artifact is the input of its version's conversion (and of a retry),
+            # referenced whether or not its variant row exists yet.
+            for name, number, variant, sha, error in s.exec(
+                    select(ModelRow.name, VersionRow.number, AttachmentRow.variant, AttachmentRow.sha256,
+                           VersionRow.error)
+                    .join(VersionRow, VersionRow.model_id == ModelRow.id)
+                    .join(AttachmentRow, AttachmentRow.version_id == VersionRow.id)):
+                if lost_mark is not None and error == lost_mark:
+                    continue
+                refs[sha].append(f"{name} v{number} attached artifact {variant}")
             for base, target, sha in s.exec(select(DeltaRow.base_sha256, DeltaRow.target_sha256,
                                                    DeltaRow.sha256).where(DeltaRow.sha256.is_not(None))):
                 refs[sha].append(f"delta {base[:12]}→{target[:12]}")
@@ -44,11 +54,13 @@ class FsckStore(StoreBase):
         return sha256 in self.blob_references()
 
     def mark_blob_lost(self, sha256: str, why: str) -> None:
-        """What needed a lost blob stops being offered: a version whose source or eval set it
-        was is failed, a variant it was is not servable."""
+        """What needed a lost blob stops being offered: a version whose source, eval set or
+        attached artifact it was is failed, a variant it was is not servable."""
         with self.session() as s:
+            attached = select(AttachmentRow.version_id).where(AttachmentRow.sha256 == sha256)
             for v in s.exec(select(VersionRow).where(
-                    (VersionRow.source_sha256 == sha256) | (VersionRow.eval_sha256 == sha256))):
+                    (VersionRow.source_sha256 == sha256) | (VersionRow.eval_sha256 == sha256)
+                    | VersionRow.id.in_(attached))):
                 v.status, v.error = "failed", why
                 s.add(v)
             for variant in s.exec(select(VariantRow).where(VariantRow.sha256 == sha256)):
