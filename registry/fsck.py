@@ -7,8 +7,9 @@ Checked in both directions, on either blob backend (local or S3):
   that needs it then shows as ``missing_blob``: re-upload that version).
 * ``orphan_blob``: a blob no row refers to (an upload that failed after its bytes were
   stored, a crash between blob and row). Repair deletes it.
-* ``missing_blob``: a row (source, eval set, variant, delta) whose blob is gone. Repair marks
-  what used it: the version failed (source or eval set) or the variant not servable.
+* ``missing_blob``: a row (source, eval set, attached artifact, variant, delta) whose blob is
+  gone. Repair marks what used it: the version failed (source, eval set or attached artifact)
+  or the variant not servable.
 * ``missing_target_blob``: a TUF target whose bytes are gone: devices would be told to fetch
   them. Repair removes the target (signing new targets/snapshot/timestamp metadata).
 * ``stuck_job``: a job ``running`` whose worker stopped heart-beating. Repair requeues it
@@ -69,7 +70,7 @@ def fsck(services, *, repair: bool = False) -> list[Finding]:
     target_hashes = {path: (signing.target_info(path) or {}).get("hashes", {}).get("sha256", "")
                      for path in sorted(signing.target_paths())}
     for sha in sorted(stored - refs.keys() - set(target_hashes.values())):
-        f = Finding("orphan_blob", sha, "no version, variant, delta or TUF target refers to it")
+        f = Finding("orphan_blob", sha, "no version, attachment, variant, delta or TUF target refers to it")
         if repair:
             blobs.delete(sha)
             f.repaired = True
