@@ -106,6 +106,21 @@ def test_an_attached_tflite_and_core_ml_package_join_the_converted_variants(serv
     assert coreml["fidelity"]["program_checked"] is True
     assert coreml["signature"]["inputs"][0]["shape"] == [1, 8]
 
+    # Released pinned to it, it is a signed TUF target a device downloads: the attached bytes.
+    resp = requests.post(f"{server['url']}/v1/models/attach/releases", headers=server["auth"], timeout=30,
+                         json={"version": 1, "channel": "production", "variant": "tflite-attached"})
+    assert resp.status_code == 201, resp.text
+    manifest = requests.get(f"{server['url']}/v1/manifest", timeout=30, params={
+        "model": "attach", "channel": "production", "install_id": "0b7e4c1a-3f5d-4e2b-9a8c-6d1f2e3a4b5c",
+        "platform": "android", "os_version": "14", "device_model": "Pixel 8"})
+    assert manifest.status_code == 200, manifest.text
+    doc = manifest.json()
+    assert doc["variant"] == "tflite-attached" and doc["artifact"]["sha256"] == tflite["sha256"]
+    info = server["services"].signing.target_info(doc["artifact"]["target"])
+    assert info["hashes"]["sha256"] == tflite["sha256"] and info["length"] == files["tflite"].stat().st_size
+    public = requests.get(doc["artifact"]["urls"][0], timeout=30)  # no token: released, public
+    assert public.status_code == 200 and _sha(public.content) == tflite["sha256"]
+
     # fsck: the attachment's blob is referenced by its version, not an orphan.
     from registry.fsck import fsck
 
@@ -114,10 +129,35 @@ def test_an_attached_tflite_and_core_ml_package_join_the_converted_variants(serv
     assert "attach v1 attached artifact tflite-attached" in refs[tflite["sha256"]]
     assert not [f for f in fsck(services) if f.subject in (tflite["sha256"], coreml["sha256"])]
 
+    # A version's attachments are fixed: the same source with another attachment is a conflict,
+    # and the refused attachment is not kept.
+    blobs = set(services.blobs.iter_sha256())
+    resp = requests.post(f"{server['url']}/v1/models/attach/versions", headers=server["auth"], timeout=60,
+                         files=[("file", ("clf.keras", files["source"].read_bytes())),
+                                ("artifact", ("other.tflite", files["other_tflite"].read_bytes()))])
+    assert resp.status_code == 409 and resp.json()["code"] == "version_conflict", resp.text
+    assert set(services.blobs.iter_sha256()) == blobs
+
+
+def test_the_worker_fails_an_attached_variant_whose_bytes_are_not_the_attachment():
+    from registry.convert.catalog import VariantResult
+    from registry.jobs.runner import _attached_are_the_uploads
+
+    converted = VariantResult(name="tflite-fp32", format="tflite", sha256="a" * 64, servable=True)
+    same = VariantResult(name="coreml-attached", format="coreml", sha256="b" * 64, servable=True)
+    swapped = VariantResult(name="tflite-attached", format="tflite", sha256="c" * 64, servable=True)
+    results = _attached_are_the_uploads([converted, same, swapped],
+                                        {"coreml-attached": "b" * 64, "tflite-attached": "d" * 64})
+    assert [r.servable for r in results] == [True, True, False]
+    assert swapped.sha256 is None and swapped.error.startswith("invalid_artifact: the converter returned other bytes")
+
 
 def test_an_attachment_that_is_not_the_source_is_not_servable(server, files):
-    version = _cli_push(server, "attach-other", files["other"], files["tflite"], files["coreml_6"],
+    garbage = files["tmp"] / "garbage.mlmodel"  # the protobuf's first byte, then noise
+    garbage.write_bytes(b"\x08" + np.random.default_rng(5).bytes(2048))
+    version = _cli_push(server, "attach-other", files["other"], files["tflite"], files["coreml_6"], garbage,
                         eval_file=files["tmp"] / "other-eval.npz", tmp=files["tmp"])
+    assert version["status"] == "ready", version
     by_name = {v["name"]: v for v in version["variants"]}
     assert by_name["tflite-fp32"]["servable"], by_name["tflite-fp32"]
     tflite = by_name["tflite-attached"]  # clf's TFLite attached to another model
@@ -127,6 +167,10 @@ def test_an_attachment_that_is_not_the_source_is_not_servable(server, files):
     assert not coreml["servable"], coreml
     assert coreml["reason"] == ("not the source's signature: input 'features (attached: x)' has shape [1, 6] in "
                                 "the attached model but [null, 8] in the source")
+    # Garbage after the magic passes the upload's header check; the sandbox fails that variant only.
+    broken = by_name["coreml-attached-mlmodel"]
+    assert not broken["servable"] and broken["sha256"] is None, broken
+    assert broken["reason"].startswith("invalid_artifact: coremltools cannot load the Core ML model"), broken
 
 
 def test_hostile_attachments_are_refused_at_upload_and_nothing_is_stored(server, files):
