@@ -56,7 +56,16 @@ def test_backup_and_restore_serve_the_same_registry(tmp_path, request, source_db
     services = app.extensions["modeldrop"]
     version = make_ready_version(services, "m")
     releases.promote(services, "m", version.version, channel="production", actor="tests")
+    # A version with an engineer's own artifact attached (not yet converted): its row and blob.
+    attached = services.blobs.put_bytes(b"\x1c\x00\x00\x00TFL3 an attached flatbuffer")
+    att_source = services.blobs.put_bytes(b"a source with an attachment")
+    services.store.create_version(
+        "att", sha256=att_source.sha256, size=att_source.size, source_format="keras", filename="m.keras",
+        metadata={}, eval_sha256=None, actor="tests",
+        attachments=[{"variant": "tflite-attached", "format": "tflite", "sha256": attached.sha256,
+                      "size": attached.size, "filename": "android.tflite"}])
     before = {"manifest": _manifest(services),
+              "attachments": services.store.get_version("att", 1).source["attachments"],
               "root": services.signing.get_metadata("root.json"),
               "timestamp": services.signing.get_metadata("timestamp.json"),
               "artifacts": {v.sha256: services.blobs.read_bytes(v.sha256) for v in version.variants},
@@ -88,6 +97,8 @@ def test_backup_and_restore_serve_the_same_registry(tmp_path, request, source_db
     assert s2.signing.get_metadata("root.json") == before["root"]
     assert [r.model_dump(mode="json") for r in releases.history(s2, "m", None)] == before["releases"]
     assert [t.model_dump(mode="json") for t in s2.store.list_tokens()] == before["tokens"]
+    assert s2.store.get_version("att", 1).source["attachments"] == before["attachments"] != []
+    assert s2.blobs.read_bytes(attached.sha256) == b"\x1c\x00\x00\x00TFL3 an attached flatbuffer"
     with serve_app(app2) as base:
         for sha, data in before["artifacts"].items():
             resp = requests.get(f"{base}/v1/artifacts/{sha}", timeout=10,
