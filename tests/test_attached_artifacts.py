@@ -106,6 +106,11 @@ def test_an_attached_tflite_and_core_ml_package_join_the_converted_variants(serv
     assert coreml["fidelity"]["program_checked"] is True
     assert coreml["signature"]["inputs"][0]["shape"] == [1, 8]
 
+    shown = subprocess.run([sys.executable, "-m", "registry.cli", "--url", server["url"], "show", "attach", "1"],
+                           env={**os.environ, "MODELDROP_TOKEN": server["token"]}, capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0 and "clf.tflite -> tflite-attached" in shown.stdout, shown.stderr[-2000:]
+
     # Released pinned to it, it is a signed TUF target a device downloads: the attached bytes.
     resp = requests.post(f"{server['url']}/v1/models/attach/releases", headers=server["auth"], timeout=30,
                          json={"version": 1, "channel": "production", "variant": "tflite-attached"})

@@ -258,6 +258,8 @@ def show(ctx, name, number, as_json) -> None:
             ("source", f"{v['source']['format']} {human_size(v['source']['size'])} "
                        f"sha256 {v['source']['sha256']}"),
             ("created", f"{v['created_at']} by {v['created_by']}")]
+    rows += [("attached", f"{a['filename']} -> {a['variant']} {human_size(a['size'])} sha256 {a['sha256']}")
+             for a in v["source"].get("attachments") or []]
     rows += [(k, json.dumps(val) if isinstance(val, (dict, list)) else val)
              for k, val in meta.items() if val not in (None, [], {}, "")]
     if v.get("error"):
