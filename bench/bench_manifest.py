@@ -196,16 +196,39 @@ def measure(wrk: str, server: Server, script: Path, duration: int, connections: 
     subprocess.run([wrk, "-t2", f"-c{connections}", "-d3s", "-s", str(script), server.base],
                    check=True, capture_output=True)
     load_before = os.getloadavg()
+    cpu_before = session_cpu_seconds(server.proc.pid)
     out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
                           str(script), server.base], check=True, capture_output=True,
                          text=True).stdout
+    cpu = session_cpu_seconds(server.proc.pid) - cpu_before
     raw = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return {"requests_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6)),
             "requests": raw["requests"],
+            # CPU the server's processes used per answered request (wrk's own not included):
+            # the figure the machine's load moves least
+            "cpu_ms_per_request": round(cpu * 1000 / max(1, raw["requests"]), 3),
             "p50_ms": round(raw["p50_us"] / 1000, 2), "p90_ms": round(raw["p90_us"] / 1000, 2),
             "p99_ms": round(raw["p99_us"] / 1000, 2), "max_ms": round(raw["max_us"] / 1000, 1),
             "non_2xx_3xx": raw["non_2xx_3xx"], "socket_errors": raw["socket_errors"],
             "load_average_before": [round(x, 2) for x in load_before]}
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """User + system CPU seconds of every live process of session ``sid`` (the gunicorn
+    master and its workers; reaped children's time is in the master's cutime/cstime)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # state ppid pgrp session ... utime(11) stime cutime cstime
+            total += sum(int(x) for x in fields[11:15])
+    return total / ticks
 
 
 def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
@@ -217,6 +240,7 @@ def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
            "requests_per_s": round(median("requests_per_s")),
            "p50_ms": round(median("p50_ms"), 2), "p90_ms": round(median("p90_ms"), 2),
            "p99_ms": round(median("p99_ms"), 2),
+           "cpu_ms_per_request": round(median("cpu_ms_per_request"), 3),
            "ratio_vs_field_notes_bare_flask": round(median("requests_per_s") / BARE_FLASK_REQ_S,
                                                     3),
            "rounds": runs}
@@ -224,6 +248,11 @@ def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
         # the same round's baseline: both ran within a minute, under the same machine load
         out["ratio_vs_bare_flask_same_round"] = round(statistics.median(
             r["requests_per_s"] / b["requests_per_s"] for r, b in zip(runs, bare_runs)), 3)
+        # bare Flask's CPU per request over this server's: the req/s ratio two free cores
+        # would allow if CPU were all that bounds them
+        out["cpu_ratio_vs_bare_flask_same_round"] = round(statistics.median(
+            b["cpu_ms_per_request"] / max(r["cpu_ms_per_request"], 1e-9)
+            for r, b in zip(runs, bare_runs)), 3)
     return out
 
 
@@ -280,6 +309,7 @@ def main() -> None:
                     runs[server.name].append(result)
                     print(f"round {round_no + 1} {server.name:10} {result['requests_per_s']:>6} "
                           f"req/s  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+                          f"CPU {result['cpu_ms_per_request']} ms/req  "
                           f"load {result['load_average_before'][0]}", flush=True)
         finally:
             for server in servers:
@@ -289,9 +319,10 @@ def main() -> None:
     for summary in summaries:
         line = (f"{summary['app']:28} {summary['worker_class']:8} "
                 f"{summary['requests_per_s']:>6} req/s  p50 {summary['p50_ms']} ms  "
-                f"p99 {summary['p99_ms']} ms")
+                f"p99 {summary['p99_ms']} ms  CPU {summary['cpu_ms_per_request']} ms/req")
         if "ratio_vs_bare_flask_same_round" in summary:
-            line += (f"  {summary['ratio_vs_bare_flask_same_round']:.2f}x bare Flask (same "
+            line += (f"  {summary['ratio_vs_bare_flask_same_round']:.2f}x bare Flask req/s, "
+                     f"{summary['cpu_ratio_vs_bare_flask_same_round']:.2f}x by CPU (same "
                      f"rounds), {summary['ratio_vs_field_notes_bare_flask']:.2f}x the "
                      "earlier bare-Flask reference")
         print(line)

@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 __all__ = ["init_app", "metrics_response", "record_manifest", "record_telemetry", "request_id"]
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_quote = json.encoder.encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 log = logging.getLogger("modeldrop.request")
 
 REQUESTS = Counter("modeldrop_http_requests_total", "HTTP requests by route, method and status",
@@ -89,10 +90,17 @@ def init_app(app: Flask) -> None:
         pair[0].inc()
         pair[1].observe(elapsed)
         if log.isEnabledFor(logging.INFO):
-            line = json.dumps({"ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                               "route": route, "path": request.path, "status": resp.status_code,
-                               "duration_ms": round(elapsed * 1000, 2), "bytes": resp.content_length,
-                               "remote_addr": request.remote_addr}, separators=(",", ":"))
+            # the same line json.dumps of the dict wrote (key order, escapes, number forms),
+            # without building the dict: the request id is [A-Za-z0-9._:-] or hex, the rest
+            # goes through json's own C string encoder
+            size = resp.content_length
+            addr = request.remote_addr
+            line = (f'{{"ts":{round(time.time(), 3)!r},"request_id":"{rid}",'
+                    f'"method":{_quote(request.method)},"route":{_quote(route)},'
+                    f'"path":{_quote(request.path)},"status":{resp.status_code},'
+                    f'"duration_ms":{round(elapsed * 1000, 2)!r},'
+                    f'"bytes":{"null" if size is None else int(size)},'
+                    f'"remote_addr":{"null" if addr is None else _quote(addr)}}}')
             log.handle(log.makeRecord(log.name, logging.INFO, __name__, 0, line, None, None))
         return resp
 

@@ -215,6 +215,7 @@ def test_telemetry_that_races_another_process_writing_the_served_rows_still_coun
     base_url, services, http = server
     # the test decides when the other process writes (its thread would within 0.1 s)
     monkeypatch.setattr(_served, "_FLUSH_INTERVAL", 3600)
+    monkeypatch.setattr(_served, "_IDLE_ROUNDS", 1)  # woken at the end, it exits
     other_app = create_app(services.settings)  # a second web process on the same database
     other = other_app.extensions["modeldrop"]
     crashing, healthy = fleet_ids(4, "race-crash"), fleet_ids(16, "race-healthy")
@@ -244,5 +245,9 @@ def test_telemetry_that_races_another_process_writing_the_served_rows_still_coun
             halts = check_guardrails(services)
             assert [(h.kind, h.target) for h in halts] == [("release", f"{MODEL}/{CHANNEL}#1")]
     finally:
-        other.store._served_buffer().wake.set()  # its idle thread exits
+        buffer = other.store._served_buffer()
+        thread = buffer.thread
+        buffer.wake.set()  # its idle thread exits
+        if thread is not None:
+            thread.join(timeout=30)
         other.store.engine.dispose()

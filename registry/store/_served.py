@@ -13,7 +13,7 @@ writes the buffer every ``_FLUSH_INTERVAL`` (0.1 s), or as soon as it holds
 ``_FLUSH_ROWS``, in one transaction (a multi-row ``INSERT ... ON CONFLICT DO NOTHING``);
 a commit per new device, under SQLite's single write lock shared by every gunicorn worker,
 was most of a manifest request under load (docs/benchmarks.md). The thread exits when the
-buffer stays empty and starts again with the next row.
+buffer has stayed empty for ``_IDLE_ROUNDS`` intervals and starts again with the next row.
 
 A device whose telemetry arrives before its served row is written still counts: after the
 rows are committed, the flush clears ``unserved`` on the events of the same (model, install
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 _MEMO_LIMIT = 100_000  # recorded keys remembered per process (least recently used dropped), ~15 MB
 _FLUSH_INTERVAL = 0.1  # seconds a new served row may wait in the buffer
 _FLUSH_ROWS = 500  # a buffer this full is written at once
+_IDLE_ROUNDS = 20  # empty flush intervals before the thread exits (not one per burst)
 _PENDING_LIMIT = 50_000  # rows kept for a retry while the database is unreachable
 _KEY = ["model", "channel", "version", "variant", "install_id"]
 # the events a flush makes count; the partial index ix_telemetry_unserved keeps it cheap
@@ -162,14 +163,16 @@ class _ServedBuffer:
             self.wake.set()
 
     def _run(self) -> None:
+        idle = 0
         while True:
             self.wake.wait(_FLUSH_INTERVAL)
             self.wake.clear()
-            failed = self._flush() is None
+            written = self._flush()
             with self.lock:
-                if failed or not self.pending:
-                    # idle, or the database is unreachable: the next new row starts another
-                    # thread, which retries what is still pending
+                idle = idle + 1 if not written and not self.pending else 0
+                if written is None or idle >= _IDLE_ROUNDS:
+                    # idle for a while, or the database is unreachable: the next new row
+                    # starts another thread, which retries what is still pending
                     self.thread = None
                     return
 
