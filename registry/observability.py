@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import time
 from typing import Any
@@ -47,6 +48,13 @@ TELEMETRY = Counter("modeldrop_telemetry_events_total",
                     "Telemetry events by outcome (accepted, duplicate, rejected)", ["outcome"])
 
 
+def _new_id() -> str:
+    """32 hex digits. A correlation id, not a secret: the process's Mersenne Twister (seeded
+    from os.urandom, and again in every forked worker) instead of a urandom syscall per
+    request."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def request_id() -> str | None:
     """The current request's id (None outside a request)."""
     try:
@@ -71,12 +79,12 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if REQUEST_ID_RE.match(given) else os.urandom(16).hex()
+        g.request_id = given if REQUEST_ID_RE.match(given) else _new_id()
         g.request_started = time.perf_counter()
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        rid = g.get("request_id") or os.urandom(16).hex()
+        rid = g.get("request_id") or _new_id()
         resp.headers["X-Request-Id"] = rid
         started = g.get("request_started")
         elapsed = time.perf_counter() - started if started is not None else 0.0
