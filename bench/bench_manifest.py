@@ -213,6 +213,27 @@ def measure(wrk: str, server: Server, script: Path, duration: int, connections: 
             "load_average_before": [round(x, 2) for x in load_before]}
 
 
+def stamp_schema_for(code: Path, database: Path) -> None:
+    """Let an older checkout (``--before``) open a database this checkout migrated: record
+    that checkout's newest migration as applied. Later migrations' additions (columns with
+    defaults, indexes) are left in place; the older code does not use them."""
+    import re
+    import sqlite3
+
+    revisions, parents = set(), set()
+    for path in (code / "registry" / "migrations" / "versions").glob("*.py"):
+        source = path.read_text()
+        found = re.search(r'^revision = "([^"]+)"', source, re.M)
+        parent = re.search(r'^down_revision = "([^"]+)"', source, re.M)
+        if found:
+            revisions.add(found.group(1))
+        if parent:
+            parents.add(parent.group(1))
+    [head] = revisions - parents
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (head,))
+
+
 def session_cpu_seconds(sid: int) -> float:
     """User + system CPU seconds of every live process of session ``sid`` (the gunicorn
     master and its workers; reaped children's time is in the master's cutime/cstime)."""
@@ -299,6 +320,8 @@ def main() -> None:
                 # rows another one wrote (a conflicting insert is cheaper than a new row)
                 own = tmp_path / f"data-{n}"
                 shutil.copytree(data_dir, own)
+                if code is not None:
+                    stamp_schema_for(code, own / "modeldrop.db")
                 servers.append(Server(own, worker_class, args.workers, bare, code=code,
                                       label=f"before {args.before}" if code else ""))
                 servers[-1].wait_ready()
