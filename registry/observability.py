@@ -118,12 +118,21 @@ def record_manifest(status: int, document: dict[str, Any] | None, args: Any) -> 
     models and channels only); a 204 is counted without its channel, which a client could
     otherwise vary without end."""
     if status == 200 and document:
-        MANIFESTS.labels(str(document.get("model", "")), str(document.get("channel", "")),
-                         str(document.get("arm") or ""), "offer").inc()
+        labels = (str(document.get("model", "")), str(document.get("channel", "")),
+                  str(document.get("arm") or ""), "offer")
     elif status == 304:
-        MANIFESTS.labels(args.get("model", ""), args.get("channel", "production"), "", "not_modified").inc()
+        labels = (args.get("model", ""), args.get("channel", "production"), "", "not_modified")
     else:
-        MANIFESTS.labels(args.get("model", ""), "", "", "nothing").inc()
+        labels = (args.get("model", ""), "", "", "nothing")
+    child = _manifest_children.get(labels)
+    if child is None:  # labels() validates and locks on every call: looked up once
+        if len(_manifest_children) >= 4096:  # 304/204 labels carry the client's model name
+            _manifest_children.clear()
+        child = _manifest_children[labels] = MANIFESTS.labels(*labels)
+    child.inc()
+
+
+_manifest_children: dict[tuple[str, str, str, str], Any] = {}
 
 
 def record_telemetry(result: Any) -> None:
