@@ -15,7 +15,11 @@ It also measures that bare-Flask reference again with the same gunicorn and wrk 
 in interleaved rounds (bare, sync, gthread, bare, ...; servers stay up, idle ones cost
 nothing), because this machine is shared and its load moves every figure; the ratio to the
 same round's baseline (``ratio_vs_bare_flask_same_round``, median over rounds) is the
-comparable one. Figures are medians over the rounds.
+comparable one. Figures are medians over the rounds. Each round also records the CPU the
+server's processes used per answered request (``cpu_ms_per_request``: user + system time of
+the gunicorn master and workers over the run, from /proc; wrk's own is not in it), and
+``cpu_ratio_vs_bare_flask_same_round`` is bare Flask's over the server's: the figure the
+machine's load moves least, and the req/s ratio two free cores would tend to.
 
 Installs wrk with apt-get when it is missing. Everything listens on 127.0.0.1 and is
 stopped at the end.
