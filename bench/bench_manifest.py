@@ -15,7 +15,11 @@ It also measures that bare-Flask reference again with the same gunicorn and wrk 
 in interleaved rounds (bare, sync, gthread, bare, ...; servers stay up, idle ones cost
 nothing), because this machine is shared and its load moves every figure; the ratio to the
 same round's baseline (``ratio_vs_bare_flask_same_round``, median over rounds) is the
-comparable one. Figures are medians over the rounds.
+comparable one. Figures are medians over the rounds. Each round also records the CPU the
+server's processes used per answered request (``cpu_ms_per_request``: user + system time of
+the gunicorn master and workers over the run, from /proc; wrk's own is not in it), and
+``cpu_ratio_vs_bare_flask_same_round`` is bare Flask's over the server's: the figure the
+machine's load moves least, and the req/s ratio two free cores would tend to.
 
 Installs wrk with apt-get when it is missing. Everything listens on 127.0.0.1 and is
 stopped at the end.
@@ -196,16 +200,60 @@ def measure(wrk: str, server: Server, script: Path, duration: int, connections: 
     subprocess.run([wrk, "-t2", f"-c{connections}", "-d3s", "-s", str(script), server.base],
                    check=True, capture_output=True)
     load_before = os.getloadavg()
+    cpu_before = session_cpu_seconds(server.proc.pid)
     out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
                           str(script), server.base], check=True, capture_output=True,
                          text=True).stdout
+    cpu = session_cpu_seconds(server.proc.pid) - cpu_before
     raw = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return {"requests_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6)),
             "requests": raw["requests"],
+            # CPU the server's processes used per answered request (wrk's own not included):
+            # the figure the machine's load moves least
+            "cpu_ms_per_request": round(cpu * 1000 / max(1, raw["requests"]), 3),
             "p50_ms": round(raw["p50_us"] / 1000, 2), "p90_ms": round(raw["p90_us"] / 1000, 2),
             "p99_ms": round(raw["p99_us"] / 1000, 2), "max_ms": round(raw["max_us"] / 1000, 1),
             "non_2xx_3xx": raw["non_2xx_3xx"], "socket_errors": raw["socket_errors"],
             "load_average_before": [round(x, 2) for x in load_before]}
+
+
+def stamp_schema_for(code: Path, database: Path) -> None:
+    """Let an older checkout (``--before``) open a database this checkout migrated: record
+    that checkout's newest migration as applied. Later migrations' additions (columns with
+    defaults, indexes) are left in place; the older code does not use them."""
+    import re
+    import sqlite3
+
+    revisions, parents = set(), set()
+    for path in (code / "registry" / "migrations" / "versions").glob("*.py"):
+        source = path.read_text()
+        found = re.search(r'^revision = "([^"]+)"', source, re.M)
+        parent = re.search(r'^down_revision = "([^"]+)"', source, re.M)
+        if found:
+            revisions.add(found.group(1))
+        if parent:
+            parents.add(parent.group(1))
+    [head] = revisions - parents
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (head,))
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """User + system CPU seconds of every live process of session ``sid`` (the gunicorn
+    master and its workers; reaped children's time is in the master's cutime/cstime)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # state ppid pgrp session ... utime(11) stime cutime cstime
+            total += sum(int(x) for x in fields[11:15])
+    return total / ticks
 
 
 def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
@@ -217,6 +265,7 @@ def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
            "requests_per_s": round(median("requests_per_s")),
            "p50_ms": round(median("p50_ms"), 2), "p90_ms": round(median("p90_ms"), 2),
            "p99_ms": round(median("p99_ms"), 2),
+           "cpu_ms_per_request": round(median("cpu_ms_per_request"), 3),
            "ratio_vs_field_notes_bare_flask": round(median("requests_per_s") / BARE_FLASK_REQ_S,
                                                     3),
            "rounds": runs}
@@ -224,6 +273,11 @@ def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
         # the same round's baseline: both ran within a minute, under the same machine load
         out["ratio_vs_bare_flask_same_round"] = round(statistics.median(
             r["requests_per_s"] / b["requests_per_s"] for r, b in zip(runs, bare_runs)), 3)
+        # bare Flask's CPU per request over this server's: the req/s ratio two free cores
+        # would allow if CPU were all that bounds them
+        out["cpu_ratio_vs_bare_flask_same_round"] = round(statistics.median(
+            b["cpu_ms_per_request"] / max(r["cpu_ms_per_request"], 1e-9)
+            for r, b in zip(runs, bare_runs)), 3)
     return out
 
 
@@ -270,6 +324,8 @@ def main() -> None:
                 # rows another one wrote (a conflicting insert is cheaper than a new row)
                 own = tmp_path / f"data-{n}"
                 shutil.copytree(data_dir, own)
+                if code is not None:
+                    stamp_schema_for(code, own / "modeldrop.db")
                 servers.append(Server(own, worker_class, args.workers, bare, code=code,
                                       label=f"before {args.before}" if code else ""))
                 servers[-1].wait_ready()
@@ -280,6 +336,7 @@ def main() -> None:
                     runs[server.name].append(result)
                     print(f"round {round_no + 1} {server.name:10} {result['requests_per_s']:>6} "
                           f"req/s  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+                          f"CPU {result['cpu_ms_per_request']} ms/req  "
                           f"load {result['load_average_before'][0]}", flush=True)
         finally:
             for server in servers:
@@ -289,9 +346,10 @@ def main() -> None:
     for summary in summaries:
         line = (f"{summary['app']:28} {summary['worker_class']:8} "
                 f"{summary['requests_per_s']:>6} req/s  p50 {summary['p50_ms']} ms  "
-                f"p99 {summary['p99_ms']} ms")
+                f"p99 {summary['p99_ms']} ms  CPU {summary['cpu_ms_per_request']} ms/req")
         if "ratio_vs_bare_flask_same_round" in summary:
-            line += (f"  {summary['ratio_vs_bare_flask_same_round']:.2f}x bare Flask (same "
+            line += (f"  {summary['ratio_vs_bare_flask_same_round']:.2f}x bare Flask req/s, "
+                     f"{summary['cpu_ratio_vs_bare_flask_same_round']:.2f}x by CPU (same "
                      f"rounds), {summary['ratio_vs_field_notes_bare_flask']:.2f}x the "
                      "earlier bare-Flask reference")
         print(line)

@@ -70,3 +70,12 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):
+    """A worker leaving cleanly writes the served-install rows it still buffers
+    (registry/store/_served.py; atexit does too, this does not depend on how it exits)."""
+    app = getattr(worker, "wsgi", None)
+    services = getattr(app, "extensions", {}).get("modeldrop") if app is not None else None
+    if services is not None:
+        services.store.flush_served()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 __all__ = ["init_app", "metrics_response", "record_manifest", "record_telemetry", "request_id"]
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_quote = json.encoder.encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 log = logging.getLogger("modeldrop.request")
 
 REQUESTS = Counter("modeldrop_http_requests_total", "HTTP requests by route, method and status",
@@ -44,6 +46,13 @@ MANIFESTS = Counter("modeldrop_manifest_decisions_total",
                     "(offer, not_modified, nothing)", ["model", "channel", "arm", "decision"])
 TELEMETRY = Counter("modeldrop_telemetry_events_total",
                     "Telemetry events by outcome (accepted, duplicate, rejected)", ["outcome"])
+
+
+def _new_id() -> str:
+    """32 hex digits. A correlation id, not a secret: the process's Mersenne Twister (seeded
+    from os.urandom, and again in every forked worker) instead of a urandom syscall per
+    request."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def request_id() -> str | None:
@@ -70,12 +79,12 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if REQUEST_ID_RE.match(given) else os.urandom(16).hex()
+        g.request_id = given if REQUEST_ID_RE.match(given) else _new_id()
         g.request_started = time.perf_counter()
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        rid = g.get("request_id") or os.urandom(16).hex()
+        rid = g.get("request_id") or _new_id()
         resp.headers["X-Request-Id"] = rid
         started = g.get("request_started")
         elapsed = time.perf_counter() - started if started is not None else 0.0
@@ -89,10 +98,17 @@ def init_app(app: Flask) -> None:
         pair[0].inc()
         pair[1].observe(elapsed)
         if log.isEnabledFor(logging.INFO):
-            line = json.dumps({"ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                               "route": route, "path": request.path, "status": resp.status_code,
-                               "duration_ms": round(elapsed * 1000, 2), "bytes": resp.content_length,
-                               "remote_addr": request.remote_addr}, separators=(",", ":"))
+            # the same line json.dumps of the dict wrote (key order, escapes, number forms),
+            # without building the dict: the request id is [A-Za-z0-9._:-] or hex, the rest
+            # goes through json's own C string encoder
+            size = resp.content_length
+            addr = request.remote_addr
+            line = (f'{{"ts":{round(time.time(), 3)!r},"request_id":"{rid}",'
+                    f'"method":{_quote(request.method)},"route":{_quote(route)},'
+                    f'"path":{_quote(request.path)},"status":{resp.status_code},'
+                    f'"duration_ms":{round(elapsed * 1000, 2)!r},'
+                    f'"bytes":{"null" if size is None else int(size)},'
+                    f'"remote_addr":{"null" if addr is None else _quote(addr)}}}')
             log.handle(log.makeRecord(log.name, logging.INFO, __name__, 0, line, None, None))
         return resp
 
@@ -102,12 +118,21 @@ def record_manifest(status: int, document: dict[str, Any] | None, args: Any) -> 
     models and channels only); a 204 is counted without its channel, which a client could
     otherwise vary without end."""
     if status == 200 and document:
-        MANIFESTS.labels(str(document.get("model", "")), str(document.get("channel", "")),
-                         str(document.get("arm") or ""), "offer").inc()
+        labels = (str(document.get("model", "")), str(document.get("channel", "")),
+                  str(document.get("arm") or ""), "offer")
     elif status == 304:
-        MANIFESTS.labels(args.get("model", ""), args.get("channel", "production"), "", "not_modified").inc()
+        labels = (args.get("model", ""), args.get("channel", "production"), "", "not_modified")
     else:
-        MANIFESTS.labels(args.get("model", ""), "", "", "nothing").inc()
+        labels = (args.get("model", ""), "", "", "nothing")
+    child = _manifest_children.get(labels)
+    if child is None:  # labels() validates and locks on every call: looked up once
+        if len(_manifest_children) >= 4096:  # 304/204 labels carry the client's model name
+            _manifest_children.clear()
+        child = _manifest_children[labels] = MANIFESTS.labels(*labels)
+    child.inc()
+
+
+_manifest_children: dict[tuple[str, str, str, str], Any] = {}
 
 
 def record_telemetry(result: Any) -> None:

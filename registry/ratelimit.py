@@ -132,6 +132,17 @@ def init_app(app: Flask, settings: Settings) -> None:
     # per-request resolution of its limits on the manifest path (a third of a millisecond).
     limiter.request_filter(_not_limited)
     limiter.init_app(app)
+    # ... and a read never enters it: even with that filter, its hook resolved the endpoint
+    # and its filters on every GET (~0.06-0.1 ms of a manifest's CPU, docs/benchmarks.md)
+    hooks = app.before_request_funcs.setdefault(None, [])
+    check = limiter._check_request_limit
+    for n, hook in enumerate(hooks):
+        if hook == check:
+            def _writes_only(check=check) -> None:
+                if request.method not in READ_METHODS:
+                    check()
+
+            hooks[n] = _writes_only
     app.extensions[LIMITER] = limiter
 
 

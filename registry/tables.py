@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, false
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
 
@@ -207,7 +207,10 @@ class TelemetryRow(SQLModel, table=True):
     __tablename__ = "telemetry_events"
     __table_args__ = (Index("ix_telemetry_exp_install", "experiment", "install_id"),
                       Index("ix_telemetry_model_version", "model", "version", "variant", "kind"),
-                      Index("ix_telemetry_received_at", "received_at"))
+                      Index("ix_telemetry_received_at", "received_at"),
+                      # only the flagged events: a served row's write clears theirs
+                      Index("ix_telemetry_unserved", "install_id", "model",
+                            sqlite_where=text("unserved"), postgresql_where=text("unserved")))
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)
     kind: str

@@ -201,3 +201,53 @@ def test_budgets_in_redis_are_shared_by_web_processes():
         two.charge_ip(ip, 6)
     assert one.over_budget([install] * 3) == set()
     assert two.over_budget([install] * 3) == {install}
+
+
+@pytest.mark.parametrize("flush", ["after_the_telemetry", "between_its_check_and_insert"])
+def test_telemetry_that_races_another_process_writing_the_served_rows_still_counts(server, flush,
+                                                                                   monkeypatch):
+    """Served rows are buffered per web process (registry/store/_served.py): a device's
+    telemetry can reach another process before the one that answered its manifest has
+    written the row. Whichever commits second makes the events count; forged ones never do."""
+    from registry.app import create_app
+    from registry.store import _served
+
+    base_url, services, http = server
+    # the test decides when the other process writes (its thread would within 0.1 s)
+    monkeypatch.setattr(_served, "_FLUSH_INTERVAL", 3600)
+    monkeypatch.setattr(_served, "_IDLE_ROUNDS", 1)  # woken at the end, it exits
+    other_app = create_app(services.settings)  # a second web process on the same database
+    other = other_app.extensions["modeldrop"]
+    crashing, healthy = fleet_ids(4, "race-crash"), fleet_ids(16, "race-healthy")
+    forged = str(uuid.uuid4())
+    try:
+        with serve_app(other_app) as other_url:
+            for d in crashing + healthy:
+                serve(http, other_url, d)
+            if flush == "between_its_check_and_insert":
+                # the ingesting process has already looked the pairs up (not served yet) when
+                # the other process commits its rows; its events are inserted after that
+                insert = services.store.insert_telemetry
+
+                def insert_after_the_flush(rows):
+                    assert other.store.flush_served() == 20
+                    return insert(rows)
+
+                monkeypatch.setattr(services.store, "insert_telemetry", insert_after_the_flush)
+            post(http, base_url, [crash(d) for d in crashing + [forged]]
+                 + [inference(d) for d in healthy])
+            release = services.store.current_release(MODEL, CHANNEL)
+            if flush == "after_the_telemetry":
+                assert release_metrics(services, release) == {}  # flagged: not served yet
+                assert other.store.flush_served() == 20
+            metrics = release_metrics(services, release)
+            assert metrics["crash_rate"] == (4 / 20, 20)  # the forged crash is not among them
+            halts = check_guardrails(services)
+            assert [(h.kind, h.target) for h in halts] == [("release", f"{MODEL}/{CHANNEL}#1")]
+    finally:
+        buffer = other.store._served_buffer()
+        thread = buffer.thread
+        buffer.wake.set()  # its idle thread exits
+        if thread is not None:
+            thread.join(timeout=30)
+        other.store.engine.dispose()

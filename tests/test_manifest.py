@@ -249,3 +249,23 @@ def test_signing_failures_are_problems_with_their_code(services, api, anon_api, 
     monkeypatch.setattr(services.signing, "sign_manifest", offline)
     body = assert_problem(get_manifest(anon_api), 503, "missing_signing_key")
     assert "manifest key" in body["detail"]
+
+
+def test_artifact_urls_are_what_url_for_builds_for_any_host(app):
+    """artifact_url keeps url_for's prefix per scheme, host and script root (it is most of a
+    manifest's URL building); the answer stays url_for's, Host headers included."""
+    from flask import url_for
+
+    from registry.api._util import artifact_url
+
+    sha = "ab" * 32
+    for base, headers in [("http://localhost/", {}), ("https://md.example:8443/", {}),
+                          ("http://localhost/", {"Host": "evil.example"}),
+                          ("http://[::1]:8080/", {}), ("http://localhost/mount/", {})]:
+        root = "/mount" if "mount" in base else ""
+        for _ in range(2):  # the first builds the prefix, the second reuses it
+            with app.test_request_context("/v1/manifest", base_url=base, headers=headers,
+                                          environ_overrides={"SCRIPT_NAME": root} if root else None):
+                assert artifact_url(sha) == url_for("artifacts.get_artifact", sha256=sha, _external=True)
+                assert artifact_url("not-hex") == url_for("artifacts.get_artifact", sha256="not-hex",
+                                                          _external=True)

@@ -86,3 +86,23 @@ def test_metrics_count_requests_manifests_telemetry_and_jobs(app, services, api,
     assert samples['modeldrop_job_queue_depth{kind="deltas"}'] == 1
     assert samples["modeldrop_job_oldest_queued_seconds"] >= 0
     assert samples['modeldrop_guardrail_halts{what="release"}'] == 0
+
+
+def test_the_log_line_is_what_json_dumps_writes_for_any_path(app):
+    """The line is assembled without a dict; it must stay the JSON of one: escapes, unicode
+    and number forms as json.dumps writes them, for a hostile path too."""
+    client = app.test_client()
+    handler = _log_lines()
+    try:
+        for path in ['/nope/"quoted"\\back', "/caf\u00e9/\u20ac/\U0001f600", "/a%0Ab", "/healthz"]:
+            client.get(path)
+    finally:
+        logging.getLogger("modeldrop.request").removeHandler(handler)
+    assert len(handler.lines) == 4
+    for line in handler.lines:
+        entry = json.loads(line)
+        assert list(entry) == ["ts", "request_id", "method", "route", "path", "status",
+                               "duration_ms", "bytes", "remote_addr"]
+        assert json.dumps(entry, separators=(",", ":")) == line
+    assert json.loads(handler.lines[0])["path"] == '/nope/"quoted"\\back'
+    assert json.loads(handler.lines[2])["path"] == "/a\nb"

@@ -216,6 +216,18 @@ def test_keys_are_loaded_not_regenerated_and_offline_keys_stay_offline(tmp_path:
     assert Metadata.from_bytes(repo.trusted_root()).signed.version == 1
 
 
+def test_the_key_store_signer_gives_the_bytes_cryptosigner_gives(tmp_path: Path):
+    """KeyStore's Ed25519 signer skips CryptoSigner's per-call argument copy; Ed25519 is
+    deterministic, so its signatures are byte for byte CryptoSigner's."""
+    signer = KeyStore(tmp_path / "keys").signer("manifest")
+    pem = (tmp_path / "keys" / "manifest.pem").read_bytes()
+    reference = CryptoSigner(load_pem_private_key(pem, password=None), signer.public_key)
+    for payload in (b"", b'{"schema":1}', bytes(range(256)) * 40):
+        ours, theirs = signer.sign(payload), reference.sign(payload)
+        assert (ours.keyid, ours.signature) == (theirs.keyid, theirs.signature)
+        signer.public_key.verify_signature(ours, payload)
+
+
 # -- a real client downloads and verifies -------------------------------------------------
 
 

@@ -335,8 +335,20 @@ def _parsed_rules(canonical: str) -> TargetingRules:
 
 
 def _rules(targeting: Mapping[str, Any]) -> TargetingRules:
-    # Stored rules were validated when saved; parse each distinct one once per process.
-    return _parsed_rules(json.dumps(targeting, sort_keys=True))
+    # Stored rules were validated when saved; parse each distinct one once per process. The
+    # channel state is cached, so the same targeting object comes back on every request for
+    # a second: found by identity first (the entry holds the object, so its id is not reused).
+    hit = _rules_by_id.get(id(targeting))
+    if hit is not None and hit[0] is targeting:
+        return hit[1]
+    rules = _parsed_rules(json.dumps(targeting, sort_keys=True))
+    if len(_rules_by_id) >= 1024:
+        _rules_by_id.clear()
+    _rules_by_id[id(targeting)] = (targeting, rules)
+    return rules
+
+
+_rules_by_id: dict[int, tuple[Any, TargetingRules]] = {}
 
 
 # -- per-device latency from telemetry (the variant choice hook) ---------------------------
@@ -355,7 +367,7 @@ def _with_latency(services: Any, version_id: int,
     lookup = getattr(services.store, "latency_by_device", None)
     if lookup is None:
         return variants
-    key = (str(services.store.engine.url), version_id)
+    key = (services.store.engine.url, version_id)  # a URL is hashable: no rendering per call
     now = time.monotonic()
     with _latency_lock:
         cached = _latency_cache.get(key)

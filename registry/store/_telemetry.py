@@ -14,6 +14,7 @@ both become rollups maintained off the request path.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -87,6 +88,20 @@ class TelemetryStore(StoreBase):
             stmt = sqlite.insert(TelemetryRow).on_conflict_do_nothing(
                 index_elements=["event_id"]).returning(TelemetryRow.id)
             return len(conn.execute(stmt, rows).all())
+
+    def recount_served(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Clear ``unserved`` on the events of those (model, install id) pairs that are served
+        by now; returns how many pairs were. Ingestion calls it after committing events it
+        flagged, so events racing the served row's write still count
+        (registry/store/_served.py)."""
+        served = self.served_pairs(pairs)
+        if not served:
+            return 0
+        with self.engine.begin() as conn:
+            conn.execute(text("UPDATE telemetry_events SET unserved = false "
+                              "WHERE unserved AND install_id = :install_id AND model = :model"),
+                         [{"install_id": i, "model": m} for m, i in sorted(served)])
+        return len(served)
 
     def count_telemetry(self) -> int:
         with self.session() as s:
@@ -208,6 +223,7 @@ class TelemetryStore(StoreBase):
             for the experiment without an assignment (those are not units; a large number
             points at a delivery bug).
         """
+        self.flush_served()  # this process's served rows not yet written clear flags
         with self.session() as s:
             row = self._experiment_row(s, experiment)
             exp = _experiment_def(row)
@@ -284,6 +300,7 @@ class TelemetryStore(StoreBase):
         if scope.baseline_version is not None:
             arms.append(("baseline", scope.baseline_version, scope.baseline_variant))
         units = []
+        self.flush_served()  # this process's served rows not yet written (registry/store/_served.py)
         with self.session() as s:
             for arm, number, variant in arms:
                 where = and_(T.model == scope.model, T.version == number,

@@ -42,6 +42,9 @@ def record_batch(services: Any, body: object, *, client_ip: str | None = None,
     _register_local_decisions(services, [d for d in batch.decisions if d["install_id"] in kept])
     _flag_unserved(services, batch.rows)
     accepted = services.store.insert_telemetry(batch.rows)
+    flagged = {(r["model"], r["install_id"]) for r in batch.rows if r["unserved"]}
+    if flagged:  # a served row another web process had not written yet (registry/store/_served.py)
+        services.store.recount_served(flagged)
     if batch.rejected:
         log.info("telemetry: %d of %d events rejected (first: index %d, %s: %s)",
                  len(batch.rejected), len(batch.rows) + batch.repeats + len(batch.rejected),
