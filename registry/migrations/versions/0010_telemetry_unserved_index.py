@@ -5,15 +5,15 @@ Served-install rows are written in batches (registry/store/_served.py); each bat
 the write still counts. The index holds only flagged events (forged or not yet served), so
 it stays small and the update is an index lookup per pair.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-03
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
