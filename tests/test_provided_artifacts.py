@@ -41,8 +41,8 @@ def _wait(api, job_id: str, timeout: float = 300) -> dict:
     return wait_job(lambda j: api.get(f"/v1/jobs/{j}").get_json(), job_id, timeout, step=0.3)
 
 
-def _push(server, name, path, filename=None):
-    resp = server["api"].upload(name, path.read_bytes(), filename=filename or path.name)
+def _push(server, name, path, filename=None, metadata=None):
+    resp = server["api"].upload(name, path.read_bytes(), filename=filename or path.name, metadata=metadata)
     assert resp.status_code == 201, resp.get_json()
     body = resp.get_json()
     return body, _wait(server["api"], body["job"])
@@ -52,6 +52,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# What each artifact of makers_provided really has (the TFLite leaves its batch free: null).
+DECLARED = {
+    "tflite": {"input": [{"name": "keras_tensor", "dtype": "float32", "shape": [1, 8]}],
+               "output": [{"name": "output_0", "dtype": "float32", "shape": [None, 4]}]},
+    "mlpackage": {"input": [{"name": "x", "dtype": "float32", "shape": [1, 8]}],
+                  "output": [{"name": "probs", "dtype": "float32", "shape": [1, 4]}]},
+    "mlmodel": {"input": [{"name": "x", "dtype": "float32", "shape": [8]}],
+                "output": [{"name": "y", "dtype": "float32", "shape": [4]}]},
+}
+
+
 @pytest.mark.parametrize(("kind", "variant", "fmt"), [
     ("tflite", "tflite-provided", "tflite"),
     ("mlpackage", "coreml-provided", "coreml"),
@@ -59,7 +70,7 @@ def _sha(data: bytes) -> str:
 ])
 def test_a_provided_artifact_is_served_as_uploaded(server, artifacts, kind, variant, fmt):
     path = artifacts[kind]
-    body, job = _push(server, f"byo-{kind}", path)
+    body, job = _push(server, f"byo-{kind}", path, metadata=DECLARED[kind])  # a true declaration passes
     assert job["state"] == "done", job
     assert body["source"]["format"] == kind
     version = server["api"].get(f"/v1/models/byo-{kind}/versions/1").get_json()
@@ -161,3 +172,24 @@ def test_modeldrop_push_of_a_tflite_over_http(server, artifacts, tmp_path):
     assert "tflite-provided" in done.stdout, done.stdout
     version = server["api"].get("/v1/models/cli-tflite/versions/1").get_json()
     assert version["variants"][0]["sha256"] == _sha(artifacts["tflite"].read_bytes())
+
+
+@pytest.mark.parametrize(("kind", "role", "field", "value", "error"), [
+    ("tflite", "input", "dtype", "int32", "declared input 'keras_tensor' is int32 but the model's is float32"),
+    ("mlpackage", "input", "shape", [1, 9], "declared input 'x' has shape [1, 9] but the model's is [1, 8]"),
+    ("mlmodel", "output", "name", "scores", "declared output 'scores' is not in the model, whose outputs are 'y'"),
+])
+def test_a_declared_signature_that_is_not_the_artifacts_fails_the_job_naming_the_tensor(
+        server, artifacts, kind, role, field, value, error):
+    """As for a source model (tests/test_model_families.py): the declaration is checked in the
+    sandbox against the signature read from the artifact; the job fails naming the tensor."""
+    import copy
+
+    declared = copy.deepcopy(DECLARED[kind])
+    declared[role][0][field] = value
+    name = f"lie-{kind}"
+    _, job = _push(server, name, artifacts[kind], metadata=declared)
+    assert job["state"] == "failed" and job["error"] == error, job
+    version = server["api"].get(f"/v1/models/{name}/versions/1").get_json()
+    assert version["status"] == "failed" and version["error"] == error, version
+    assert not any(v["servable"] for v in version["variants"]), version

@@ -79,7 +79,8 @@ def convert_version(
             (TensorSignature dicts: name, shape, dtype, optional task). A declared list
             that differs from the model is a ConversionError naming the tensor; an
             output's ``task`` sets how its fidelity is judged; PyTorch outputs without
-            names of their own take the declared output names.
+            names of their own take the declared output names. For a provided artifact
+            the declared lists are checked against the artifact's own signature.
         max_relative_rmse: a TFLite variant whose regression output has a relative RMSE
             against the source above this is not servable.
         attached: the engineer's own artifacts for this source, as (variant, path):
@@ -103,7 +104,7 @@ def convert_version(
         if attached:
             raise ValueError("artifacts are attached to a source model, not to a provided artifact")
         return measure_provided(Path(source_path), Path(workdir), variants=variants, latency_runs=latency_runs,
-                                max_extract_bytes=max_extract_bytes, progress=progress)
+                                max_extract_bytes=max_extract_bytes, progress=progress, declared=declared)
     from ._engine import convert_version as _convert_version
 
     return _convert_version(

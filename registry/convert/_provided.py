@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _fidelity, _signature
+from ._source import check_declared_signature
 from .catalog import PROVIDED_FORMATS, PROVIDED_VARIANT, VARIANTS, ConversionError, VariantResult
 
 NO_SOURCE = "no source to compare"
@@ -57,12 +58,18 @@ def provided_format(source_path: Path) -> str | None:
 
 def measure_provided(source_path: Path, workdir: Path, *, variants: list[str] | None, latency_runs: int,
                      max_extract_bytes: int,
-                     progress: Callable[[int, int, str], None] | None = None) -> list[VariantResult]:
+                     progress: Callable[[int, int, str], None] | None = None,
+                     declared: dict | None = None) -> list[VariantResult]:
     """Check and describe one provided artifact; returns its single VariantResult.
+
+    ``declared`` is the metadata's ``{"input": [...], "output": [...]}``; it must match the
+    signature read from the artifact, by the rules source models follow
+    (``_source.check_declared_signature``).
 
     Raises:
         ProvidedArtifactError: the artifact does not load (with the runtime's reason),
             its package is unsafe or too large, or its signature cannot be read.
+        ConversionError: the declared signature is not the artifact's (naming the tensor).
         ValueError: ``variants`` asks for something else than this artifact's variant.
     """
     fmt = provided_format(source_path)
@@ -85,6 +92,7 @@ def measure_provided(source_path: Path, workdir: Path, *, variants: list[str] | 
         result.signature = _read(_signature.coreml_signature, artifact)
         result.fidelity = {**report, "comparison": NO_SOURCE, "eval_source": None,
                            "device_measured": _fidelity.DEVICE_PENDING}
+    check_declared_signature(result.signature, declared)
     result.servable, result.reason = True, None
     if progress is not None:
         progress(1, 1, name)

@@ -352,9 +352,18 @@ def check_declared(signature: ModelSignature, declared: dict | None) -> None:
     Raises:
         ConversionError: naming the first tensor that differs.
     """
+    check_declared_signature(signature.as_dict(), declared)
+
+
+def check_declared_signature(real: dict, declared: dict | None) -> None:
+    """``check_declared`` for a signature dict (``_signature``'s shape), as read from a
+    provided artifact or a source model: the same rules, the same messages.
+
+    Raises:
+        ConversionError: naming the first tensor that differs (its name, dtype or shape).
+    """
     if not declared:
         return
-    real = signature.as_dict()
     for key, role in (("input", "inputs"), ("output", "outputs")):
         wanted = declared.get(key) or []
         if not wanted:
@@ -374,10 +383,13 @@ def check_declared(signature: ModelSignature, declared: dict | None) -> None:
             if dtype != tensor["dtype"]:
                 raise ConversionError(f"declared {key} {name!r} is {dtype} but the model's is {tensor['dtype']}")
             shape = list(entry.get("shape") or [])
-            same = len(shape) == len(tensor["shape"]) and all(
-                a is None or b is None or a == b for a, b in zip(shape, tensor["shape"]))
+            have_shape = tensor["shape"]
+            if have_shape is None:  # the artifact does not say (a Core ML array with no shape)
+                continue
+            same = len(shape) == len(have_shape) and all(
+                a is None or b is None or a == b for a, b in zip(shape, have_shape))
             if not same:
-                shown = ", ".join("null" if d is None else str(d) for d in tensor["shape"])
+                shown = ", ".join("null" if d is None else str(d) for d in have_shape)
                 raise ConversionError(f"declared {key} {name!r} has shape {shape} but the model's is [{shown}]")
 
 
