@@ -34,7 +34,9 @@ class Server:
     def __init__(self, tmp: Path, **settings):
         from registry.app import create_app
 
-        self.app = create_app(base_settings(tmp, worker_processes=1, convert_timeout=40,
+        # Two workers: the jobs are queued together and two converter processes run at once
+        # (the infinite loop holds one for its whole timeout).
+        self.app = create_app(base_settings(tmp, worker_processes=2, convert_timeout=40,
                                             convert_memory_bytes=6 << 30, **settings), start_workers=True)
         self.svc = self.app.extensions["modeldrop"]
         self.data = Path(self.svc.settings.data_dir)
@@ -50,10 +52,13 @@ class Server:
             texts += [line for line in pem.read_text().splitlines() if len(line) > 20 and "-----" not in line]
         return texts
 
-    def upload(self, name: str, zip_path: Path, timeout: float = 300) -> dict:
+    def submit(self, name: str, zip_path: Path) -> dict:
+        """Upload without waiting; returns the created version (with its job id)."""
         resp = self.publisher.upload(name, zip_path.read_bytes(), filename="model.zip", metadata=META)
         assert resp.status_code in (200, 201, 202), resp.get_json()
-        created = resp.get_json()
+        return resp.get_json()
+
+    def wait(self, name: str, created: dict, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.reader.get(f"/v1/jobs/{created['job']}").get_json()
@@ -62,6 +67,14 @@ class Server:
                 return job
             time.sleep(0.5)
         raise AssertionError(f"job for {name} did not finish")
+
+    def upload_all(self, uploads: dict[str, Path], meanwhile=None) -> dict[str, dict]:
+        """Queue every upload first, then wait for each job: the workers take them in turn.
+        ``meanwhile()``, if given, runs in this process while they do."""
+        created = {name: self.submit(name, zip_path) for name, zip_path in uploads.items()}
+        if meanwhile is not None:
+            meanwhile()
+        return {name: self.wait(name, version) for name, version in created.items()}
 
     def client_visible_texts(self) -> list[str]:
         texts = []
@@ -121,20 +134,26 @@ def test_hostile_savedmodels_are_refused_and_nothing_leaks(tmp_path):
             "list-dir": (makers_hostile.matching_files_model(tmp_path / "m1.zip", str(server.data / "*")),
                          "MatchingFiles"),
         }
-        for name, (zip_path, op) in cases.items():
-            job = server.upload(name, zip_path)
+        # The loop and the allocation first: no I/O op, so the check lets them through and the
+        # sandbox's limits stop them; the loop holds a worker for its whole timeout.
+        limits = {"loop": makers_hostile.infinite_loop_model(tmp_path / "loop.zip"),
+                  "alloc": makers_hostile.huge_allocation_model(tmp_path / "alloc.zip", gigabytes=20)}
+        honest = []
+        jobs = server.upload_all({**limits, **{name: zip_path for name, (zip_path, _) in cases.items()}},
+                                 meanwhile=lambda: honest.append(makers_keras.make_digits_model(tmp_path / "honest")))
+        for name, (_, op) in cases.items():
+            job = jobs[name]
             assert job["state"] == "failed", (name, job)
             assert job["error"].startswith("unsafe_model:") and op in job["error"], job["error"]
             version = server.reader.get(f"/v1/models/{name}/versions/1").get_json()
             assert version["status"] == "failed" and version["error"] == job["error"]
-        # No I/O op, so the check lets them through; the sandbox's limits stop them.
-        job = server.upload("loop", makers_hostile.infinite_loop_model(tmp_path / "loop.zip"))
+        job = jobs["loop"]
         assert job["state"] == "failed" and job["error"].startswith("timeout:"), job["error"]
-        job = server.upload("alloc", makers_hostile.huge_allocation_model(tmp_path / "alloc.zip", gigabytes=20))
+        job = jobs["alloc"]
         assert job["state"] == "failed", job
         assert any(w in job["error"] for w in ("OOM", "memory", "ended by", "Resource")), job["error"]
-        # The worker is still there and converts the next honest upload.
-        model, _ = makers_keras.make_digits_model(tmp_path / "honest")
+        # The workers are still there (each has run hostile jobs) and convert the next honest upload.
+        ((model, _),) = honest
         resp = server.publisher.upload("honest", model.read_bytes(), filename="model.keras", metadata=META)
         job_id = resp.get_json()["job"]
         deadline = time.monotonic() + 300
@@ -162,8 +181,7 @@ def test_with_the_op_check_off_the_sandbox_alone_holds(tmp_path):
                                                                        server.data / "planted-secret"),
         }
         states = {}
-        for name, zip_path in uploads.items():
-            job = server.upload(name, zip_path)
+        for name, job in server.upload_all(uploads).items():
             states[name] = job["state"]
             if job["state"] == "failed":
                 assert job["error"] and len(job["error"]) <= 1000

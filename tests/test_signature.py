@@ -271,3 +271,28 @@ def test_narrowed_tensors_are_marked_against_the_source():
     assert marked["inputs"][0] == {"name": "ids", "dtype": "int32", "shape": [1, 5], "narrowed_from": "int64"}
     assert "narrowed_from" not in marked["inputs"][1] and "narrowed_from" not in marked["outputs"][0]
     assert validate_signature(marked) == marked
+
+
+def test_a_declaration_is_checked_against_an_artifact_signature_dict():
+    """The rules provided artifacts are held to (registry.convert._provided): names, dtypes,
+    ranks and known dimensions; a shape the artifact does not say (a Core ML array with no
+    shape: None) is checked by name and dtype only."""
+    from registry.convert import ConversionError
+    from registry.convert._source import check_declared_signature
+
+    artifact = {"inputs": [{"name": "image", "dtype": "float32", "shape": [None, 8, 8, 3]}],
+                "outputs": [{"name": "scores", "dtype": "float32", "shape": None}]}
+    good = {"input": [{"name": "image", "dtype": "float32", "shape": [1, 8, 8, 3]}],
+            "output": [{"name": "scores", "dtype": "float32", "shape": [1, 10]}]}
+    check_declared_signature(artifact, good)
+    check_declared_signature(artifact, {"input": [], "output": []})  # nothing declared: nothing to check
+    for declared, message in (
+            ({"output": [{"name": "scores", "dtype": "float16", "shape": [1, 10]}]},
+             "declared output 'scores' is float16 but the model's is float32"),
+            ({"input": [{"name": "image", "dtype": "float32", "shape": [1, 8, 8]}]},
+             r"declared input 'image' has shape \[1, 8, 8\] but the model's is \[null, 8, 8, 3\]"),
+            ({"input": [{"name": "image", "shape": [1, 8, 8, 3]}, {"name": "mask", "shape": [1, 8]}]},
+             "declared input 'mask' is not in the model, whose inputs are 'image'"),
+            ({"output": [{"name": "boxes", "shape": [1, 4]}]}, "declared output 'boxes' is not in the model")):
+        with pytest.raises(ConversionError, match=message):
+            check_declared_signature(artifact, declared)
