@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -91,10 +92,15 @@ class Server:
             env = {**os.environ, "MODELDROP_URL": url, "MODELDROP_TOKEN": self.reader_token}
             commands = [["models"]] + [c for name, version, job_id in self.jobs
                                        for c in (["show", name, str(version)], ["versions", name], ["job", job_id])]
-            for args in commands:
+
+            def cli(args: list[str]) -> str:
                 done = subprocess.run([sys.executable, "-m", "registry.cli", *args], env=env,
                                       capture_output=True, text=True, timeout=120)
-                texts.append(done.stdout + done.stderr)
+                return done.stdout + done.stderr
+
+            # Two CLI processes at a time (each is mostly interpreter start-up).
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                texts += list(pool.map(cli, commands))
         return texts
 
     def assert_nothing_leaked(self) -> None:
