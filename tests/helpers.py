@@ -7,10 +7,11 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ApiClient", "assert_problem", "base_settings"]
+__all__ = ["ApiClient", "assert_problem", "base_settings", "converting_app", "wait_job"]
 
 
 def base_settings(tmp_path: Path, **overrides):
@@ -92,3 +93,21 @@ def wait_job(fetch: Callable[[str], dict], job_id: str, timeout: float = 300, st
             return job
         time.sleep(step)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+@contextmanager
+def converting_app(tmp_path: Path, role: str = "publisher") -> Iterator[tuple]:
+    """An app on ``tmp_path`` whose in-process worker converts in the sandbox (one process,
+    300 s per job), with a token of ``role``: yields ``(app, services, token)`` and stops the
+    worker and the database afterwards."""
+    from registry.app import create_app
+
+    app = create_app(base_settings(tmp_path, worker_processes=1, convert_timeout=300),
+                     start_workers=True)
+    services = app.extensions["modeldrop"]
+    token = services.store.create_token(role, "tests").token
+    try:
+        yield app, services, token
+    finally:
+        services.jobs.stop()
+        services.store.engine.dispose()

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests import makers_provided
-from tests.helpers import base_settings
+from tests.helpers import converting_app
 from tests.live import serve_app
 
 pytestmark = pytest.mark.slow
@@ -47,16 +47,9 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from registry.app import create_app
-
-    tmp = tmp_path_factory.mktemp("attached-server")
-    app = create_app(base_settings(tmp, worker_processes=1, convert_timeout=300), start_workers=True)
-    services = app.extensions["modeldrop"]
-    token = services.store.create_token("publisher", "ci").token
-    with serve_app(app) as url:
+    with converting_app(tmp_path_factory.mktemp("attached-server")) as (app, services, token), \
+            serve_app(app) as url:
         yield {"url": url, "services": services, "auth": {"Authorization": f"Bearer {token}"}, "token": token}
-    services.jobs.stop()
-    services.store.engine.dispose()
 
 
 def _sha(data: bytes) -> str:

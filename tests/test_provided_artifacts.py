@@ -11,7 +11,7 @@ import hashlib
 import pytest
 
 from tests import makers_provided
-from tests.helpers import ApiClient, assert_problem, base_settings, wait_job
+from tests.helpers import ApiClient, assert_problem, converting_app, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,8 @@ def artifacts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from registry.app import create_app
-
-    tmp = tmp_path_factory.mktemp("provided-server")
-    app = create_app(base_settings(tmp, worker_processes=1, convert_timeout=300), start_workers=True)
-    services = app.extensions["modeldrop"]
-    token = services.store.create_token("publisher", "ci").token
-    yield {"app": app, "services": services, "api": ApiClient(app.test_client(), token)}
-    services.jobs.stop()
-    services.store.engine.dispose()
+    with converting_app(tmp_path_factory.mktemp("provided-server")) as (app, services, token):
+        yield {"app": app, "services": services, "api": ApiClient(app.test_client(), token)}
 
 
 def _wait(api, job_id: str, timeout: float = 300) -> dict:

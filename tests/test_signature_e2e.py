@@ -18,7 +18,7 @@ import requests
 
 from client_sdk import DeviceInfo, ModelClient, ModelContract, TensorSpec
 from client_sdk.errors import ModelDropError
-from tests.helpers import base_settings, wait_job
+from tests.helpers import converting_app, wait_job
 from tests.live import serve_app
 from tests.sdk_origin import fast_config
 from tests.test_signatures import CountingSession
@@ -52,16 +52,9 @@ METADATA = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from registry.app import create_app
-
     tmp = tmp_path_factory.mktemp("signature-server")
-    app = create_app(base_settings(tmp, worker_processes=1, convert_timeout=300), start_workers=True)
-    services = app.extensions["modeldrop"]
-    token = services.store.create_token("admin", "e2e").token
-    with serve_app(app) as url:
+    with converting_app(tmp, "admin") as (app, services, token), serve_app(app) as url:
         yield {"url": url, "services": services, "token": token, "tmp": tmp}
-    services.jobs.stop()
-    services.store.engine.dispose()
 
 
 def _wait(server, job_id: str, timeout: float = 300) -> dict:
