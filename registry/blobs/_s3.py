@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from registry.errors import ArtifactNotFoundError, StorageError
 
 from ._base import BlobStore, check_sha256
+from ._cache import BlobCache
 
 KEY_PREFIX = "blobs/"
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # seconds; the SigV4 maximum
@@ -85,6 +86,8 @@ class S3BlobStore(BlobStore):
         secret_key: str | None = None,
         *,
         staging_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         """
         Args:
@@ -95,6 +98,9 @@ class S3BlobStore(BlobStore):
                 (environment, shared config, instance role).
             staging_dir: local directory for uploads in progress; defaults to
                 ``<tempdir>/modeldrop-staging``. Needs room for the largest upload.
+            cache_dir, cache_bytes: a read-through copy of downloaded blobs on local disk
+                (:class:`~registry.blobs._cache.BlobCache`), at most ``cache_bytes``; off
+                unless both are given.
 
         Raises:
             ValueError: the bucket name breaks S3's rules.
@@ -111,6 +117,8 @@ class S3BlobStore(BlobStore):
         self._staging_dir = (
             Path(staging_dir) if staging_dir else Path(tempfile.gettempdir()) / "modeldrop-staging"
         )
+        self.cache = BlobCache(Path(cache_dir), cache_bytes) if cache_dir and cache_bytes > 0 \
+            else None
         self._client_obj: Any = None
         self._client_pid: int | None = None
 
@@ -195,6 +203,10 @@ class S3BlobStore(BlobStore):
 
     def size(self, sha256: str) -> int:
         key = self._key(sha256)
+        if self.cache is not None:
+            cached = self.cache.size(sha256)
+            if cached is not None:  # immutable: the local copy's length is the blob's
+                return cached
         with _storage_errors("HeadObject", sha256):
             return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
 
@@ -212,11 +224,13 @@ class S3BlobStore(BlobStore):
         key = self._key(sha256)
         with _storage_errors("DeleteObject"):
             self._client.delete_object(Bucket=self.bucket, Key=key)
+        if self.cache is not None:  # this node's copy; other nodes' copies are unreachable
+            self.cache.discard(sha256)  # (the API only serves blobs the store records)
 
-    def local_path(self, sha256: str) -> None:
-        """Always None: S3 blobs have no local file; use :meth:`presigned_url` or stream."""
+    def local_path(self, sha256: str) -> Path | None:
+        """The blob's verified copy in the local cache, or None (no cache, or not yet cached)."""
         check_sha256(sha256)
-        return None
+        return self.cache.path(sha256) if self.cache is not None else None
 
     def presigned_url(self, sha256: str, expires: int) -> str:
         """A presigned GET URL for the blob, valid ``expires`` seconds (at most 7 days).
@@ -247,6 +261,19 @@ class S3BlobStore(BlobStore):
 
     def _iter_range(self, sha256: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
         key = self._key(sha256)
+        if self.cache is not None:
+            cached = self.cache.path(sha256)
+            if cached is not None:
+                try:
+                    f = cached.open("rb")
+                except FileNotFoundError:  # evicted since: read the bucket
+                    pass
+                else:
+                    return _iter_file(f, sha256, start, end, chunk_size)
+        return self._iter_object(key, sha256, start, end, chunk_size)
+
+    def _iter_object(self, key: str, sha256: str, start: int, end: int,
+                     chunk_size: int) -> Iterator[bytes]:
         wanted = end - start + 1
         with _storage_errors("GetObject", sha256):
             response = self._client.get_object(
@@ -257,10 +284,38 @@ class S3BlobStore(BlobStore):
             # A server that ignores Range would send the whole object as if it were the slice.
             if int(response.get("ContentLength", -1)) != wanted:
                 raise StorageError(f"S3 returned the wrong range for blob {sha256}")
-            with _storage_errors("GetObject"):
-                yield from body.iter_chunks(chunk_size)
+            chunks = _storage_errors_in(body.iter_chunks(chunk_size))
+            total = _range_total(response.get("ContentRange"))
+            if self.cache is not None and start == 0 and total == wanted:
+                chunks = self.cache.fill(sha256, wanted, chunks)  # the whole blob: keep a copy
+            yield from chunks
         finally:
             body.close()
+
+
+def _iter_file(f: Any, sha256: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            data = f.read(min(chunk_size, remaining))
+            if not data:
+                raise StorageError(f"the cached copy of {sha256} is shorter than expected")
+            remaining -= len(data)
+            yield data
+
+
+def _storage_errors_in(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    with _storage_errors("GetObject"):
+        yield from chunks
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The complete length from ``bytes 0-99/1234``; None if absent or ``*``."""
+    if not content_range or "/" not in content_range:
+        return None
+    total = content_range.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
 
 
 def _error_code(error: ClientError) -> str:
