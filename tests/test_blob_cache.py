@@ -273,3 +273,17 @@ def test_artifact_route_never_completes_a_corrupted_download(live_server, raw, b
                 received += chunk
     assert len(received) < len(data)
     assert services.blobs.local_path(sha) is None
+
+
+def test_warm_builds_the_client_without_touching_the_network(seaweedfs, bucket, tmp_path):
+    unreachable = S3BlobStore("http://127.0.0.1:9", bucket, access_key="any", secret_key="any",
+                              staging_dir=tmp_path / "staging")
+    unreachable.warm()  # nothing listens there: only a client is built
+    assert unreachable._warm_client is not None and unreachable._client_obj is None
+    with pytest.raises(StorageError):
+        unreachable.exists("0" * 64)  # first use checks the bucket and fails cleanly
+    store = S3BlobStore(seaweedfs, bucket, access_key="any", secret_key="any",
+                        staging_dir=tmp_path / "staging")
+    store.warm()
+    data, sha = blob(13, 1000)
+    assert store.put_bytes(data).sha256 == sha and store.read_bytes(sha) == data
