@@ -21,7 +21,10 @@ nginx (``apt-get install -y nginx`` when missing; benchmarks only). Then, in one
    later ones are sent from the local copy); a 302 to a presigned SeaweedFS URL
    (``MODELDROP_ARTIFACT_REDIRECT=presigned``); and that 302 pointed at a caching nginx in
    front of the bucket (``proxy_cache``, the CDN stand-in; ``MODELDROP_ARTIFACT_REDIRECT_
-   BASE_URL``), first the miss, then hits. MB/s, each download's sha256 checked.
+   BASE_URL``), first the miss, then hits; and those two URLs fetched without the 302. The
+   first downloads once; then ``--downloads`` rounds of one download per row (nginx included,
+   and a block of nginx downloads first and last), median MB/s per row, each download's
+   sha256 checked outside the clock.
 
 Writes bench/results/edge.json. Everything listens on 127.0.0.1 and is stopped at the end.
 """
@@ -117,12 +120,6 @@ def wire_bytes(port: int, path: str, headers: dict[str, str]) -> int:
     return len(request) + received
 
 
-def throughput(url: str, size: int, sha256: str, downloads: int = 1) -> float:
-    """Median MB/s of ``downloads`` GETs (urllib follows a 302); each download's sha256 is
-    checked after the clock."""
-    return statistics.median(_one_download(url, size, sha256) for _ in range(downloads))
-
-
 def _one_download(url: str, size: int, sha256: str) -> float:
     chunks = []
     started = time.monotonic()
@@ -141,6 +138,16 @@ def _one_download(url: str, size: int, sha256: str) -> float:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def _location(url: str) -> str:
+    """Where the artifact route redirects ``url`` to."""
+    try:
+        urllib.request.build_opener(_NoRedirect).open(url, timeout=10)
+    except urllib.error.HTTPError as err:
+        assert err.code == 302, err
+        return err.headers["Location"]
+    raise AssertionError(f"{url} did not redirect")
 
 
 def prepare_redirect(data_dir: Path, s3_env: dict[str, str], big: bytes) -> str:
@@ -316,43 +323,54 @@ def main() -> None:
             server.wait_ready()
         url = {name: f"{server.base}/v1/artifacts/{info.sha256}" for name, server in s3.items()}
         for name, prefix in (("redirect", endpoint), ("cdn", cdn_base)):
-            try:
-                urllib.request.build_opener(_NoRedirect).open(url[name], timeout=10)
-                raise AssertionError("the artifact route did not redirect")
-            except urllib.error.HTTPError as err:
-                assert err.code == 302 and err.headers["Location"].startswith(prefix), err
+            assert _location(url[name]).startswith(prefix), name
         results["artifact_mb"] = args.artifact_mb
         results["artifact_downloads_per_row"] = args.downloads
         results["artifact_load_average_before"] = [round(x, 2) for x in os.getloadavg()]
         n, size, sha = args.downloads, len(big), info.sha256
         nginx_url = f"{nginx_base}/v1/artifacts/{sha}"
         # one after the other: nginx first and last, so load drift shows in its two figures
-        nginx_first = throughput(nginx_url, size, sha, n)
-        rates = {
-            # the TUF target route streams with the artifact route's code (stream_blob)
-            "through the API (gunicorn sync, local blob store)": throughput(
-                f"{api.base}/tuf/targets/digits/99/{sha}.big.tflite", size, sha, n),
-            "through the API (S3 backend, streamed from SeaweedFS)": throughput(
-                url["streamed"], size, sha, n),
+        nginx_first = [_one_download(nginx_url, size, sha) for _ in range(n)]
+        first = {  # the first download of a blob fills the API's disk cache / the CDN's cache
             "through the API (S3 backend + disk cache), first download: fills the cache":
-                throughput(url["cached"], size, sha, 1),
+                _one_download(url["cached"], size, sha),
+            "302 to a caching nginx in front of SeaweedFS, first download (miss)":
+                _one_download(url["cdn"], size, sha),
         }
         assert (cache_dir / sha[:2] / sha).is_file(), "the first download did not fill the cache"
-        rates["through the API (S3 backend + disk cache), cached"] = throughput(
-            url["cached"], size, sha, n)
-        rates["302 to SeaweedFS (presigned redirect)"] = throughput(url["redirect"], size, sha, n)
-        rates["302 to a caching nginx in front of SeaweedFS, first download (miss)"] = \
-            throughput(url["cdn"], size, sha, 1)
         with urllib.request.urlopen(url["cdn"], timeout=120) as resp:
             assert resp.headers["X-Cache-Status"] == "HIT", resp.headers["X-Cache-Status"]
             resp.read()
-        rates["302 to a caching nginx in front of SeaweedFS (CDN stand-in), cached"] = \
-            throughput(url["cdn"], size, sha, n)
-        nginx_last = throughput(nginx_url, size, sha, n)
-        nginx_rate = statistics.median([nginx_first, nginx_last])
-        rates["nginx (exported mirror)"] = nginx_rate
+        presigned = _location(url["redirect"])
+        rows = {
+            "nginx (exported mirror)": nginx_url,
+            # the TUF target route streams with the artifact route's code (stream_blob)
+            "through the API (gunicorn sync, local blob store)":
+                f"{api.base}/tuf/targets/digits/99/{sha}.big.tflite",
+            "through the API (S3 backend, streamed from SeaweedFS)": url["streamed"],
+            "through the API (S3 backend + disk cache), cached": url["cached"],
+            "302 to SeaweedFS (presigned redirect)": url["redirect"],
+            "302 to a caching nginx in front of SeaweedFS (CDN stand-in), cached": url["cdn"],
+            # the same two without the API's 302, to show what the redirect costs
+            "SeaweedFS, presigned URL fetched directly": presigned,
+            "caching nginx in front of SeaweedFS, cached, fetched directly":
+                cdn_base + presigned[len(endpoint):],
+        }
+        # rounds: one download per row each round, so load drift spreads over every row
+        samples: dict[str, list[float]] = {name: [] for name in rows}
+        samples["nginx (exported mirror)"] += nginx_first
+        for _ in range(n):
+            for name, row_url in rows.items():
+                samples[name].append(_one_download(row_url, size, sha))
+        nginx_last = [_one_download(nginx_url, size, sha) for _ in range(n)]
+        samples["nginx (exported mirror)"] += nginx_last
+        rates = {name: statistics.median(values) for name, values in samples.items()}
+        rates.update(first)
+        nginx_rate = rates["nginx (exported mirror)"]
         results["artifact_mb_per_s"] = rates
-        results["artifact_nginx_first_last"] = [nginx_first, nginx_last]
+        results["artifact_samples_mb_per_s"] = samples
+        results["artifact_nginx_first_last"] = [statistics.median(nginx_first),
+                                                statistics.median(nginx_last)]
         results["artifact_ratio_vs_nginx"] = {k: round(v / nginx_rate, 2) for k, v in rates.items()}
         results["artifact_load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
