@@ -337,6 +337,10 @@ def main() -> None:
             "302 to a caching nginx in front of SeaweedFS, first download (miss)":
                 _one_download(url["cdn"], size, sha),
         }
+        # the API publishes its copy after the last chunk is sent (fsync off the client's clock)
+        deadline = time.monotonic() + 60
+        while not (cache_dir / sha[:2] / sha).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert (cache_dir / sha[:2] / sha).is_file(), "the first download did not fill the cache"
         with urllib.request.urlopen(url["cdn"], timeout=120) as resp:
             assert resp.headers["X-Cache-Status"] == "HIT", resp.headers["X-Cache-Status"]

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import random
 import threading
+import time
 import uuid
 
 import pytest
@@ -65,6 +66,15 @@ def fill_files(tmp_path) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
+def published(store, sha, timeout: float = 30.0):
+    """The cached copy, waiting for it: an HTTP client has the whole body before the server
+    has made the copy durable and renamed it (the fill finishes after its last chunk)."""
+    deadline = time.monotonic() + timeout
+    while (path := store.local_path(sha)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path
+
+
 def read_all(store, sha, start=0, end=None) -> bytes:
     return b"".join(store.open_range(sha, start, end, chunk_size=CHUNK))
 
@@ -108,6 +118,18 @@ def test_a_bad_object_is_never_cached_nor_delivered_whole(store, raw, bucket, tm
     with pytest.raises(StorageError):  # and the next read checks again
         store.read_bytes(sha)
     assert cached_files(tmp_path) == []
+
+
+def test_a_consumer_that_stops_after_the_last_chunk_leaves_nothing(store, tmp_path):
+    data, sha = blob(14)
+    store.put_bytes(data)
+    chunks = store.open_range(sha, chunk_size=CHUNK)
+    got = b""
+    while len(got) < len(data):
+        got += next(chunks)
+    assert got == data
+    chunks.close()  # the copy is published only when the iteration ends
+    assert cached_files(tmp_path) == [] and fill_files(tmp_path) == []
 
 
 def test_a_download_abandoned_midway_leaves_nothing(store, tmp_path):
@@ -239,7 +261,7 @@ def test_artifact_route_fills_then_serves_the_local_copy(live_server, raw, bucke
     assert services.blobs.local_path(sha) is None  # a slice does not fill
     whole = requests.get(url, headers=headers, timeout=30)
     assert whole.status_code == 200 and whole.content == data
-    assert services.blobs.local_path(sha) is not None
+    assert published(services.blobs, sha) is not None
 
     raw.delete_object(Bucket=bucket, Key=KEY_PREFIX + sha)  # only the local copy is left
     again = requests.get(url, headers=headers, timeout=30)

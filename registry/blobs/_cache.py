@@ -138,7 +138,8 @@ class BlobCache:
         """Pass ``chunks`` (the whole blob, ``size`` bytes) through, keeping a verified copy.
 
         The last chunk is held back until the bytes' SHA-256 and length are checked, so a
-        consumer never sees a complete body that is not the blob. If another fill of the
+        consumer never sees a complete body that is not the blob; the copy is published
+        when the consumer asks for more after the last chunk (the end of the iteration). If another fill of the
         same blob is running (here or in another process), or the blob is larger than the
         cap, the chunks pass through without a copy but are verified the same way.
 
@@ -169,14 +170,17 @@ class BlobCache:
                         yield pending
                     pending = chunk
                 _check(sha256, size, received, hasher)
+                # Verified: the consumer may have the end now. The copy is made durable and
+                # published after it, off the client's clock (a server asks for the next
+                # chunk after sending this one; one that stops early closes us instead).
+                if pending is not None:
+                    yield pending
                 os.fsync(out.fileno())  # a copy published after a crash must be whole
             os.chmod(fill_path, 0o444)
             final = self._path_for(sha256)
             final.parent.mkdir(exist_ok=True)
             os.replace(fill_path, final)  # still holding the lock: see _lock_fill
             published = True
-            if pending is not None:
-                yield pending
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise StorageError(f"the blob cache cannot hold {sha256}") from e
