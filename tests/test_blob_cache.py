@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import random
 import threading
-import time
 import uuid
 
 import pytest
@@ -24,6 +23,7 @@ from registry.config import Settings
 from registry.errors import StorageError
 from tests.helpers import base_settings
 from tests.makers import make_ready_version
+from tests.procs import wait_for
 from tests.test_blobs import raw_s3_client
 
 KiB = 1 << 10
@@ -66,13 +66,10 @@ def fill_files(tmp_path) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-def published(store, sha, timeout: float = 30.0):
+def published(store, sha):
     """The cached copy, waiting for it: an HTTP client has the whole body before the server
     has made the copy durable and renamed it (the fill finishes after its last chunk)."""
-    deadline = time.monotonic() + timeout
-    while (path := store.local_path(sha)) is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return path
+    return wait_for(lambda: store.local_path(sha), 30, "the cached copy", step=0.02)
 
 
 def read_all(store, sha, start=0, end=None) -> bytes:
@@ -309,3 +306,57 @@ def test_warm_builds_the_client_without_touching_the_network(seaweedfs, bucket, 
     store.warm()
     data, sha = blob(13, 1000)
     assert store.put_bytes(data).sha256 == sha and store.read_bytes(sha) == data
+
+
+def test_gunicorn_workers_fill_one_copy_and_send_it(seaweedfs, bucket, tmp_path_factory):
+    """Three sync workers of a real gunicorn, six concurrent first downloads of one blob."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.scale_cluster import BIN, Proc, free_port
+
+    root = tmp_path_factory.mktemp("cache-gunicorn")
+    env = {"MODELDROP_DATA_DIR": str(root / "data"), "MODELDROP_BLOB_BACKEND": "s3",
+           "MODELDROP_S3_ENDPOINT_URL": seaweedfs, "MODELDROP_S3_BUCKET": bucket,
+           "MODELDROP_S3_ACCESS_KEY": "any", "MODELDROP_S3_SECRET_KEY": "any",
+           "MODELDROP_S3_CACHE_BYTES": str(64 << 20), "MODELDROP_S3_CACHE_DIR": str(root / "c")}
+    settings = Settings.load({}, environ=env)
+    from registry.services import build_services
+
+    services = build_services(settings)
+    data, _ = blob(15, 4 << 20)
+    version = make_ready_version(services, "digits",
+                                 variants={"tflite-fp32": {"format": "tflite", "data": data}})
+    sha = version.variants[0].sha256
+    token = services.store.create_token("reader", "tests").token
+    services.store.engine.dispose()
+    port = free_port()
+    web = Proc("web", [str(BIN / "gunicorn"), "-c", "deploy/gunicorn.conf.py", "registry.wsgi:app"],
+               {**os.environ, **env, "MODELDROP_BIND": f"127.0.0.1:{port}",
+                "MODELDROP_WEB_WORKERS": "3", "MODELDROP_WEB_WORKER_CLASS": "sync"},
+               root / "web.log").start()
+    url = f"http://127.0.0.1:{port}/v1/artifacts/{sha}"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 90, "gunicorn", proc=web)
+        with ThreadPoolExecutor(6) as pool:
+            bodies = list(pool.map(lambda _: requests.get(url, headers=headers, timeout=60).content,
+                                   range(6)))
+        assert bodies == [data] * 6
+        copy = root / "c" / sha[:2] / sha
+        wait_for(copy.is_file, 30, "the cached copy")
+        assert copy.read_bytes() == data
+        assert sorted(p.name for p in (root / "c").glob("??/*")) == [sha]
+        assert list((root / "c" / ".fill").iterdir()) == []
+        # from the copy now (sendfile), resumable from any offset
+        tail = requests.get(url, headers={**headers, "Range": "bytes=4000000-"}, timeout=60)
+        assert tail.status_code == 206 and tail.content == data[4000000:]
+        assert requests.get(url, headers=headers, timeout=60).content == data
+    finally:
+        web.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code in (200, 503)
+    except requests.RequestException:
+        return False
