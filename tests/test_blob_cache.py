@@ -360,3 +360,21 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=5).status_code in (200, 503)
     except requests.RequestException:
         return False
+
+
+def test_what_a_killed_fill_left_is_swept_but_a_running_fill_is_not(store, tmp_path):
+    import fcntl
+
+    fill_dir = tmp_path / "cache" / ".fill"
+    fill_dir.mkdir(parents=True)
+    dead, running = fill_dir / ("d" * 64), fill_dir / ("e" * 64)
+    for path in (dead, running):
+        path.write_bytes(b"half a blob")
+        os.utime(path, (1_000_000, 1_000_000))  # nobody wrote to them for long
+    with open(running, "rb+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # its filler is alive (another open file)
+        data, sha = blob(16)
+        store.put_bytes(data)
+        assert read_all(store, sha) == data  # a fill sweeps before it writes
+        assert not dead.exists() and running.exists()
+    assert cached_files(tmp_path) == [sha]

@@ -11,7 +11,8 @@ Layout under ``root``: ``ab/<sha256>`` (published copies, read-only) and ``.fill
 (a copy being written). A fill holds an exclusive ``flock`` on its ``.fill`` file, so of
 several threads or processes downloading the same uncached blob at once, one writes the copy
 and the others stream from S3 as if there were no cache; a process that dies mid-fill drops
-its lock with it, and the next fill starts the file again. Publishing is ``os.replace``, so
+its lock with it, and the next fill of that blob starts the file again (or any fill removes
+it once it is ten minutes old). Publishing is ``os.replace``, so
 a reader sees no copy or the whole copy.
 
 Size: before a fill, the least recently used copies (by mtime, refreshed at most once a
@@ -38,6 +39,7 @@ from registry.errors import StorageError
 from ._base import check_sha256
 
 _TOUCH_AFTER = 60  # seconds: a hit refreshes the copy's mtime (its LRU age) at most this often
+_STALE_FILL = 600  # seconds without a write before an unlocked .fill file is a dead fill's
 
 
 class BlobCache:
@@ -117,10 +119,14 @@ class BlobCache:
         return entries
 
     def evict(self, reserve: int = 0) -> list[Path]:
-        """Remove least recently used copies until they and ``reserve`` bytes fit the cap."""
+        """Remove least recently used copies until they and ``reserve`` bytes fit the cap.
+
+        Also removes what fills killed mid-way (SIGKILL, a power loss) left in ``.fill``:
+        files no one holds the lock of and no one wrote to for ``_STALE_FILL`` seconds.
+        """
+        removed = self._sweep_fills()
         entries = sorted(self._entries())
         total = sum(size for _, _, size in entries) + reserve
-        removed = []
         for _, path, size in entries:
             if total <= self.max_bytes:
                 break
@@ -132,6 +138,31 @@ class BlobCache:
                 continue
             total -= size
             removed.append(path)
+        return removed
+
+    def _sweep_fills(self) -> list[Path]:
+        removed = []
+        try:
+            entries = list(os.scandir(self._fill_dir))
+        except FileNotFoundError:
+            return removed
+        cutoff = time.time() - _STALE_FILL
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live filler holds it
+                if os.fstat(fd).st_ino == os.stat(entry.path).st_ino:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         return removed
 
     def fill(self, sha256: str, size: int, chunks: Iterator[bytes]) -> Iterator[bytes]:
