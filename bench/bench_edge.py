@@ -249,6 +249,7 @@ def main() -> None:
 
         class Static:
             base = nginx_base
+            proc = nginx  # measure() counts the CPU of its session (nginx started its own)
         rows = {
             "ruleset from nginx (exported mirror)": measure(wrk, Static, ruleset_lua,
                                                             args.duration, 64),
