@@ -14,10 +14,17 @@ nginx (``apt-get install -y nginx`` when missing; benchmarks only). Then, in one
    answered 304) and local mode (what python-tuf fetches when nothing changed: the next root,
    404, and timestamp.json; the cached ruleset's hash still matches, so nothing else), plus
    a 304 of the ruleset route for reference;
-4. a large artifact (``--artifact-mb``) through the API, from nginx, and through a 302 to
-   SeaweedFS: a second gunicorn on the S3 backend (a real ``weed server``, tests/seaweed.py)
-   with ``MODELDROP_ARTIFACT_REDIRECT=presigned``, whose artifact route answers 302 to a
-   presigned URL of the bucket; the client follows it. MB/s, each download's sha256 checked.
+4. a large artifact (``--artifact-mb``), one row after the other with nginx first and last:
+   from nginx (sendfile); through the API on the local blob store; through the API on the S3
+   backend (a real ``weed server``, tests/seaweed.py), streamed from the bucket, then with the
+   read-through disk cache (``MODELDROP_S3_CACHE_BYTES``: the first download fills it, the
+   later ones are sent from the local copy); a 302 to a presigned SeaweedFS URL
+   (``MODELDROP_ARTIFACT_REDIRECT=presigned``); and that 302 pointed at a caching nginx in
+   front of the bucket (``proxy_cache``, the CDN stand-in; ``MODELDROP_ARTIFACT_REDIRECT_
+   BASE_URL``), first the miss, then hits; and those two URLs fetched without the 302. The
+   first downloads once; then ``--downloads`` rounds of one download per row (nginx included,
+   and a block of nginx downloads first and last), median MB/s per row, each download's
+   sha256 checked outside the clock.
 
 Writes bench/results/edge.json. Everything listens on 127.0.0.1 and is stopped at the end.
 """
@@ -75,6 +82,25 @@ http {
                              add_header Cache-Control "public, max-age=60"; }
     location /tuf/metadata/ { add_header Cache-Control "no-cache"; }
   }
+  # the CDN stand-in in front of the bucket: a presigned URL's path names immutable bytes, so
+  # the cache key leaves out the query (the signature, checked by the bucket on a miss)
+  proxy_cache_path %(dir)s/cdn-cache levels=1:2 keys_zone=blobs:10m max_size=4g
+                   inactive=7d use_temp_path=off;
+  server {
+    listen 127.0.0.1:%(cdn_port)d;
+    location / {
+      proxy_pass %(s3)s;
+      proxy_set_header Host $proxy_host;  # the host the URL was signed for
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache blobs;
+      proxy_cache_key $uri;
+      proxy_cache_valid 200 7d;
+      proxy_cache_lock on;
+      proxy_force_ranges on;
+      add_header X-Cache-Status $upstream_cache_status;
+    }
+  }
 }
 """
 
@@ -92,12 +118,6 @@ def wire_bytes(port: int, path: str, headers: dict[str, str]) -> int:
         while chunk := s.recv(65536):
             received += len(chunk)
     return len(request) + received
-
-
-def throughput(url: str, size: int, sha256: str, downloads: int = 1) -> float:
-    """Median MB/s of ``downloads`` GETs (urllib follows a 302); each download's sha256 is
-    checked after the clock."""
-    return statistics.median(_one_download(url, size, sha256) for _ in range(downloads))
 
 
 def _one_download(url: str, size: int, sha256: str) -> float:
@@ -118,6 +138,16 @@ def _one_download(url: str, size: int, sha256: str) -> float:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def _location(url: str) -> str:
+    """Where the artifact route redirects ``url`` to."""
+    try:
+        urllib.request.build_opener(_NoRedirect).open(url, timeout=10)
+    except urllib.error.HTTPError as err:
+        assert err.code == 302, err
+        return err.headers["Location"]
+    raise AssertionError(f"{url} did not redirect")
 
 
 def prepare_redirect(data_dir: Path, s3_env: dict[str, str], big: bytes) -> str:
@@ -181,12 +211,13 @@ def main() -> None:
                      "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     api = Server(data_dir, "sync", 5, bare=False)
     bare = Server(data_dir, "sync", 5, bare=True)
-    nginx_port = free_port()
+    nginx_port, cdn_port = free_port(), free_port()
     conf = work / "nginx.conf"
     nginx = None
-    redirect = streamed = None
+    s3_servers: list[Server] = []
     seaweed = contextlib.ExitStack()
     try:
+        endpoint = seaweed.enter_context(start_seaweedfs(work / "seaweedfs"))
         api.wait_ready()
         bare.wait_ready()
         subprocess.run([sys.executable, "-m", "registry.cli", "--url", api.base, "mirror",
@@ -194,7 +225,8 @@ def main() -> None:
         # the big artifact is a TUF target but no release names it: copy it by hand
         (mirror / "v1/artifacts").mkdir(parents=True, exist_ok=True)
         (mirror / "v1/artifacts" / info.sha256).write_bytes(big)
-        conf.write_text(NGINX_CONF % {"dir": work, "port": nginx_port, "mirror": mirror})
+        conf.write_text(NGINX_CONF % {"dir": work, "port": nginx_port, "mirror": mirror,
+                                      "cdn_port": cdn_port, "s3": endpoint})
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
                                  start_new_session=True)
         time.sleep(1)
@@ -217,6 +249,7 @@ def main() -> None:
 
         class Static:
             base = nginx_base
+            proc = nginx  # measure() counts the CPU of its session (nginx started its own)
         rows = {
             "ruleset from nginx (exported mirror)": measure(wrk, Static, ruleset_lua,
                                                             args.duration, 64),
@@ -266,54 +299,91 @@ def main() -> None:
                 nginx_port, ruleset_path, {"If-None-Match": ruleset_etag}),
         }
 
-        # 4. the artifact: through the API, from nginx, through a 302 to SeaweedFS
-        endpoint = seaweed.enter_context(start_seaweedfs(work / "seaweedfs"))
+        # 4. the artifact: nginx, the API (local, S3 streamed, S3 cached), 302s (bucket, CDN)
+        bare.stop()  # not needed any more: one gunicorn fewer on two cores
         s3_env = {"MODELDROP_BLOB_BACKEND": "s3", "MODELDROP_S3_ENDPOINT_URL": endpoint,
                   "MODELDROP_S3_BUCKET": "bench-edge", "MODELDROP_S3_ACCESS_KEY": "any",
-                  "MODELDROP_S3_SECRET_KEY": "any", "MODELDROP_ARTIFACT_REDIRECT": "presigned"}
+                  "MODELDROP_S3_SECRET_KEY": "any"}
         redirect_dir = work / "data-s3"
         assert prepare_redirect(redirect_dir, s3_env, big) == info.sha256
-        redirect = Server(redirect_dir, "sync", 5, bare=False, env=s3_env)
-        redirect.wait_ready()
-        streamed_env = {k: v for k, v in s3_env.items() if k != "MODELDROP_ARTIFACT_REDIRECT"}
-        streamed = Server(redirect_dir, "sync", 5, bare=False, env=streamed_env)
-        streamed.wait_ready()
-        redirect_url = f"{redirect.base}/v1/artifacts/{info.sha256}"
-        try:
-            urllib.request.build_opener(_NoRedirect).open(redirect_url, timeout=10)
-            raise AssertionError("the artifact route did not redirect")
-        except urllib.error.HTTPError as err:
-            assert err.code == 302 and err.headers["Location"].startswith(endpoint), err
+        cache_dir = work / "s3-cache"
+        cdn_base = f"http://127.0.0.1:{cdn_port}"
+        envs = {
+            "streamed": s3_env,
+            "cached": {**s3_env, "MODELDROP_S3_CACHE_DIR": str(cache_dir),
+                       "MODELDROP_S3_CACHE_BYTES": str(4 << 30)},
+            "redirect": {**s3_env, "MODELDROP_ARTIFACT_REDIRECT": "presigned"},
+            "cdn": {**s3_env, "MODELDROP_ARTIFACT_REDIRECT": "presigned",
+                    "MODELDROP_ARTIFACT_REDIRECT_BASE_URL": cdn_base},
+        }
+        s3 = {}
+        for name, env in envs.items():
+            s3[name] = Server(redirect_dir, "sync", 5, bare=False, env=env, label=name)
+            s3_servers.append(s3[name])
+        for server in s3.values():
+            server.wait_ready()
+        url = {name: f"{server.base}/v1/artifacts/{info.sha256}" for name, server in s3.items()}
+        for name, prefix in (("redirect", endpoint), ("cdn", cdn_base)):
+            assert _location(url[name]).startswith(prefix), name
         results["artifact_mb"] = args.artifact_mb
         results["artifact_downloads_per_row"] = args.downloads
         results["artifact_load_average_before"] = [round(x, 2) for x in os.getloadavg()]
-        n = args.downloads
-        # interleaved: nginx first and last, so load drift shows in its two figures
-        nginx_first = throughput(f"{nginx_base}/v1/artifacts/{info.sha256}", len(big), info.sha256, n)
-        rates = {
-            # the TUF target route streams with the artifact route's code (stream_blob)
-            "through the API (gunicorn sync, local blob store)": throughput(
-                f"{api.base}/tuf/targets/digits/99/{info.sha256}.big.tflite", len(big),
-                info.sha256, n),
-            "through the API (gunicorn sync, S3 backend, streamed)": throughput(
-                f"{streamed.base}/v1/artifacts/{info.sha256}", len(big), info.sha256, n),
-            "302 to SeaweedFS (S3 backend, presigned redirect)": throughput(
-                redirect_url, len(big), info.sha256, n),
+        n, size, sha = args.downloads, len(big), info.sha256
+        nginx_url = f"{nginx_base}/v1/artifacts/{sha}"
+        # one after the other: nginx first and last, so load drift shows in its two figures
+        nginx_first = [_one_download(nginx_url, size, sha) for _ in range(n)]
+        first = {  # the first download of a blob fills the API's disk cache / the CDN's cache
+            "through the API (S3 backend + disk cache), first download: fills the cache":
+                _one_download(url["cached"], size, sha),
+            "302 to a caching nginx in front of SeaweedFS, first download (miss)":
+                _one_download(url["cdn"], size, sha),
         }
-        nginx_last = throughput(f"{nginx_base}/v1/artifacts/{info.sha256}", len(big), info.sha256, n)
-        nginx_rate = statistics.median([nginx_first, nginx_last])
-        rates["nginx (exported mirror)"] = nginx_rate
+        # the API publishes its copy after the last chunk is sent (fsync off the client's clock)
+        deadline = time.monotonic() + 60
+        while not (cache_dir / sha[:2] / sha).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (cache_dir / sha[:2] / sha).is_file(), "the first download did not fill the cache"
+        with urllib.request.urlopen(url["cdn"], timeout=120) as resp:
+            assert resp.headers["X-Cache-Status"] == "HIT", resp.headers["X-Cache-Status"]
+            resp.read()
+        presigned = _location(url["redirect"])
+        rows = {
+            "nginx (exported mirror)": nginx_url,
+            # the TUF target route streams with the artifact route's code (stream_blob)
+            "through the API (gunicorn sync, local blob store)":
+                f"{api.base}/tuf/targets/digits/99/{sha}.big.tflite",
+            "through the API (S3 backend, streamed from SeaweedFS)": url["streamed"],
+            "through the API (S3 backend + disk cache), cached": url["cached"],
+            "302 to SeaweedFS (presigned redirect)": url["redirect"],
+            "302 to a caching nginx in front of SeaweedFS (CDN stand-in), cached": url["cdn"],
+            # the same two without the API's 302, to show what the redirect costs
+            "SeaweedFS, presigned URL fetched directly": presigned,
+            "caching nginx in front of SeaweedFS, cached, fetched directly":
+                cdn_base + presigned[len(endpoint):],
+        }
+        # rounds: one download per row each round, so load drift spreads over every row
+        samples: dict[str, list[float]] = {name: [] for name in rows}
+        samples["nginx (exported mirror)"] += nginx_first
+        for _ in range(n):
+            for name, row_url in rows.items():
+                samples[name].append(_one_download(row_url, size, sha))
+        nginx_last = [_one_download(nginx_url, size, sha) for _ in range(n)]
+        samples["nginx (exported mirror)"] += nginx_last
+        rates = {name: statistics.median(values) for name, values in samples.items()}
+        rates.update(first)
+        nginx_rate = rates["nginx (exported mirror)"]
         results["artifact_mb_per_s"] = rates
-        results["artifact_nginx_first_last"] = [nginx_first, nginx_last]
+        results["artifact_samples_mb_per_s"] = samples
+        results["artifact_nginx_first_last"] = [statistics.median(nginx_first),
+                                                statistics.median(nginx_last)]
         results["artifact_ratio_vs_nginx"] = {k: round(v / nginx_rate, 2) for k, v in rates.items()}
         results["artifact_load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         api.stop()
-        bare.stop()
-        if redirect is not None:
-            redirect.stop()
-        if streamed is not None:
-            streamed.stop()
+        if bare.proc.poll() is None:
+            bare.stop()
+        for server in s3_servers:
+            server.stop()
         seaweed.close()
         if nginx is not None:
             os.killpg(nginx.pid, signal.SIGTERM)

@@ -25,6 +25,10 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_access_key: str = ""
     s3_secret_key: str = ""
+    # A read-through copy of S3 blobs on this node's disk (registry/blobs/_cache.py): the first
+    # whole download of a blob fills it, later ones are served from the local file. 0 = off.
+    s3_cache_bytes: int = 0  # bytes the copies may take (least recently used go first)
+    s3_cache_dir: Path | None = None  # default <data_dir>/s3-cache
     # If set, artifact URLs in manifests point here (a CDN in front of the artifact route).
     public_base_url: str = ""
     cdn_base_url: str = ""
@@ -89,6 +93,10 @@ class Settings:
     # S3 backend (the bytes never pass through the API); "" streams them as before.
     artifact_redirect: str = ""
     artifact_redirect_ttl: int = 300  # seconds a redirect's presigned URL stays valid
+    # With "presigned": the scheme and host of the redirect's URL are replaced by this base (a
+    # CDN or caching proxy in front of the bucket; it must forward to the bucket with the Host
+    # the URL was signed for, docs/deployment.md). Empty: the bucket's own endpoint.
+    artifact_redirect_base_url: str = ""
     # Auth: create <data_dir>/admin-token on first start.
     bootstrap_admin_token: bool = True
     # Telemetry

@@ -8,3 +8,6 @@ started here: run ``modeldrop worker`` or Celery next to the web processes.
 from registry.app import create_app
 
 app = create_app()
+# Each gunicorn worker imports this module: build its S3 client now (no network I/O), so its
+# first artifact download or redirect does not pay for botocore loading the S3 model.
+app.extensions["modeldrop"].blobs.warm()

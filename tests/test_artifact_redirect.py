@@ -81,3 +81,34 @@ def test_public_artifacts_redirect_to_a_presigned_url(live_server, tmp_path, tfl
         "platform": "android"}).json()
     assert manifest["artifact"]["urls"] == [url]  # the stable URL: 304s stay valid
     client.close()
+
+
+def test_the_redirect_can_name_a_cdn_in_front_of_the_bucket(tmp_path, seaweedfs):
+    """MODELDROP_ARTIFACT_REDIRECT_BASE_URL: the CDN's host, the bucket's path and signature
+    (a CDN that forwards to the bucket gets a URL the bucket accepts)."""
+    from registry.app import create_app
+
+    app = create_app(base_settings(
+        tmp_path, blob_backend="s3", s3_endpoint_url=seaweedfs,
+        s3_bucket="md-" + uuid.uuid4().hex[:10], s3_access_key="any", s3_secret_key="any",
+        artifact_redirect="presigned", artifact_redirect_base_url="https://cdn.example.test/edge/"))
+    services = app.extensions["modeldrop"]
+    try:
+        data = b"released bytes for the cdn" * 1000
+        version = make_ready_version(services, MODEL,
+                                     variants={"tflite-fp32": {"format": "tflite", "data": data}})
+        from registry.delivery import releases
+
+        releases.promote(services, MODEL, version.version, channel=CHANNEL, actor="tests")
+        sha = hashlib.sha256(data).hexdigest()
+        resp = app.test_client().get(f"/v1/artifacts/{sha}")
+        assert resp.status_code == 302
+        location = resp.headers["Location"]
+        prefix = "https://cdn.example.test/edge/"
+        assert location.startswith(prefix) and "Signature" in location
+        assert f"/blobs/{sha}?" in location
+        # what the CDN forwards: the same path and query, to the bucket
+        origin = seaweedfs + "/" + location[len(prefix):]
+        assert requests.get(origin, timeout=30).content == data
+    finally:
+        services.store.engine.dispose()

@@ -11,9 +11,12 @@ only, so a shared cache (a CDN) never hands them to someone else.
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Blueprint, Response, request
+from werkzeug.wsgi import wrap_file
 
 from registry.auth import authenticate
 from registry.errors import ArtifactNotFoundError, InvalidRangeError
@@ -23,6 +26,7 @@ bp = Blueprint("artifacts", __name__)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMMUTABLE = "public, max-age=31536000, immutable"
 PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"  # confidential: no shared caches
+CHUNK = 1 << 20  # bytes per read when the bytes pass through Python
 
 
 def stream_blob(sha256: str, *, content_type: str = "application/octet-stream",
@@ -47,13 +51,33 @@ def stream_blob(sha256: str, *, content_type: str = "application/octet-stream",
         start, stop = bounds
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         headers["Content-Length"] = str(stop - start)
-        body = blobs.open_range(sha256, start, stop - 1) if request.method != "HEAD" else []
+        body = _body(blobs, sha256, start, stop, size) if request.method != "HEAD" else []
         return Response(body, status=206, headers=headers, mimetype=content_type,
                         direct_passthrough=True)
     headers["Content-Length"] = str(size)
-    body = blobs.open_range(sha256, 0, None) if request.method != "HEAD" else []
+    body = _body(blobs, sha256, 0, size, size) if request.method != "HEAD" else []
     return Response(body, status=200, headers=headers, mimetype=content_type,
                     direct_passthrough=True)
+
+
+def _body(blobs, sha256: str, start: int, stop: int, size: int):
+    """Bytes ``start..stop-1``. A blob with a file here (local store, or an S3 blob's cached
+    copy) that is sent to its end goes to the server's ``wsgi.file_wrapper``: gunicorn sends
+    it with ``sendfile(2)`` from the file's offset, no copy through Python. Anything else
+    (a slice that stops early, a blob only in the bucket) streams in chunks."""
+    if stop == size:
+        path = blobs.local_path(sha256)
+        if path is not None:
+            try:
+                f = open(path, "rb")  # the server closes it after sending
+            except FileNotFoundError:  # evicted from the cache since: read the bucket
+                pass
+            else:
+                if os.fstat(f.fileno()).st_size == size:
+                    f.seek(start)
+                    return wrap_file(request.environ, f, buffer_size=CHUNK)
+                f.close()
+    return blobs.open_range(sha256, start, stop - 1, chunk_size=CHUNK)
 
 
 @bp.route("/v1/artifacts/<sha256>", methods=["GET", "HEAD"])
@@ -73,7 +97,8 @@ def _redirect(sha256: str) -> Response | None:
     to a short-lived URL of the bucket, so the bytes travel from the object store. Range and
     If-Range go with the redirected request (clients resend their headers), so resuming works;
     a conditional GET the ETag answers is still a 304 from here. The redirect itself is cached
-    privately and for less than the URL lives; the manifest keeps naming this stable URL."""
+    privately and for less than the URL lives; the manifest keeps naming this stable URL.
+    With ``MODELDROP_ARTIFACT_REDIRECT_BASE_URL`` the URL names a CDN in front of the bucket."""
     services = current_services()
     if services.settings.artifact_redirect != "presigned":
         return None
@@ -83,5 +108,10 @@ def _redirect(sha256: str) -> Response | None:
     url = services.blobs.presigned_url(sha256, ttl)
     if url is None:
         return None
+    base = services.settings.artifact_redirect_base_url
+    if base:  # a CDN in front of the bucket: same path and signature, the CDN's host
+        cdn, signed = urlsplit(base), urlsplit(url)
+        url = urlunsplit((cdn.scheme, cdn.netloc, cdn.path.rstrip("/") + signed.path,
+                          signed.query, ""))
     return Response(status=302, headers={
         "Location": url, "Cache-Control": f"private, max-age={max(0, ttl // 2)}"})

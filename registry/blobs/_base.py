@@ -128,6 +128,10 @@ class BlobStore(ABC):
 
     # -- public behaviour ----------------------------------------------------------
 
+    def warm(self) -> None:
+        """Prepare per-process state (an S3 client) before the first request; no network I/O."""
+        return None  # a local store has none
+
     def iter_sha256(self) -> Iterator[str]:
         """Every stored blob's sha256 (the store's own listing; for ``modeldrop fsck``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its blobs")

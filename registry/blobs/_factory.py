@@ -15,7 +15,9 @@ def blob_store_from_settings(settings: Settings) -> BlobStore:
     """Build the configured blob store.
 
     ``blob_backend="local"`` (the default) keeps blobs in ``<data_dir>/blobs``;
-    ``"s3"`` uses the ``s3_*`` settings and stages uploads in ``<data_dir>/staging``.
+    ``"s3"`` uses the ``s3_*`` settings, stages uploads in ``<data_dir>/staging`` and, with
+    ``s3_cache_bytes`` > 0, keeps a read-through copy of downloads in ``s3_cache_dir``
+    (default ``<data_dir>/s3-cache``).
 
     Raises:
         ValueError: ``blob_backend`` is neither ``local`` nor ``s3``.
@@ -32,5 +34,8 @@ def blob_store_from_settings(settings: Settings) -> BlobStore:
             access_key=settings.s3_access_key or None,
             secret_key=settings.s3_secret_key or None,
             staging_dir=data_dir / "staging",
+            cache_dir=Path(settings.s3_cache_dir) if settings.s3_cache_dir
+            else data_dir / "s3-cache",
+            cache_bytes=settings.s3_cache_bytes,
         )
     raise ValueError(f"unknown blob_backend {settings.blob_backend!r}: expected 'local' or 's3'")

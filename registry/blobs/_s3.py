@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from registry.errors import ArtifactNotFoundError, StorageError
 
 from ._base import BlobStore, check_sha256
+from ._cache import BlobCache
 
 KEY_PREFIX = "blobs/"
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # seconds; the SigV4 maximum
@@ -85,6 +86,8 @@ class S3BlobStore(BlobStore):
         secret_key: str | None = None,
         *,
         staging_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         """
         Args:
@@ -95,6 +98,9 @@ class S3BlobStore(BlobStore):
                 (environment, shared config, instance role).
             staging_dir: local directory for uploads in progress; defaults to
                 ``<tempdir>/modeldrop-staging``. Needs room for the largest upload.
+            cache_dir, cache_bytes: a read-through copy of downloaded blobs on local disk
+                (:class:`~registry.blobs._cache.BlobCache`), at most ``cache_bytes``; off
+                unless both are given.
 
         Raises:
             ValueError: the bucket name breaks S3's rules.
@@ -111,8 +117,11 @@ class S3BlobStore(BlobStore):
         self._staging_dir = (
             Path(staging_dir) if staging_dir else Path(tempfile.gettempdir()) / "modeldrop-staging"
         )
+        self.cache = BlobCache(Path(cache_dir), cache_bytes) if cache_dir and cache_bytes > 0 \
+            else None
         self._client_obj: Any = None
         self._client_pid: int | None = None
+        self._warm_client: tuple[Any, int] | None = None  # built by warm(), bucket unchecked
 
     def __repr__(self) -> str:
         return f"S3BlobStore(endpoint_url={self.endpoint_url!r}, bucket={self.bucket!r})"
@@ -133,10 +142,29 @@ class S3BlobStore(BlobStore):
         # fresh process would build its own.
         with _client_lock:
             if self._client_obj is None or self._client_pid != pid:
-                client = self._make_client()
+                warm, self._warm_client = self._warm_client, None
+                client = warm[0] if warm is not None and warm[1] == pid else self._make_client()
                 self._ensure_bucket(client)
                 self._client_obj, self._client_pid = client, pid
             return self._client_obj
+
+    def warm(self) -> None:
+        """Build this process's client now, without any network I/O.
+
+        botocore loads the S3 service model when the first client is built (~0.3 s of CPU
+        here), so a web worker that builds it on its first download or redirect makes that
+        request pay for it; ``registry.wsgi`` calls this as each gunicorn worker starts.
+        The bucket is still checked on first use.
+        """
+        pid = os.getpid()
+        with _client_lock:
+            if self._client_obj is not None and self._client_pid == pid:
+                return
+            if self._warm_client is None or self._warm_client[1] != pid:
+                try:
+                    self._warm_client = (self._make_client(), pid)
+                except StorageError:  # a bad configuration fails the first request, not boot
+                    return
 
     def _make_client(self) -> Any:
         config = Config(
@@ -195,6 +223,10 @@ class S3BlobStore(BlobStore):
 
     def size(self, sha256: str) -> int:
         key = self._key(sha256)
+        if self.cache is not None:
+            cached = self.cache.size(sha256)
+            if cached is not None:  # immutable: the local copy's length is the blob's
+                return cached
         with _storage_errors("HeadObject", sha256):
             return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
 
@@ -212,11 +244,13 @@ class S3BlobStore(BlobStore):
         key = self._key(sha256)
         with _storage_errors("DeleteObject"):
             self._client.delete_object(Bucket=self.bucket, Key=key)
+        if self.cache is not None:  # this node's copy; other nodes' copies are unreachable
+            self.cache.discard(sha256)  # (the API only serves blobs the store records)
 
-    def local_path(self, sha256: str) -> None:
-        """Always None: S3 blobs have no local file; use :meth:`presigned_url` or stream."""
+    def local_path(self, sha256: str) -> Path | None:
+        """The blob's verified copy in the local cache, or None (no cache, or not yet cached)."""
         check_sha256(sha256)
-        return None
+        return self.cache.path(sha256) if self.cache is not None else None
 
     def presigned_url(self, sha256: str, expires: int) -> str:
         """A presigned GET URL for the blob, valid ``expires`` seconds (at most 7 days).
@@ -247,6 +281,19 @@ class S3BlobStore(BlobStore):
 
     def _iter_range(self, sha256: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
         key = self._key(sha256)
+        if self.cache is not None:
+            cached = self.cache.path(sha256)
+            if cached is not None:
+                try:
+                    f = cached.open("rb")
+                except FileNotFoundError:  # evicted since: read the bucket
+                    pass
+                else:
+                    return _iter_file(f, sha256, start, end, chunk_size)
+        return self._iter_object(key, sha256, start, end, chunk_size)
+
+    def _iter_object(self, key: str, sha256: str, start: int, end: int,
+                     chunk_size: int) -> Iterator[bytes]:
         wanted = end - start + 1
         with _storage_errors("GetObject", sha256):
             response = self._client.get_object(
@@ -257,10 +304,38 @@ class S3BlobStore(BlobStore):
             # A server that ignores Range would send the whole object as if it were the slice.
             if int(response.get("ContentLength", -1)) != wanted:
                 raise StorageError(f"S3 returned the wrong range for blob {sha256}")
-            with _storage_errors("GetObject"):
-                yield from body.iter_chunks(chunk_size)
+            chunks = _storage_errors_in(body.iter_chunks(chunk_size))
+            total = _range_total(response.get("ContentRange"))
+            if self.cache is not None and start == 0 and total == wanted:
+                chunks = self.cache.fill(sha256, wanted, chunks)  # the whole blob: keep a copy
+            yield from chunks
         finally:
             body.close()
+
+
+def _iter_file(f: Any, sha256: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            data = f.read(min(chunk_size, remaining))
+            if not data:
+                raise StorageError(f"the cached copy of {sha256} is shorter than expected")
+            remaining -= len(data)
+            yield data
+
+
+def _storage_errors_in(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    with _storage_errors("GetObject"):
+        yield from chunks
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The complete length from ``bytes 0-99/1234``; None if absent or ``*``."""
+    if not content_range or "/" not in content_range:
+        return None
+    total = content_range.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
 
 
 def _error_code(error: ClientError) -> str:
