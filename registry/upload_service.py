@@ -99,7 +99,12 @@ def publish_upload(services, name: str, *, file_part, eval_part, metadata_raw: s
     metadata = parse_metadata(metadata_raw)
     spool = take_spool(file_part, "file")
     fmt = source_format(file_part.filename)
-    check_container(fmt, spool.path, file_part.filename)
+    from registry.jobs.conversion import extract_budget
+
+    # a zipped package declaring more than the sandbox may extract is a bomb: refused here,
+    # from its central directory, as for an attachment (the sandbox checks real sizes again)
+    check_container(fmt, spool.path, file_part.filename,
+                    max_expanded=extract_budget(services.settings, spool.size))
     if fmt in PROVIDED_VARIANT and metadata.get("variants") is not None:
         raise InvalidMetadataError(
             f"{file_part.filename!r} is your own conversion and is served as uploaded (variant "

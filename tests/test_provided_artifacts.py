@@ -84,16 +84,22 @@ def test_a_provided_artifact_is_served_as_uploaded(server, artifacts, kind, vari
 
 
 def test_provided_artifacts_are_checked_in_the_sandbox(server, tmp_path):
-    """Each passes the upload's header checks; the sandbox finds what is wrong."""
+    """It passes the upload's header checks; the sandbox finds what is wrong."""
     garbage = makers_provided.garbage_after_magic(tmp_path / "garbage.tflite")
     _, job = _push(server, "byo-garbage", garbage)
     assert job["state"] == "failed" and job["error"].startswith("invalid_artifact: the TFLite model does not load"), job
+    version = server["api"].get("/v1/models/byo-garbage/versions/1").get_json()
+    assert version["status"] == "failed" and not any(v["servable"] for v in version["variants"]), version
+
+
+def test_a_package_declaring_a_bomb_is_refused_at_upload(server, tmp_path):
+    """Its central directory declares 1 GiB once extracted: 400 before anything is stored."""
+    api = server["api"]
     bomb = makers_provided.huge_declared_package(tmp_path / "bomb.mlpackage.zip", 1 << 30)
-    _, job = _push(server, "byo-bomb", bomb)
-    assert job["state"] == "failed" and job["error"].startswith("upload_too_large:"), job
-    for name in ("byo-garbage", "byo-bomb"):
-        version = server["api"].get(f"/v1/models/{name}/versions/1").get_json()
-        assert version["status"] == "failed" and not any(v["servable"] for v in version["variants"]), version
+    body = assert_problem(api.upload("byo-bomb", bomb.read_bytes(), filename="bomb.mlpackage.zip"), 400,
+                          "unsupported_format")
+    assert "declare" in body["detail"] and "once extracted" in body["detail"], body
+    assert api.get("/v1/models/byo-bomb").status_code == 404
 
 
 def test_unsafe_or_mislabelled_artifacts_are_refused_at_upload(server, tmp_path, artifacts):
@@ -190,3 +196,14 @@ def test_a_declared_signature_that_is_not_the_artifacts_fails_the_job_naming_the
     version = server["api"].get(f"/v1/models/{name}/versions/1").get_json()
     assert version["status"] == "failed" and version["error"] == error, version
     assert not any(v["servable"] for v in version["variants"]), version
+
+
+def test_the_sandbox_still_refuses_a_package_beyond_its_budget(tmp_path):
+    """Behind the upload's check, the converter's own extraction refuses the same bomb."""
+    from registry.convert._provided import check_coreml
+
+    bomb = makers_provided.huge_declared_package(tmp_path / "bomb.mlpackage.zip", 1 << 30)
+    (tmp_path / "build").mkdir()
+    with pytest.raises(Exception, match=r"^upload_too_large: bomb\.mlpackage\.zip declares"):
+        check_coreml(bomb, "mlpackage", tmp_path / "build", 64 << 20)
+    assert not any((tmp_path / "build").rglob("*.bin")), "nothing of the bomb was extracted"
