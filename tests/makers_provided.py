@@ -17,7 +17,7 @@ def make_tflite(path: Path, *, inputs: int = 8, classes: int = 4, seed: int = 0)
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(16, activation="relu"),
+    model = keras.Sequential([keras.Input((inputs,), name="x"), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(classes, activation="softmax")])
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     return path

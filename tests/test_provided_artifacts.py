@@ -47,7 +47,7 @@ def _sha(data: bytes) -> str:
 
 # What each artifact of makers_provided really has (the TFLite leaves its batch free: null).
 DECLARED = {
-    "tflite": {"input": [{"name": "keras_tensor", "dtype": "float32", "shape": [1, 8]}],
+    "tflite": {"input": [{"name": "x", "dtype": "float32", "shape": [1, 8]}],
                "output": [{"name": "output_0", "dtype": "float32", "shape": [None, 4]}]},
     "mlpackage": {"input": [{"name": "x", "dtype": "float32", "shape": [1, 8]}],
                   "output": [{"name": "probs", "dtype": "float32", "shape": [1, 4]}]},
@@ -174,7 +174,7 @@ def test_modeldrop_push_of_a_tflite_over_http(server, artifacts, tmp_path):
 
 
 @pytest.mark.parametrize(("kind", "role", "field", "value", "error"), [
-    ("tflite", "input", "dtype", "int32", "declared input 'keras_tensor' is int32 but the model's is float32"),
+    ("tflite", "input", "dtype", "int32", "declared input 'x' is int32 but the model's is float32"),
     ("mlpackage", "input", "shape", [1, 9], "declared input 'x' has shape [1, 9] but the model's is [1, 8]"),
     ("tflite", "output", "name", "scores",
      "declared output 'scores' is not in the model, whose outputs are 'output_0'"),
