@@ -200,3 +200,32 @@ def test_hostile_attachments_are_refused_at_upload_and_nothing_is_stored(server,
     assert resp.status_code == 400 and "at most one file per format" in resp.json()["detail"], resp.text
     assert set(services.blobs.iter_sha256()) == before
     assert all(m.name != "attach-bad" for m in services.store.list_models())
+
+
+def test_a_pytorch_source_takes_the_engineers_own_litert_torch_conversion(server, files):
+    """The path is the same for a torch.export source: the engineer's own litert-torch TFLite of
+    the same module is measured against the .pt2 (named tensors differ: args_0 against the
+    program's input, one each, paired by position) and served as its bytes."""
+    import litert_torch
+    import torch
+
+    from tests import makers_torch
+
+    tmp = files["tmp"] / "torch"
+    digits, module = makers_torch.make_torch_digits(tmp)
+    own = tmp / "digits-own.tflite"
+    litert_torch.convert(module.eval(), (torch.zeros((1, 1, 8, 8)),)).export(str(own))
+    version = _cli_push(server, "attach-torch", digits.pt2_path, own, eval_file=digits.eval_npz, tmp=tmp)
+    assert version["status"] == "ready", version
+    by_name = {v["name"]: v for v in version["variants"]}
+    assert sorted(by_name) == ["tflite-attached", "tflite-fp32"], sorted(by_name)
+    attached = by_name["tflite-attached"]
+    assert attached["servable"] and attached["sha256"] == _sha(own.read_bytes()), attached
+    fidelity = attached["fidelity"]
+    assert fidelity["eval_source"] == "uploaded" and fidelity["eval_samples"] == len(digits.y_eval)
+    assert fidelity["top1_agreement"] > 0.99 and fidelity["accuracy_drop"] <= 1.0, fidelity
+    # the converted variant of the same source agrees with it as closely
+    assert by_name["tflite-fp32"]["fidelity"]["top1_agreement"] > 0.99
+    # the names really differ; each variant's signature is its own file's
+    assert [t["name"] for t in attached["signature"]["inputs"]] == ["args_0"]
+    assert [t["name"] for t in by_name["tflite-fp32"]["signature"]["inputs"]] == ["input"]
