@@ -419,3 +419,19 @@ def _read(stream: BinaryIO, n: int) -> bytes:
 def _verify(hasher: hashlib._Hash, sha256: str) -> None:
     if not hmac.compare_digest(hasher.hexdigest(), sha256):
         raise StorageError(f"stored blob {sha256} does not match its digest")
+
+
+def iter_file_range(f, start: int, end: int, chunk_size: int, short: str) -> Iterator[bytes]:
+    """Bytes ``start``..``end`` (inclusive) of the open binary file ``f``, which this closes;
+    a file that ends early raises ``StorageError(short)``."""
+    from registry.errors import StorageError
+
+    with f:
+        f.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            data = f.read(min(chunk_size, remaining))
+            if not data:
+                raise StorageError(short)
+            remaining -= len(data)
+            yield data

@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from registry.errors import StorageError
 
@@ -190,22 +191,11 @@ class BlobCache:
             os.ftruncate(fd, 0)
             out = os.fdopen(os.dup(fd), "wb", buffering=0)
             with out:
-                hasher = hashlib.sha256()
-                received = 0
-                pending = None
-                for chunk in chunks:
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    received += len(chunk)
-                    if pending is not None:
-                        yield pending
-                    pending = chunk
-                _check(sha256, size, received, hasher)
-                # Verified: the consumer may have the end now. The copy is made durable and
-                # published after it, off the client's clock (a server asks for the next
-                # chunk after sending this one; one that stops early closes us instead).
-                if pending is not None:
-                    yield pending
+                # Each chunk is written as it arrives; the last reaches the consumer only once
+                # the whole is verified. The copy is made durable and published after it, off
+                # the client's clock (a server asks for the next chunk after sending this one;
+                # one that stops early closes us instead).
+                yield from _verified(sha256, size, _written(chunks, out))
                 os.fsync(out.fileno())  # a copy published after a crash must be whole
             os.chmod(fill_path, 0o444)
             final = self._path_for(sha256)
@@ -244,6 +234,12 @@ class BlobCache:
             os.close(fd)
             return None
         return fd
+
+
+def _written(chunks: Iterator[bytes], out: IO[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        out.write(chunk)
+        yield chunk
 
 
 def _verified(sha256: str, size: int, chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from registry._fsync import fsync_dir, fsync_path
 from registry.errors import ArtifactNotFoundError, StorageError
 
-from ._base import BlobStore, check_sha256
+from ._base import BlobStore, check_sha256, iter_file_range
 
 
 class LocalBlobStore(BlobStore):
@@ -112,12 +112,4 @@ class LocalBlobStore(BlobStore):
             f = self._path_for(sha256).open("rb")
         except FileNotFoundError as e:  # deleted since open_range checked its size
             raise ArtifactNotFoundError(f"artifact {sha256} not found") from e
-        with f:
-            f.seek(start)
-            remaining = end - start + 1
-            while remaining > 0:
-                data = f.read(min(chunk_size, remaining))
-                if not data:
-                    raise StorageError(f"blob {sha256} is shorter than expected")
-                remaining -= len(data)
-                yield data
+        yield from iter_file_range(f, start, end, chunk_size, f"blob {sha256} is shorter than expected")

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from registry.errors import ArtifactNotFoundError, StorageError
 
-from ._base import BlobStore, check_sha256
+from ._base import BlobStore, check_sha256, iter_file_range
 from ._cache import BlobCache
 
 KEY_PREFIX = "blobs/"
@@ -289,7 +289,8 @@ class S3BlobStore(BlobStore):
                 except FileNotFoundError:  # evicted since: read the bucket
                     pass
                 else:
-                    return _iter_file(f, sha256, start, end, chunk_size)
+                    return iter_file_range(f, start, end, chunk_size,
+                                           f"the cached copy of {sha256} is shorter than expected")
         return self._iter_object(key, sha256, start, end, chunk_size)
 
     def _iter_object(self, key: str, sha256: str, start: int, end: int,
@@ -311,18 +312,6 @@ class S3BlobStore(BlobStore):
             yield from chunks
         finally:
             body.close()
-
-
-def _iter_file(f: Any, sha256: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
-    with f:
-        f.seek(start)
-        remaining = end - start + 1
-        while remaining > 0:
-            data = f.read(min(chunk_size, remaining))
-            if not data:
-                raise StorageError(f"the cached copy of {sha256} is shorter than expected")
-            remaining -= len(data)
-            yield data
 
 
 def _storage_errors_in(chunks: Iterator[bytes]) -> Iterator[bytes]:
