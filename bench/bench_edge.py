@@ -209,8 +209,8 @@ def main() -> None:
 
     results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                      "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
-    api = Server(data_dir, "sync", 5, bare=False)
-    bare = Server(data_dir, "sync", 5, bare=True)
+    api = Server(data_dir, "sync", 5, bare=None)
+    bare = Server(data_dir, "sync", 5, bare="bare")
     nginx_port, cdn_port = free_port(), free_port()
     conf = work / "nginx.conf"
     nginx = None
@@ -318,7 +318,7 @@ def main() -> None:
         }
         s3 = {}
         for name, env in envs.items():
-            s3[name] = Server(redirect_dir, "sync", 5, bare=False, env=env, label=name)
+            s3[name] = Server(redirect_dir, "sync", 5, bare=None, env=env, label=name)
             s3_servers.append(s3[name])
         for server in s3.values():
             server.wait_ready()

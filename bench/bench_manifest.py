@@ -148,15 +148,55 @@ def healthz():
     return "ok"
 """
 
+# The least a device-bound signed manifest can cost in Flask: no database, no resolution, no
+# log line, no metrics, no ETag; only what every answer needs however it is computed (read
+# the install id, stamp it and the issue and expiry times into a ~1 KB document shaped like
+# the real one, encode it canonically with json's C encoder, sign it with Ed25519, write the
+# body). Measured beside bare Flask it bounds the ratio any ModelDrop manifest could reach.
+FLOOR_APP = """
+import json, time
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flask import Flask, request
+app = Flask(__name__)
+KEY = Ed25519PrivateKey.generate()
+KEYID = "f" * 64
+CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+SHA = "a" * 64
+TEMPLATE = {"schema": 1, "model": "digits", "channel": "production", "release_counter": 3,
+            "version": 2, "variant": "tflite-int8-dynamic", "format": "tflite",
+            "artifact": {"target": "models/digits/2/tflite-int8-dynamic." + SHA + ".tflite",
+                         "length": 60000, "sha256": SHA,
+                         "urls": ["http://127.0.0.1:8080/v1/artifacts/" + SHA]},
+            "experiment": None, "arm": None, "delta": None,
+            "signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [1, 64]}],
+                          "outputs": [{"name": "probabilities", "dtype": "float32",
+                                       "shape": [1, 10]}]}}
+@app.get("/v1/manifest")
+def floor():
+    now = int(time.time())
+    doc = dict(TEMPLATE, install_id=request.args.get("install_id", ""),
+               issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+               expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 86400)))
+    payload = CANONICAL.encode(doc).encode()
+    doc["signatures"] = [{"keyid": KEYID, "sig": KEY.sign(payload).hex()}]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")), 200, {"Content-Type": "application/json"}
+@app.get("/healthz")
+def healthz():
+    return "ok"
+"""
+APPS = {"bare": ("bare Flask, constant 800 B", BARE_APP),
+        "floor": ("floor: signed device-bound constant (Flask)", FLOOR_APP)}
+
 
 class Server:
     """One gunicorn on 127.0.0.1 for the whole bench (its own process group)."""
 
-    def __init__(self, data_dir: Path, worker_class: str, workers: int, bare: bool,
+    def __init__(self, data_dir: Path, worker_class: str, workers: int, bare: str | None,
                  env: dict[str, str] | None = None, code: Path | None = None,
                  label: str = "") -> None:
-        """``code``: run the ModelDrop of that checkout (``--before``), not this one."""
-        self.name = "bare-" + worker_class if bare else worker_class
+        """``bare``: one of APPS (a reference app, not ModelDrop), or None. ``code``: run the
+        ModelDrop of that checkout (``--before``), not this one."""
+        self.name = f"{bare}-{worker_class}" if bare else worker_class
         if label:
             self.name += "-" + label
         self.label = label
@@ -169,11 +209,11 @@ class Server:
                    **(env or {}))
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         if bare:
-            (data_dir / "bare_app.py").write_text(BARE_APP)
+            (data_dir / f"{bare}_app.py").write_text(APPS[bare][1])
             env["PYTHONPATH"] = str(data_dir)
             command = [gunicorn, "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k",
                        worker_class, "--threads", "8" if worker_class == "gthread" else "1",
-                       "bare_app:app"]
+                       f"{bare}_app:app"]
         else:
             root = code or ROOT
             env["PYTHONPATH"] = str(root)
@@ -258,7 +298,7 @@ def session_cpu_seconds(sid: int) -> float:
 
 def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
     median = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-    out = {"app": "bare Flask, constant 800 B" if server.bare
+    out = {"app": APPS[server.bare][0] if server.bare
            else "ModelDrop manifest" + (f" ({server.label})" if server.label else ""),
            "worker_class": server.worker_class, "workers": server.workers,
            "threads_per_worker": 8 if server.worker_class == "gthread" else 1,
@@ -269,7 +309,7 @@ def summarise(server: Server, runs: list[dict], bare_runs: list[dict]) -> dict:
            "ratio_vs_field_notes_bare_flask": round(median("requests_per_s") / BARE_FLASK_REQ_S,
                                                     3),
            "rounds": runs}
-    if not server.bare and bare_runs:
+    if server.bare != "bare" and bare_runs:
         # the same round's baseline: both ran within a minute, under the same machine load
         out["ratio_vs_bare_flask_same_round"] = round(statistics.median(
             r["requests_per_s"] / b["requests_per_s"] for r, b in zip(runs, bare_runs)), 3)
@@ -292,6 +332,8 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=10_000, help="distinct install ids")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip measuring the bare-Flask reference on this machine")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the floor app (a signed device-bound constant, FLOOR_APP)")
     parser.add_argument("--before", default="",
                         help="a git revision: also measure the ModelDrop of that commit (git archive "
                              "into a temporary directory), interleaved in the same rounds")
@@ -308,15 +350,16 @@ def main() -> None:
         (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
         script = tmp_path / "manifest.lua"
         script.write_text(LUA % {"ids": tmp_path / "ids.txt", "query": QUERY})
-        kinds = ([] if args.no_baseline else [("sync", True, None)]) + \
-            [(c, False, None) for c in args.classes.split(",")]
+        kinds = ([] if args.no_baseline else [("sync", "bare", None)]) + \
+            ([] if args.no_floor else [("sync", "floor", None)]) + \
+            [(c, None, None) for c in args.classes.split(",")]
         if args.before:
             code = tmp_path / "before"
             code.mkdir()
             archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, check=True,
                                      capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
-            kinds += [(c, False, code) for c in args.classes.split(",")]
+            kinds += [(c, None, code) for c in args.classes.split(",")]
         servers: list[Server] = []
         try:
             for n, (worker_class, bare, code) in enumerate(kinds):  # one at a time: masters bootstrap in turn

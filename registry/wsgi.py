@@ -5,9 +5,18 @@ settings come from ``MODELDROP_*`` environment variables. Conversion workers are
 started here: run ``modeldrop worker`` or Celery next to the web processes.
 """
 
+import gc
+
 from registry.app import create_app
 
 app = create_app()
 # Each gunicorn worker imports this module: build its S3 client now (no network I/O), so its
 # first artifact download or redirect does not pay for botocore loading the S3 model.
 app.extensions["modeldrop"].blobs.warm()
+
+# Everything built so far (modules, the app, its services) lives as long as the process. A
+# full (generation-2) collection walks every tracked object, and with this heap one took
+# ~60 ms in the middle of some request (bench/bench_manifest.py's p99); frozen objects are
+# never walked again, so a full collection only looks at what requests made since.
+gc.collect()
+gc.freeze()
