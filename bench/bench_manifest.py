@@ -15,7 +15,10 @@ It also measures that bare-Flask reference again with the same gunicorn and wrk 
 in interleaved rounds (bare, sync, gthread, bare, ...; servers stay up, idle ones cost
 nothing), because this machine is shared and its load moves every figure; the ratio to the
 same round's baseline (``ratio_vs_bare_flask_same_round``, median over rounds) is the
-comparable one. Figures are medians over the rounds. Each round also records the CPU the
+comparable one. A third reference, the floor app (``FLOOR_APP``, ``--no-floor`` to skip), is a
+Flask route under the same gunicorn command that only signs a device-bound document (no
+database, log or metrics): a bound for any implementation of the manifest in Flask
+here. Figures are medians over the rounds. Each round also records the CPU the
 server's processes used per answered request (``cpu_ms_per_request``: user + system time of
 the gunicorn master and workers over the run, from /proc; wrk's own is not in it), and
 ``cpu_ratio_vs_bare_flask_same_round`` is bare Flask's over the server's: the figure the
