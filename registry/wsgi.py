@@ -16,7 +16,7 @@ app.extensions["modeldrop"].blobs.warm()
 
 # Everything built so far (modules, the app, its services) lives as long as the process. A
 # full (generation-2) collection walks every tracked object, and with this heap one took
-# ~60 ms in the middle of some request (bench/bench_manifest.py's p99); frozen objects are
+# 61 ms in the middle of some request (docs/benchmarks.md, "third pass"); frozen objects are
 # never walked again, so a full collection only looks at what requests made since.
 gc.collect()
 gc.freeze()
