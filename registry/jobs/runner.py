@@ -64,8 +64,9 @@ def run_job(services: Services, job_id: str) -> str:
         store.set_version_status(version_id, "failed", error)
         return "failed"
     note = scrub("; ".join(f"{k}: {v['error']}" for k, v in failed.items()), limit=MAX_JOB_TEXT) or None
-    store.finish_job(job_id, "done", summary, None)
+    # the version is ready before its job says done: a client that saw "done" reads "ready"
     store.set_version_status(version_id, "ready", f"some variants failed: {note}" if note else None)
+    store.finish_job(job_id, "done", summary, None)
     return "done"
 
 
