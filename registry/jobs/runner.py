@@ -44,30 +44,33 @@ def run_job(services: Services, job_id: str) -> str:
         with tempfile.TemporaryDirectory(prefix=f"job-{job_id[:8]}-", dir=services.work_dir) as tmp:
             results = _convert(services, job_id, version, version_id, Path(tmp))
             if isinstance(results, str):  # the source failed to load or convert
-                store.finish_job(job_id, "failed", {}, results)
-                store.set_version_status(version_id, "failed", results)
-                return "failed"
+                return _finish(store, job_id, version_id, "failed", {}, results)
             summary = publish_variants(services, job.model, job.version, version_id, results)
     except Exception as e:
         log.exception("job %s failed", job_id)
         message = scrub(f"{type(e).__name__}: {e}")
-        store.finish_job(job_id, "failed", {}, message)
-        store.set_version_status(version_id, "failed", message)
-        return "failed"
+        return _finish(store, job_id, version_id, "failed", {}, message)
     finally:
         stop.set()
     failed = {k: v for k, v in summary.items() if v["state"] == "failed"}
     if len(failed) == len(summary):
         error = scrub("every variant failed: " + "; ".join(f"{k}: {v['error']}" for k, v in failed.items()),
                       limit=MAX_JOB_TEXT)
-        store.finish_job(job_id, "failed", summary, error)
-        store.set_version_status(version_id, "failed", error)
-        return "failed"
+        return _finish(store, job_id, version_id, "failed", summary, error)
     note = scrub("; ".join(f"{k}: {v['error']}" for k, v in failed.items()), limit=MAX_JOB_TEXT) or None
-    # the version is ready before its job says done: a client that saw "done" reads "ready"
-    store.set_version_status(version_id, "ready", f"some variants failed: {note}" if note else None)
-    store.finish_job(job_id, "done", summary, None)
-    return "done"
+    return _finish(store, job_id, version_id, "done", summary, None,
+                   version_note=f"some variants failed: {note}" if note else None)
+
+
+def _finish(store, job_id: str, version_id: int, state: str, summary: dict, error: str | None, *,
+            version_note: str | None = None) -> str:
+    """End a conversion job: the version's status first, then the job's state, so a client
+    that saw the job end ("done" or "failed") reads the version's final status, never
+    "converting". Returns the job's state."""
+    store.set_version_status(version_id, "ready" if state == "done" else "failed",
+                             version_note if state == "done" else error)
+    store.finish_job(job_id, state, summary, error)
+    return state
 
 
 def _heartbeat(store, job_id: str, stop: threading.Event, interval: float) -> None:
